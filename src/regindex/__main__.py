@@ -1,0 +1,3 @@
+from regindex.cli import cli
+
+cli()

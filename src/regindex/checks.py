@@ -1,0 +1,590 @@
+"""The integrity model: each check is SQL over the current inventory and yields findings.
+
+A finding's identity is (kind, registry, repository, digest, tag, parent digest[, subject]); its ``detail`` is
+the evidence (which files exist and which do not) and ``hint`` what a person can do about it. Severity
+``error`` means a pull fails now; the registry's HTTP API is the judge of every error (see tests/realreg).
+Storage values reach SQL only as bound parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, text
+
+from regindex.layout import LinkKind, link_path, path_for, BlobDataPath
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+
+KINDS: dict[str, str] = {
+    "orphan_layer_link": "a _layers link file whose blob data is gone",
+    "orphan_index_child": "an index names a child manifest the repository cannot serve",
+    "dangling_revision": "a revision link whose manifest data is gone",
+    "dangling_tag": "a tag without a current link, or whose target the repository cannot serve",
+    "unlinked_blob_ref": "a servable image manifest names a config or layer the repository cannot serve",
+    "corrupt_link": "link bytes that do not parse (empty, garbage, whitespace, unreadable)",
+    "misdirected_link": "a link that names another digest than its path",
+    "empty_blob": "0-byte data for a digest that is not the empty digest",
+    "truncated_manifest": "manifest data that is not a valid manifest (truncated, not JSON)",
+    "size_mismatch": "blob data whose size differs from what a manifest declares",
+    "digest_mismatch": "blob data whose hash is not its digest (--verify-content)",
+    "gc_blocker": "something that makes registry garbage-collect abort",
+    "stale_upload": "an upload older than the purge age",
+    "unreferenced_blob": "blob data no link names (reclaimable)",
+    "storage_anomaly": "something in the tree regindex did not index (symlink, odd name, stray entry)",
+}
+
+EMPTY_DIGESTS = [f"{alg}:{hashlib.new(alg, b'').hexdigest()}" for alg in ("sha256", "sha384", "sha512")]
+
+
+@dataclass
+class FindingRow:
+    kind: str
+    severity: str
+    registry: str
+    repository: str | None
+    digest: str | None
+    tag: str | None = None
+    parent_digest: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    hint: str | None = None
+    subject: str | None = None  # extra identity (e.g. a path) when the columns above do not identify it
+
+    @property
+    def key(self) -> str:
+        ident = [self.kind, self.registry, self.repository, self.digest, self.tag, self.parent_digest, self.subject]
+        return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
+
+    def detail_json(self) -> str:
+        return json.dumps(self.detail, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    stale_upload_hours: float = 168.0
+    now: datetime | None = None
+
+
+def _rel(kind: str, repo: str, digest: str | None = None, tag: str | None = None) -> str:
+    return str(link_path(LinkKind(kind), repo, digest, tag))
+
+
+def _blob_path(digest: str) -> str:
+    return str(path_for(BlobDataPath(digest)))
+
+
+def _q(conn: Connection, sql: str, regs: Sequence[int], **params: Any) -> list[Any]:
+    stmt = text(sql).bindparams(bindparam("regs", expanding=True))
+    return list(conn.execute(stmt, {"regs": list(regs), **params}).mappings())
+
+
+class _Context:
+    """Lookups shared by several checks, loaded once per run."""
+
+    def __init__(self, conn: Connection, regs: Sequence[int]) -> None:
+        self.conn = conn
+        self.regs = regs
+        self._tags: dict[tuple[int, str, str], list[str]] | None = None
+        self._gone: dict[tuple[int, str], int] | None = None
+        self._linkers: dict[tuple[int, str], list[str]] | None = None
+
+    def layer_linkers(self, registry_id: int, digest: str) -> list[str]:
+        """Repositories whose _layers link names ``digest`` (state ok)."""
+        if self._linkers is None:
+            self._linkers = defaultdict(list)
+            for r in _q(
+                self.conn,
+                "SELECT registry_id, repository, target_digest FROM links WHERE gone_run IS NULL "
+                "AND kind = 'layer' AND state = 'ok' AND registry_id IN :regs",
+                self.regs,
+            ):
+                self._linkers[(r["registry_id"], r["target_digest"])].append(r["repository"])
+        return self._linkers.get((registry_id, digest), [])
+
+    def tags_for(self, registry_id: int, repo: str, digest: str) -> list[str]:
+        if self._tags is None:
+            self._tags = defaultdict(list)
+            for r in _q(
+                self.conn,
+                "SELECT registry_id, repository, tag, target_digest FROM links WHERE gone_run IS NULL "
+                "AND kind = 'tag_current' AND state = 'ok' AND registry_id IN :regs",
+                self.regs,
+            ):
+                self._tags[(r["registry_id"], r["repository"], r["target_digest"])].append(r["tag"])
+        return sorted(self._tags.get((registry_id, repo, digest), []))
+
+    def data_gone_run(self, registry_id: int, digest: str) -> int | None:
+        """The run in which a blob's data was last seen to disappear (None if never seen)."""
+        if self._gone is None:
+            self._gone = {}
+            for r in _q(
+                self.conn,
+                "SELECT registry_id, digest, MAX(gone_run) AS gone FROM blobs WHERE registry_id IN :regs "
+                "AND gone_run IS NOT NULL GROUP BY registry_id, digest",
+                self.regs,
+            ):
+                self._gone[(r["registry_id"], r["digest"])] = r["gone"]
+        return self._gone.get((registry_id, digest))
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks
+
+
+def orphan_layer_link(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    for r in _q(ctx.conn, "SELECT * FROM orphan_layer_links WHERE registry_id IN :regs", ctx.regs):
+        target = r["target_digest"] if r["link_state"] == "ok" else r["digest"]
+        others = [p for p in ctx.layer_linkers(r["registry_id"], target) if p != r["repository"]]
+        yield FindingRow(
+            "orphan_layer_link",
+            ERROR,
+            r["registry"],
+            r["repository"],
+            r["digest"],
+            detail={
+                "link": _rel("layer", r["repository"], r["digest"]),
+                "link_state": r["link_state"],
+                "link_target": r["target_digest"],
+                "link_first_seen_run": r["link_first_run"],
+                "blob_data": _blob_path(target),
+                "blob_data_present": False,
+                "blob_data_gone_in_run": ctx.data_gone_run(r["registry_id"], target),
+                "other_repositories_linking_it": len(others),
+            },
+            hint=(
+                f"Removing the link {_rel('layer', r['repository'], r['digest'])} is safe: the blob data is gone, "
+                "so the link only turns pulls into 'unexpected EOF'/BLOB_UNKNOWN; images that need this layer "
+                "must be pushed again."
+            ),
+        )
+
+
+def orphan_index_child(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """
+    SELECT o.*,
+      (SELECT COUNT(*) FROM manifests cm JOIN manifest_refs cr ON cr.manifest_id = cm.id
+        WHERE cm.digest = o.child_digest AND cm.size = o.child_data_size
+          AND cr.role IN ('config', 'layer') AND NOT cr.is_foreign) AS child_blobs,
+      (SELECT COUNT(*) FROM manifests cm JOIN manifest_refs cr ON cr.manifest_id = cm.id
+        WHERE cm.digest = o.child_digest AND cm.size = o.child_data_size
+          AND cr.role IN ('config', 'layer') AND NOT cr.is_foreign
+          AND EXISTS (SELECT 1 FROM blobs b WHERE b.registry_id = o.registry_id AND b.gone_run IS NULL
+                        AND b.digest = cr.digest)) AS child_blobs_present,
+      (SELECT COUNT(*) FROM manifests cm JOIN manifest_refs cr ON cr.manifest_id = cm.id
+        WHERE cm.digest = o.child_digest AND cm.size = o.child_data_size
+          AND cr.role IN ('config', 'layer') AND NOT cr.is_foreign
+          AND EXISTS (SELECT 1 FROM links l WHERE l.registry_id = o.registry_id AND l.gone_run IS NULL
+                        AND l.repository = o.repository AND l.kind = 'layer' AND l.state = 'ok'
+                        AND l.path_digest = cr.digest)) AS child_blobs_linked,
+      (SELECT cm.kind FROM manifests cm WHERE cm.digest = o.child_digest AND cm.size = o.child_data_size)
+        AS child_kind
+    FROM orphan_index_children o WHERE o.registry_id IN :regs
+    """
+    for r in _q(ctx.conn, sql, ctx.regs):
+        repo, child, index = r["repository"], r["child_digest"], r["index_digest"]
+        cache = r["registry_role"] == "cache"
+        parent_ok = r["index_status"] == "ok"
+        severity = INFO if cache else (ERROR if parent_ok else WARNING)
+        data_present = r["child_data_size"] is not None
+        tags = ctx.tags_for(r["registry_id"], repo, index)
+        detail = {
+            "index_status": r["index_status"],
+            "platform": r["platform"],
+            "child_status": r["child_status"],
+            "child_revision_link": _rel("revision", repo, child),
+            "child_revision_link_state": r["child_revision_link"] or "no directory",
+            "child_served_via": r["child_via"],
+            "child_blob_data": _blob_path(child),
+            "child_blob_data_present": data_present,
+            "child_blob_data_size": r["child_data_size"],
+            "child_blob_data_gone_in_run": None if data_present else ctx.data_gone_run(r["registry_id"], child),
+            "child_blobs": r["child_blobs"] if data_present else None,
+            "child_blobs_present": r["child_blobs_present"] if data_present else None,
+            "child_blobs_linked": r["child_blobs_linked"] if data_present else None,
+            "index_tags": tags,
+        }
+        if cache:
+            detail["note"] = "pull-through cache: children are fetched on demand, a missing one is expected"
+        yield FindingRow(
+            "orphan_index_child", severity, r["registry"], repo, child, parent_digest=index, detail=detail,
+            hint=_child_hint(r, repo, child, tags, cache, parent_ok),
+        )
+
+
+def _child_hint(r: Any, repo: str, child: str, tags: list[str], cache: bool, parent_ok: bool) -> str:
+    tag_text = ", ".join(tags) if tags else "no tag"
+    if cache:
+        return "Expected in a pull-through cache: the child is fetched from upstream on its first pull."
+    if not parent_ok:
+        return (
+            f"The index itself is not servable ({r['index_status']}); nothing pulls this child through it. "
+            "Remove the index's leftovers or push the image again."
+        )
+    if r["child_data_size"] is None:
+        return (
+            f"The child manifest's data is gone: rebuild and push the image (tags affected: {tag_text}). "
+            "Restoring a link cannot help."
+        )
+    if r["child_data_size"] == 0 or r["child_kind"] in ("invalid", "unknown"):
+        return f"The child manifest's data is damaged: rebuild and push the image (tags affected: {tag_text})."
+    total, present, linked = r["child_blobs"], r["child_blobs_present"], r["child_blobs_linked"]
+    if present < total:
+        return (
+            f"{total - present} of {total} blobs of the child are gone: restoring its revision link would not "
+            f"make it pullable. Rebuild and push the image (tags affected: {tag_text})."
+        )
+    fix = f"Restore the revision link {_rel('revision', repo, child)} containing {child}"
+    if linked < total:
+        fix += f" and the {total - linked} missing _layers links of its blobs"
+    return fix + f": the child's manifest and all {total} of its blobs are present, so it would be servable again."
+
+
+def dangling_revision(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """SELECT * FROM manifest_serving WHERE registry_id IN :regs AND via = 'revision'
+             AND status = 'data_missing'"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        repo, d = r["repository"], r["digest"]
+        tags = ctx.tags_for(r["registry_id"], repo, d)
+        yield FindingRow(
+            "dangling_revision", ERROR, r["registry"], repo, d,
+            detail={
+                "revision_link": _rel("revision", repo, d),
+                "link_target": r["target_digest"],
+                "blob_data": _blob_path(r["target_digest"]),
+                "blob_data_present": False,
+                "blob_data_gone_in_run": ctx.data_gone_run(r["registry_id"], r["target_digest"]),
+                "tags": tags,
+            },
+            hint=(
+                f"The manifest data is gone: push the image again (tags affected: {', '.join(tags)})."
+                if tags
+                else f"The manifest data is gone and no tag names it: remove {_rel('revision', repo, d)[:-5]} "
+                "or push the image again."
+            ),
+        )
+
+
+_TAG_HINTS = {
+    "no_current_link": "The tag directory has no current/link (a half-deleted tag): push the tag again or remove "
+    "the tag directory.",
+    "corrupt_link": "The tag's current/link does not parse: push the tag again (or write the intended digest, no "
+    "newline).",
+    "target_not_linked": "The tag names a manifest the repository has no revision link for: push the image again.",
+    "data_missing": "The tag's manifest data is gone: push the image again.",
+    "data_empty": "The tag's manifest data is empty: push the image again.",
+    "unparsable": "The tag's manifest data is damaged: push the image again.",
+    "not_parsed": "The tag's target is not a manifest: push the image again.",
+}
+
+
+def dangling_tag(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    for r in _q(ctx.conn, "SELECT * FROM tag_serving WHERE registry_id IN :regs AND status <> 'ok'", ctx.regs):
+        repo, tag = r["repository"], r["tag"]
+        yield FindingRow(
+            "dangling_tag", ERROR, r["registry"], repo, r["target_digest"], tag=tag,
+            detail={
+                "current_link": _rel("tag_current", repo, None, tag),
+                "current_link_state": r["link_state"],
+                "target": r["target_digest"],
+                "target_served_via": r["via"],
+                "status": r["status"],
+            },
+            hint=_TAG_HINTS.get(r["status"], "Push the tag again."),
+        )
+
+
+def unlinked_blob_ref(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """
+    SELECT s.registry_id, s.registry, g.role AS registry_role, s.repository, s.digest AS manifest_digest,
+           r.digest, r.role, r.size,
+           (SELECT b.size FROM blobs b WHERE b.registry_id = s.registry_id AND b.gone_run IS NULL
+              AND b.digest = r.digest) AS data_size
+    FROM manifest_serving s
+    JOIN registries g ON g.id = s.registry_id
+    JOIN manifest_refs r ON r.manifest_id = s.manifest_id AND r.role IN ('config', 'layer') AND NOT r.is_foreign
+    WHERE s.registry_id IN :regs AND s.status = 'ok' AND s.manifest_kind = 'image'
+      AND NOT EXISTS (SELECT 1 FROM links l WHERE l.registry_id = s.registry_id AND l.gone_run IS NULL
+                        AND l.repository = s.repository AND l.kind = 'layer' AND l.path_digest = r.digest
+                        AND l.state <> 'absent')
+    """
+    for r in _q(ctx.conn, sql, ctx.regs):
+        repo, d = r["repository"], r["digest"]
+        present = r["data_size"] is not None
+        cache = r["registry_role"] == "cache"
+        yield FindingRow(
+            "unlinked_blob_ref", INFO if cache else ERROR, r["registry"], repo, d, parent_digest=r["manifest_digest"],
+            detail={
+                "role": r["role"],
+                "layer_link": _rel("layer", repo, d),
+                "layer_link_present": False,
+                "blob_data": _blob_path(d),
+                "blob_data_present": present,
+                "declared_size": r["size"],
+            },
+            hint=(
+                f"Restore the link {_rel('layer', repo, d)} containing {d}: the blob data is present."
+                if present
+                else "The blob data is gone too: push the image again."
+            ),
+        )
+
+
+_BAD_LINK_STATES = ("empty", "whitespace", "garbage", "unreadable")
+
+
+def corrupt_link(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """SELECT l.*, g.name AS registry FROM links l JOIN registries g ON g.id = l.registry_id
+             WHERE l.registry_id IN :regs AND l.gone_run IS NULL AND l.state IN ('empty', 'whitespace', 'garbage',
+             'unreadable')"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        kind, repo = r["kind"], r["repository"]
+        path = _rel(kind, repo, r["path_digest"], r["tag"])
+        served = kind != "tag_index"
+        yield FindingRow(
+            "corrupt_link", ERROR if served else WARNING, r["registry"], repo, r["path_digest"], tag=r["tag"],
+            detail={"link": path, "link_kind": kind, "state": r["state"], "bytes": r["preview"],
+                    "digest_inside": r["target_digest"]},
+            hint=(
+                f"Rewrite {path} with exactly {r['path_digest']} (no newline)."
+                if r["path_digest"]
+                else f"{path} does not parse: push the tag again."
+            )
+            + ("" if served else " Pulls do not read this link; tag deletion and GC may."),
+            subject=kind,
+        )
+
+
+def misdirected_link(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """SELECT l.*, g.name AS registry,
+               (SELECT b.size FROM blobs b WHERE b.registry_id = l.registry_id AND b.gone_run IS NULL
+                  AND b.digest = l.target_digest) AS target_size
+             FROM links l JOIN registries g ON g.id = l.registry_id
+             WHERE l.registry_id IN :regs AND l.gone_run IS NULL AND l.state = 'ok' AND l.path_digest IS NOT NULL
+               AND l.target_digest <> l.path_digest
+               AND substr(l.target_digest, 1, 7) = substr(l.path_digest, 1, 7)"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        kind, repo = r["kind"], r["repository"]
+        path = _rel(kind, repo, r["path_digest"], r["tag"])
+        served = kind in ("layer", "revision")
+        yield FindingRow(
+            "misdirected_link", ERROR if served else WARNING, r["registry"], repo, r["path_digest"], tag=r["tag"],
+            detail={"link": path, "link_kind": kind, "names": r["target_digest"],
+                    "named_data_present": r["target_size"] is not None},
+            hint=f"{path} names {r['target_digest']}: the registry serves that object's bytes for "
+            f"{r['path_digest']}. Rewrite the link with {r['path_digest']}.",
+            subject=kind,
+        )
+
+
+def _linking_repos(ctx: _Context, registry_id: int, digest: str) -> list[tuple[str, str]]:
+    rows = _q(
+        ctx.conn,
+        "SELECT DISTINCT repository, kind FROM links WHERE registry_id IN :regs AND gone_run IS NULL "
+        "AND state = 'ok' AND kind IN ('layer', 'revision') AND target_digest = :d ORDER BY repository, kind",
+        [registry_id],
+        d=digest,
+    )
+    return [(r["repository"], r["kind"]) for r in rows]
+
+
+def _per_linking_repo(
+    ctx: _Context, kind: str, r: Any, detail: dict[str, Any], hint: str
+) -> Iterable[FindingRow]:
+    repos = _linking_repos(ctx, r["registry_id"], r["digest"])
+    if not repos:
+        yield FindingRow(kind, WARNING, r["registry"], None, r["digest"], detail={**detail, "linked_by": []},
+                         hint=hint + " No repository links it, so no pull fails now.")
+        return
+    by_repo: dict[str, list[str]] = defaultdict(list)
+    for repo, lk in repos:
+        by_repo[repo].append(lk)
+    for repo, kinds in by_repo.items():
+        yield FindingRow(kind, ERROR, r["registry"], repo, r["digest"], detail={**detail, "linked_as": kinds},
+                         hint=hint)
+
+
+def empty_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """SELECT b.registry_id, g.name AS registry, b.digest FROM blobs b JOIN registries g ON g.id = b.registry_id
+             WHERE b.registry_id IN :regs AND b.gone_run IS NULL AND b.size = 0 AND b.digest NOT IN :empty"""
+    stmt_rows = ctx.conn.execute(
+        text(sql).bindparams(bindparam("regs", expanding=True), bindparam("empty", expanding=True)),
+        {"regs": list(ctx.regs), "empty": EMPTY_DIGESTS},
+    ).mappings()
+    for r in list(stmt_rows):
+        yield from _per_linking_repo(
+            ctx, "empty_blob", r, {"blob_data": _blob_path(r["digest"]), "size": 0},
+            "The blob data is 0 bytes: delete it and push the image again (the registry serves it with 200 and an "
+            "empty body; clients fail the digest check).",
+        )
+
+
+def truncated_manifest(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """SELECT DISTINCT s.registry_id, s.registry, s.target_digest AS digest, s.data_size, s.manifest_kind,
+                    s.parse_error
+             FROM manifest_serving s
+             WHERE s.registry_id IN :regs AND s.status = 'unparsable'"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        yield from _per_linking_repo(
+            ctx, "truncated_manifest", r,
+            {"blob_data": _blob_path(r["digest"]), "size": r["data_size"], "parse_error": r["parse_error"],
+             "kind": r["manifest_kind"]},
+            "The manifest data is not a valid manifest: delete the blob data and push the image again.",
+        )
+
+
+def size_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """
+    SELECT s.registry_id, s.registry, s.repository, s.digest AS manifest_digest, r.digest, r.role,
+           r.size AS declared, b.size AS actual
+    FROM manifest_serving s
+    JOIN manifest_refs r ON r.manifest_id = s.manifest_id AND r.size IS NOT NULL AND r.role <> 'subject'
+    JOIN blobs b ON b.registry_id = s.registry_id AND b.gone_run IS NULL AND b.digest = r.digest
+    WHERE s.registry_id IN :regs AND s.status = 'ok' AND b.size <> r.size AND b.size > 0
+      AND EXISTS (SELECT 1 FROM links l WHERE l.registry_id = s.registry_id AND l.gone_run IS NULL
+                    AND l.repository = s.repository AND l.kind IN ('layer', 'revision') AND l.state = 'ok'
+                    AND l.path_digest = r.digest)
+    """
+    for r in _q(ctx.conn, sql, ctx.regs):
+        yield FindingRow(
+            "size_mismatch", ERROR, r["registry"], r["repository"], r["digest"], parent_digest=r["manifest_digest"],
+            detail={"role": r["role"], "declared_size": r["declared"], "data_size": r["actual"],
+                    "blob_data": _blob_path(r["digest"])},
+            hint="The blob data is not the content its digest names (truncated or overwritten): delete it and push "
+            "the image again.",
+        )
+
+
+def digest_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """SELECT v.registry_id, g.name AS registry, v.digest, v.computed_digest, v.size, v.verified_run
+             FROM blob_verifications v
+             JOIN registries g ON g.id = v.registry_id
+             JOIN blobs b ON b.registry_id = v.registry_id AND b.gone_run IS NULL AND b.digest = v.digest
+                          AND b.size = v.size
+             WHERE v.registry_id IN :regs AND v.computed_digest IS NOT NULL AND v.computed_digest <> v.digest
+               AND b.size > 0"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        yield from _per_linking_repo(
+            ctx, "digest_mismatch", r,
+            {"blob_data": _blob_path(r["digest"]), "size": r["size"], "computed": r["computed_digest"],
+             "verified_run": r["verified_run"]},
+            "The blob data does not hash to its digest: delete it and push the image again.",
+        )
+
+
+def gc_blocker(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """SELECT l.registry_id, g.name AS registry, l.repository, l.kind, l.path_digest, l.tag, l.state
+             FROM links l JOIN registries g ON g.id = l.registry_id
+             WHERE l.registry_id IN :regs AND l.gone_run IS NULL
+               AND l.kind IN ('revision', 'tag_current') AND l.state IN ('empty', 'whitespace', 'garbage',
+               'unreadable')"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        path = _rel(r["kind"], r["repository"], r["path_digest"], r["tag"])
+        when = "every garbage-collect run" if r["kind"] == "revision" else "garbage-collect --delete-untagged"
+        yield FindingRow(
+            "gc_blocker", WARNING, r["registry"], r["repository"], r["path_digest"], tag=r["tag"],
+            detail={"link": path, "state": r["state"], "aborts": when},
+            hint=f"{when} aborts on {path} and deletes nothing: fix or remove the link first.",
+            subject=r["kind"],
+        )
+    sql = """SELECT p.registry_id, g.name AS registry, p.name AS repository FROM repositories p
+             JOIN registries g ON g.id = p.registry_id
+             WHERE p.registry_id IN :regs AND p.gone_run IS NULL AND NOT p.has_tags_dir
+               AND EXISTS (SELECT 1 FROM links l WHERE l.registry_id = p.registry_id AND l.gone_run IS NULL
+                             AND l.repository = p.name AND l.kind = 'revision' AND l.state = 'ok')"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        yield FindingRow(
+            "gc_blocker", WARNING, r["registry"], r["repository"], None,
+            detail={"missing": f"repositories/{r['repository']}/_manifests/tags", "aborts": "garbage-collect --delete-untagged"},
+            hint="garbage-collect --delete-untagged aborts on a repository with revisions but no _manifests/tags "
+            "directory: create the empty directory.",
+            subject="no_tags_dir",
+        )
+
+
+def stale_upload(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    now = opts.now or datetime.now(timezone.utc)
+    cutoff = now - timedelta(hours=opts.stale_upload_hours)
+    sql = """SELECT u.*, g.name AS registry FROM uploads u JOIN registries g ON g.id = u.registry_id
+             WHERE u.registry_id IN :regs AND u.gone_run IS NULL"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        started = r["started_at"]
+        if started is not None and started.tzinfo is None:
+            started = started.replace(tzinfo=timezone.utc)
+        if started is not None and started >= cutoff:
+            continue
+        age_h = None if started is None else round((now - started).total_seconds() / 3600, 1)
+        yield FindingRow(
+            "stale_upload", WARNING, r["registry"], r["repository"], None,
+            detail={"upload": f"repositories/{r['repository']}/_uploads/{r['uuid']}", "started_at": r["started_raw"],
+                    "age_hours": age_h, "bytes": r["size"], "purge_age_hours": opts.stale_upload_hours},
+            hint="An abandoned upload: the registry's upload purger removes it (if enabled); garbage-collect never "
+            "does. Removing the directory is safe once no client is pushing.",
+            subject=r["uuid"],
+        )
+
+
+def unreferenced_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """SELECT b.registry_id, g.name AS registry, b.digest, b.size,
+               EXISTS (SELECT 1 FROM manifest_refs r WHERE r.digest = b.digest) AS named_by_manifest
+             FROM blobs b JOIN registries g ON g.id = b.registry_id
+             WHERE b.registry_id IN :regs AND b.gone_run IS NULL
+               AND NOT EXISTS (SELECT 1 FROM links l WHERE l.registry_id = b.registry_id AND l.gone_run IS NULL
+                                 AND l.state <> 'absent' AND (l.target_digest = b.digest OR l.path_digest = b.digest))"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        yield FindingRow(
+            "unreferenced_blob", INFO, r["registry"], None, r["digest"],
+            detail={"blob_data": _blob_path(r["digest"]), "reclaimable_bytes": r["size"],
+                    "named_by_a_manifest": bool(r["named_by_manifest"])},
+            hint="No link names this blob: garbage-collect reclaims it"
+            + (" once no manifest marks it." if r["named_by_manifest"] else "."),
+        )
+
+
+def storage_anomaly(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    sql = """SELECT a.path, a.reason, g.name AS registry FROM anomalies a JOIN registries g ON g.id = a.registry_id
+             WHERE a.registry_id IN :regs AND a.gone_run IS NULL"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        yield FindingRow(
+            "storage_anomaly", WARNING, r["registry"], None, None,
+            detail={"path": r["path"], "reason": r["reason"]},
+            hint="regindex did not index this entry: look at it by hand.",
+            subject=r["path"],
+        )
+
+
+CHECKS: dict[str, Callable[[_Context, CheckOptions], Iterable[FindingRow]]] = {
+    "orphan_layer_link": orphan_layer_link,
+    "orphan_index_child": orphan_index_child,
+    "dangling_revision": dangling_revision,
+    "dangling_tag": dangling_tag,
+    "unlinked_blob_ref": unlinked_blob_ref,
+    "corrupt_link": corrupt_link,
+    "misdirected_link": misdirected_link,
+    "empty_blob": empty_blob,
+    "truncated_manifest": truncated_manifest,
+    "size_mismatch": size_mismatch,
+    "digest_mismatch": digest_mismatch,
+    "gc_blocker": gc_blocker,
+    "stale_upload": stale_upload,
+    "unreferenced_blob": unreferenced_blob,
+    "storage_anomaly": storage_anomaly,
+}
+assert set(CHECKS) == set(KINDS)
+
+
+def run_checks(conn: Connection, registry_ids: Sequence[int], opts: CheckOptions | None = None) -> list[FindingRow]:
+    """Every check over the current inventory of the given registries. Findings are unique by key."""
+    if not registry_ids:
+        return []
+    ctx = _Context(conn, list(registry_ids))
+    out: dict[str, FindingRow] = {}
+    for check in CHECKS.values():
+        for f in check(ctx, opts or CheckOptions()):
+            out.setdefault(f.key, f)
+    return list(out.values())

@@ -1,0 +1,82 @@
+"""Settings from a TOML file (``--config`` or ``REGINDEX_CONFIG``); command-line options win.
+
+    db = "/var/lib/regindex/regindex.db"      # or a SQLAlchemy URL
+    caches = ["dockerhub", "ghcr"]            # pull-through caches: missing index children are expected
+    stale_upload_hours = 168
+    fail_on = "open"                          # new | open | never
+    verify_content = false
+    report_dir = "/var/lib/regindex/reports"
+    metrics = "/var/lib/node_exporter/regindex.prom"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from regindex.errors import ConfigError
+
+KEYS = {"db", "caches", "stale_upload_hours", "fail_on", "verify_content", "report_dir", "metrics"}
+
+
+@dataclass
+class Settings:
+    db: str | None = None
+    caches: list[str] = field(default_factory=list)
+    stale_upload_hours: float | None = None
+    fail_on: str | None = None
+    verify_content: bool | None = None
+    report_dir: str | None = None
+    metrics: str | None = None
+
+
+def load(path: str | None) -> Settings:
+    path = path or os.environ.get("REGINDEX_CONFIG")
+    if not path:
+        return Settings()
+    p = Path(path)
+    try:
+        data: dict[str, Any] = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    unknown = set(data) - KEYS
+    if unknown:
+        raise ConfigError(f"config file {p}: unknown key(s) {', '.join(sorted(unknown))}")
+    s = Settings()
+    if "db" in data:
+        s.db = _typed(p, data, "db", str)
+    if "caches" in data:
+        caches = data["caches"]
+        if not isinstance(caches, list) or not all(isinstance(c, str) for c in caches):
+            raise ConfigError(f"config file {p}: caches must be a list of registry names")
+        s.caches = caches
+    if "stale_upload_hours" in data:
+        v = data["stale_upload_hours"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(f"config file {p}: stale_upload_hours must be a positive number")
+        s.stale_upload_hours = float(v)
+    if "fail_on" in data:
+        s.fail_on = _typed(p, data, "fail_on", str)
+        if s.fail_on not in ("new", "open", "never"):
+            raise ConfigError(f"config file {p}: fail_on must be new, open or never")
+    if "verify_content" in data:
+        s.verify_content = _typed(p, data, "verify_content", bool)
+    if "report_dir" in data:
+        s.report_dir = _typed(p, data, "report_dir", str)
+    if "metrics" in data:
+        s.metrics = _typed(p, data, "metrics", str)
+    return s
+
+
+def _typed(p: Path, data: dict[str, Any], key: str, typ: type) -> Any:
+    v = data[key]
+    if not isinstance(v, typ):
+        raise ConfigError(f"config file {p}: {key} must be a {typ.__name__}")
+    return v

@@ -1,0 +1,433 @@
+"""Walk one registry root and yield plain rows. No database here.
+
+Rules: ``os.scandir`` only, symlinks are never followed (a symlink is recorded as an anomaly), every read is
+bounded, every name from storage is treated as hostile data. Any directory that cannot be listed makes the
+whole registry crawl fail (``StorageError``): a partial view must never look like deleted content.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from regindex.errors import StorageError
+from regindex.layout import (
+    DIGEST_HEX_LEN,
+    MAX_LINK_BYTES,
+    MAX_REPO_NAME,
+    V2_SUFFIX,
+    LinkKind,
+    LinkState,
+    is_hex_for,
+    parse_link,
+    valid_repo_component,
+    valid_tag,
+)
+
+MAX_STARTEDAT_BYTES = 256
+_REPO_DIRS = frozenset({"_layers", "_manifests", "_uploads"})
+DEFAULT_MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryRoot:
+    name: str
+    v2: Path  # <rootdirectory>/docker/registry/v2
+
+
+@dataclass(frozen=True, slots=True)
+class RepoRow:
+    name: str
+    has_manifests: bool  # _manifests exists
+    has_tags_dir: bool  # _manifests/tags exists (GC --delete-untagged aborts without it)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRow:
+    repository: str
+    kind: str
+    tag: str | None
+    path_digest: str | None
+    target_digest: str | None
+    state: str
+    preview: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRow:
+    digest: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRow:
+    repository: str
+    uuid: str
+    started_at: datetime | None
+    started_raw: str | None
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    path: str  # relative to the v2 root
+    reason: str
+
+
+@dataclass(slots=True)
+class CrawlResult:
+    registry: RegistryRoot
+    repositories: list[RepoRow] = field(default_factory=list)
+    links: list[LinkRow] = field(default_factory=list)
+    blobs: list[BlobRow] = field(default_factory=list)
+    uploads: list[UploadRow] = field(default_factory=list)
+    anomalies: list[Anomaly] = field(default_factory=list)
+    files_seen: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def discover(base: Path) -> list[RegistryRoot]:
+    """Registries under ``base``: ``base/<name>/docker/registry/v2`` each, or ``base`` itself as one root.
+
+    ``base`` may be a registry's rootdirectory (holding ``docker/registry/v2``) or the v2 directory itself.
+    """
+    try:
+        st = os.stat(base)
+    except FileNotFoundError:
+        raise StorageError(f"storage root {base} does not exist") from None
+    except OSError as exc:
+        raise StorageError(f"storage root {base} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StorageError(f"storage root {base} is not a directory")
+    if not os.access(base, os.R_OK | os.X_OK):
+        raise StorageError(f"storage root {base} cannot be read: permission denied")
+
+    v2 = base.joinpath(*V2_SUFFIX)
+    if _is_real_dir(v2):
+        return [RegistryRoot(_name_for_root(base), v2)]
+    if base.name == "v2" and (_is_real_dir(base / "repositories") or _is_real_dir(base / "blobs")):
+        return [RegistryRoot(_name_for_root(base.parent.parent.parent), base)]
+
+    roots: list[RegistryRoot] = []
+    try:
+        entries = sorted(os.scandir(base), key=lambda e: e.name)
+    except OSError as exc:
+        raise StorageError(f"storage root {base} cannot be listed: {exc.strerror}") from None
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            cand = Path(entry.path).joinpath(*V2_SUFFIX)
+            if _is_real_dir(cand):
+                roots.append(RegistryRoot(entry.name, cand))
+    if not roots:
+        raise StorageError(
+            f"no registry storage under {base}: expected {base}/<name>/docker/registry/v2 or {base}/docker/registry/v2"
+        )
+    return roots
+
+
+def _name_for_root(root: Path) -> str:
+    return root.resolve().name or "registry"
+
+
+# ---------------------------------------------------------------------------------------------
+# Crawl
+
+
+class _Walker:
+    def __init__(self, root: RegistryRoot, progress: Callable[[int], None] | None) -> None:
+        self.root = root
+        self.result = CrawlResult(root)
+        self.progress = progress
+
+    # -- helpers -------------------------------------------------------------------------------
+    def rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root.v2)
+
+    def scandir(self, path: str) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(path) as it:
+                return sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            return []  # vanished while we walked: the registry deletes concurrently; treat as gone
+        except OSError as exc:
+            raise StorageError(f"{self.root.name}: cannot list {self.rel(path)}: {exc.strerror}") from None
+
+    def subdirs(self, path: str) -> Iterator[os.DirEntry[str]]:
+        for entry in self.scandir(path):
+            if entry.is_symlink():
+                self.anomaly(entry.path, "symlink (not followed)")
+            elif entry.is_dir(follow_symlinks=False):
+                yield entry
+            else:
+                self.anomaly(entry.path, "unexpected file")
+
+    def anomaly(self, path: str, reason: str) -> None:
+        self.result.anomalies.append(Anomaly(self.rel(path), reason))
+
+    def tick(self) -> None:
+        self.result.files_seen += 1
+        if self.progress and self.result.files_seen % 2000 == 0:
+            self.progress(self.result.files_seen)
+
+    def read_link(self, dirpath: str) -> tuple[LinkState, str | None, str | None]:
+        path = os.path.join(dirpath, "link")
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return LinkState.ABSENT, None, None
+        except OSError as exc:
+            return LinkState.UNREADABLE, None, exc.strerror
+        self.tick()
+        if not stat.S_ISREG(st.st_mode):
+            kind = "symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            return LinkState.UNREADABLE, None, kind
+        try:
+            raw = _read_bounded(path, MAX_LINK_BYTES + 1)
+        except OSError as exc:
+            return LinkState.UNREADABLE, None, exc.strerror
+        parsed = parse_link(raw)
+        return parsed.state, parsed.target, parsed.preview
+
+    # -- walk ----------------------------------------------------------------------------------
+    def run(self) -> CrawlResult:
+        v2 = str(self.root.v2)
+        blobs = os.path.join(v2, "blobs")
+        repos = os.path.join(v2, "repositories")
+        if os.path.isdir(blobs):
+            self.walk_blobs(blobs)
+        if os.path.isdir(repos):
+            self.walk_repositories(repos, "")
+        return self.result
+
+    def walk_blobs(self, blobs: str) -> None:
+        for alg_dir in self.subdirs(blobs):
+            if alg_dir.name not in DIGEST_HEX_LEN:
+                self.anomaly(alg_dir.path, "unknown digest algorithm")
+                continue
+            alg = alg_dir.name
+            for prefix in self.subdirs(alg_dir.path):
+                for hex_dir in self.subdirs(prefix.path):
+                    hex_ = hex_dir.name
+                    if not is_hex_for(alg, hex_) or hex_[:2] != prefix.name:
+                        self.anomaly(hex_dir.path, "not a blob directory name")
+                        continue
+                    data = os.path.join(hex_dir.path, "data")
+                    try:
+                        st = os.lstat(data)
+                    except FileNotFoundError:
+                        continue  # a blob directory without data: nothing is stored
+                    except OSError as exc:
+                        raise StorageError(f"{self.root.name}: cannot stat {self.rel(data)}: {exc.strerror}") from None
+                    self.tick()
+                    if not stat.S_ISREG(st.st_mode):
+                        self.anomaly(data, "blob data is not a regular file (not followed)")
+                        continue
+                    self.result.blobs.append(BlobRow(f"{alg}:{hex_}", st.st_size, st.st_mtime))
+
+    def walk_repositories(self, path: str, prefix: str) -> None:
+        entries = self.scandir(path)
+        names = {e.name for e in entries}
+        is_repo = bool(prefix) and "_layers" in names  # the catalog's own rule
+        if is_repo:
+            self.visit_repository(path, prefix, names)
+        for entry in entries:
+            if entry.name.startswith("_"):
+                if not (is_repo and entry.name in _REPO_DIRS):
+                    self.anomaly(entry.path, "underscore entry outside a repository (no _layers beside it)")
+                continue
+            if entry.is_symlink():
+                self.anomaly(entry.path, "symlink (not followed)")
+                continue
+            if not entry.is_dir(follow_symlinks=False):
+                continue  # stray files between repositories are ignored by the registry too
+            name = f"{prefix}/{entry.name}" if prefix else entry.name
+            if not valid_repo_component(entry.name) or len(name) > MAX_REPO_NAME:
+                self.anomaly(entry.path, "name the registry would refuse")
+            self.walk_repositories(entry.path, name)
+
+    def visit_repository(self, path: str, repo: str, names: set[str]) -> None:
+        manifests = os.path.join(path, "_manifests")
+        has_manifests = "_manifests" in names and _is_real_dir(Path(manifests))
+        tags_dir = os.path.join(manifests, "tags")
+        has_tags = has_manifests and _is_real_dir(Path(tags_dir))
+        self.result.repositories.append(RepoRow(repo, has_manifests, has_tags))
+        self.walk_digest_links(os.path.join(path, "_layers"), repo, LinkKind.LAYER, None)
+        if has_manifests:
+            self.walk_digest_links(os.path.join(manifests, "revisions"), repo, LinkKind.REVISION, None)
+        if has_tags:
+            for tag_dir in self.subdirs(tags_dir):
+                tag = tag_dir.name
+                if not valid_tag(tag):
+                    self.anomaly(tag_dir.path, "tag name the registry would refuse")
+                cur = os.path.join(tag_dir.path, "current")
+                state, target, preview = self.read_link(cur)
+                self.add_link(repo, LinkKind.TAG_CURRENT, tag, None, state, target, preview)
+                self.walk_digest_links(os.path.join(tag_dir.path, "index"), repo, LinkKind.TAG_INDEX, tag)
+        uploads = os.path.join(path, "_uploads")
+        if "_uploads" in names and _is_real_dir(Path(uploads)):
+            for up in self.subdirs(uploads):
+                self.visit_upload(up.path, repo, up.name)
+
+    def walk_digest_links(self, path: str, repo: str, kind: LinkKind, tag: str | None) -> None:
+        if not _is_real_dir(Path(path)):
+            return
+        for alg_dir in self.subdirs(path):
+            alg = alg_dir.name
+            if alg not in DIGEST_HEX_LEN:
+                self.anomaly(alg_dir.path, "unknown digest algorithm")
+                continue
+            for hex_dir in self.subdirs(alg_dir.path):
+                if not is_hex_for(alg, hex_dir.name):
+                    self.anomaly(hex_dir.path, "not a digest directory name")
+                    continue
+                state, target, preview = self.read_link(hex_dir.path)
+                self.add_link(repo, kind, tag, f"{alg}:{hex_dir.name}", state, target, preview)
+
+    def add_link(
+        self,
+        repo: str,
+        kind: LinkKind,
+        tag: str | None,
+        path_digest: str | None,
+        state: LinkState,
+        target: str | None,
+        preview: str | None,
+    ) -> None:
+        self.result.links.append(LinkRow(repo, kind.value, tag, path_digest, target, state.value, preview))
+
+    def visit_upload(self, path: str, repo: str, uuid: str) -> None:
+        started_raw: str | None = None
+        started: datetime | None = None
+        sa = os.path.join(path, "startedat")
+        try:
+            st = os.lstat(sa)
+            if stat.S_ISREG(st.st_mode):
+                started_raw = _read_bounded(sa, MAX_STARTEDAT_BYTES).decode("utf-8", "replace").strip()
+                started = parse_rfc3339(started_raw)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self.anomaly(sa, f"unreadable: {exc.strerror}")
+        size: int | None = None
+        try:
+            st = os.lstat(os.path.join(path, "data"))
+            if stat.S_ISREG(st.st_mode):
+                size = st.st_size
+        except FileNotFoundError:
+            pass
+        self.tick()
+        self.result.uploads.append(UploadRow(repo, uuid, started, started_raw, size))
+
+
+def crawl(root: RegistryRoot, progress: Callable[[int], None] | None = None) -> CrawlResult:
+    """Walk one registry root. Raises ``StorageError`` when any part of the tree cannot be listed."""
+    if not os.access(root.v2, os.R_OK | os.X_OK):
+        raise StorageError(f"{root.name}: cannot read {root.v2}")
+    return _Walker(root, progress).run()
+
+
+def parse_rfc3339(text: str) -> datetime | None:
+    """Registry ``startedat`` files hold RFC 3339 (Go's time.Time text, possibly with nanoseconds)."""
+    t = text.strip()
+    if not t:
+        return None
+    if t.endswith("Z"):
+        t = t[:-1] + "+00:00"
+    # Go may write up to 9 fractional digits; Python accepts at most 6.
+    if "." in t:
+        head, _, rest = t.partition(".")
+        frac = ""
+        i = 0
+        while i < len(rest) and rest[i].isdigit():
+            frac += rest[i]
+            i += 1
+        t = f"{head}.{frac[:6].ljust(6, '0')}{rest[i:]}" if frac else head + rest[i:]
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def _read_bounded(path: str, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+class BlobTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def read_blob(v2: Path, digest: str, cap: int = DEFAULT_MAX_MANIFEST_BYTES) -> bytes | None:
+    """Whole blob data, never truncated: ``None`` when missing, ``BlobTooLarge`` above ``cap``."""
+    alg, hex_ = digest.split(":", 1)
+    path = os.path.join(v2, "blobs", alg, hex_[:2], hex_, "data")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if st.st_size > cap:
+            raise BlobTooLarge(st.st_size)
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, cap + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > cap:
+                raise BlobTooLarge(total)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def hash_blob(v2: Path, digest: str) -> str | None:
+    """Re-hash blob data with the digest's algorithm, streaming. ``None`` when missing."""
+    import hashlib
+
+    alg, hex_ = digest.split(":", 1)
+    path = os.path.join(v2, "blobs", alg, hex_[:2], hex_, "data")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    h = hashlib.new(alg)
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+    finally:
+        os.close(fd)
+    return f"{alg}:{h.hexdigest()}"

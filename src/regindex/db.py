@@ -1,0 +1,202 @@
+"""Engine, connections and migrations.
+
+``--db`` is a file path (SQLite, the embedded default) or a SQLAlchemy URL (PostgreSQL works the same way).
+Migrations ship inside the package and run programmatically; no ``alembic.ini`` is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from regindex.errors import SchemaError
+
+DEFAULT_DB = "regindex.db"
+
+
+def resolve_url(db: str | None) -> str:
+    """A path becomes a SQLite URL; a URL is taken as it is."""
+    value = db or os.environ.get("REGINDEX_DB") or DEFAULT_DB
+    if "://" in value:
+        try:
+            make_url(value)
+        except ArgumentError:
+            raise SchemaError(f"not a valid database URL: {value!r}") from None
+        return value
+    path = Path(value).expanduser()
+    if path.parent and not path.parent.exists():
+        raise SchemaError(f"database directory {path.parent} does not exist")
+    return f"sqlite:///{path.absolute()}"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, readonly: bool = False) -> Engine:
+    kwargs: dict[str, object] = {}
+    if is_sqlite(url):
+        if readonly:
+            path = make_url(url).database
+            if not path or not Path(path).exists():
+                raise SchemaError(f"no database at {path}: run `regindex scan` first")
+            url = f"sqlite:///file:{Path(path).absolute()}?mode=ro&uri=true"
+        kwargs["connect_args"] = {"timeout": 30}
+    try:
+        engine = create_engine(url, **kwargs)
+    except (ArgumentError, ImportError) as exc:
+        raise SchemaError(f"cannot use database {make_url(url).render_as_string(hide_password=True)}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        _sqlite_events(engine, readonly)
+    elif engine.dialect.name == "postgresql" and readonly:
+
+        @event.listens_for(engine, "connect")
+        def _pg_readonly(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            cur.close()
+            dbapi_conn.commit()
+
+    return engine
+
+
+def _sqlite_events(engine: Engine, readonly: bool) -> None:
+    # The pysqlite driver does not emit BEGIN itself (so DDL would autocommit); take over transaction control
+    # so a failed migration or load leaves nothing half-done (SQLAlchemy's "serializable isolation" recipe).
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        if readonly:
+            cur.execute("PRAGMA query_only=1")
+        else:
+            cur.execute("PRAGMA journal_mode=WAL")  # outside any transaction, as WAL requires
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN")
+
+
+# ---------------------------------------------------------------------------------------------
+# Migrations
+
+
+def _alembic_config(conn: Connection):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("regindex.migrations")))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    cfg = _alembic_config(None)  # type: ignore[arg-type]
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), revision)
+    except OperationalError as exc:
+        raise SchemaError(f"cannot migrate the database: {_one_line(exc)}") from None
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create or upgrade the schema on first use; refuse a schema newer than this code."""
+    with engine.connect() as conn:
+        try:
+            current = current_revision(conn)
+        except OperationalError as exc:
+            raise SchemaError(f"cannot open the database: {_one_line(exc)}") from None
+        has_tables = bool(inspect(conn).get_table_names())
+    head = head_revision()
+    if current == head:
+        return
+    if current is None and has_tables:
+        raise SchemaError("the database holds tables that regindex did not create; use another --db")
+    if current is not None and not _known_revision(current):
+        raise SchemaError(
+            f"the database schema ({current}) is newer than this regindex ({head}): upgrade regindex"
+        )
+    upgrade(engine)
+
+
+def check_schema(conn: Connection) -> None:
+    """For read paths: the schema must be exactly the code's."""
+    try:
+        current = current_revision(conn)
+    except OperationalError as exc:
+        raise SchemaError(f"cannot read the database: {_one_line(exc)}") from None
+    head = head_revision()
+    if current is None:
+        raise SchemaError("the database has no regindex schema: run `regindex scan` or `regindex db upgrade`")
+    if current != head:
+        if _known_revision(current):
+            raise SchemaError(f"the database schema ({current}) is older than this regindex: run `regindex db upgrade`")
+        raise SchemaError(f"the database schema ({current}) is newer than this regindex ({head}): upgrade regindex")
+
+
+def _known_revision(rev: str) -> bool:
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    try:
+        return ScriptDirectory.from_config(_alembic_config(None)).get_revision(rev) is not None  # type: ignore[arg-type]
+    except CommandError:
+        return False
+
+
+def _one_line(exc: BaseException) -> str:
+    text_ = str(getattr(exc, "orig", None) or exc)
+    return text_.strip().splitlines()[0] if text_.strip() else type(exc).__name__
+
+
+@contextmanager
+def reader(db: str | None) -> Iterator[Connection]:
+    """A read-only connection to an existing, current database."""
+    url = resolve_url(db)
+    engine = make_engine(url, readonly=True)
+    try:
+        with engine.connect() as conn:
+            check_schema(conn)
+            yield conn
+    except SQLAlchemyError as exc:
+        raise SchemaError(f"database error: {_one_line(exc)}") from None
+    finally:
+        engine.dispose()
+
+
+def open_writer(db: str | None) -> Engine:
+    """An engine for writing; the schema is created or upgraded first."""
+    url = resolve_url(db)
+    engine = make_engine(url)
+    ensure_schema(engine)
+    return engine
+
+
+def ping(conn: Connection) -> None:
+    conn.execute(text("SELECT 1"))

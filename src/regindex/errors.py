@@ -1,0 +1,33 @@
+"""Exceptions raised by the core. ``cli.py`` turns each into one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+
+class RegindexError(Exception):
+    """Base class: every expected failure of the core is one of these."""
+
+    exit_code = 2
+
+
+class StorageError(RegindexError):
+    """The storage tree is missing, unreadable, empty or not a registry."""
+
+
+class ConfigError(RegindexError):
+    """Bad options or configuration file."""
+
+
+class SchemaError(RegindexError):
+    """The database schema is older or newer than this code, or the database cannot be opened."""
+
+
+class ReadOnlyError(RegindexError):
+    """A statement tried to write through a read-only path (``regindex sql``)."""
+
+
+class LockError(RegindexError):
+    """Another scan holds the lock on this database."""
+
+
+class ScanAborted(RegindexError):
+    """A scan stopped before it finished (interrupt or unexpected failure); nothing was resolved."""

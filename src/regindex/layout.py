@@ -1,0 +1,202 @@
+"""Paths and digests of registry 2.x filesystem storage. Pure functions, no I/O.
+
+One small type per on-disk path kind and one function mapping it to a path, as in distribution's
+``registry/storage/paths.go``. Everything read from storage is hostile: names are validated here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import PurePosixPath
+
+V2_SUFFIX = ("docker", "registry", "v2")
+
+# Hex lengths per algorithm, as distribution's digest package accepts them.
+DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
+_DIGEST_RE = re.compile(r"^(sha256|sha384|sha512):([0-9a-f]+)$")
+_HEX_RE = re.compile(r"^[0-9a-f]+$")
+
+# Repository name component, as distribution's reference grammar has it.
+REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$")
+TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+MAX_REPO_NAME = 255
+
+EMPTY_SHA256 = "sha256:" + hashlib.sha256(b"").hexdigest()
+
+
+class LinkKind(str, Enum):
+    LAYER = "layer"
+    REVISION = "revision"
+    TAG_CURRENT = "tag_current"
+    TAG_INDEX = "tag_index"
+
+
+class LinkState(str, Enum):
+    OK = "ok"  # exactly <alg>:<hex>, no newline
+    EMPTY = "empty"  # 0 bytes
+    WHITESPACE = "whitespace"  # a digest with surrounding whitespace (the registry refuses it: 500)
+    GARBAGE = "garbage"  # anything else
+    UNREADABLE = "unreadable"  # the file exists but cannot be read (permissions, not a regular file, too big)
+    ABSENT = "absent"  # the directory exists, the link file does not (the normal trace of an API DELETE)
+
+
+def is_digest(value: str) -> bool:
+    m = _DIGEST_RE.match(value)
+    return bool(m) and len(m.group(2)) == DIGEST_HEX_LEN[m.group(1)]
+
+
+def is_hex_for(alg: str, hex_: str) -> bool:
+    return alg in DIGEST_HEX_LEN and len(hex_) == DIGEST_HEX_LEN[alg] and bool(_HEX_RE.match(hex_))
+
+
+def split_digest(digest: str) -> tuple[str, str]:
+    if not is_digest(digest):
+        raise ValueError(f"not a digest: {digest!r}")
+    alg, hex_ = digest.split(":", 1)
+    return alg, hex_
+
+
+def is_empty_digest(digest: str) -> bool:
+    """The digest of zero bytes (any algorithm): 0-byte data is correct for it."""
+    if not is_digest(digest):
+        return False
+    alg, hex_ = digest.split(":", 1)
+    return hashlib.new(alg, b"").hexdigest() == hex_
+
+
+MAX_LINK_BYTES = 1024  # a valid link is at most 7 + 128 bytes; anything longer is garbage
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedLink:
+    state: LinkState
+    target: str | None  # the digest in the file when it parses (state ok), or inside whitespace
+    preview: str | None  # for evidence: a short, printable rendering of bad bytes
+
+
+def parse_link(raw: bytes) -> ParsedLink:
+    """Classify the bytes of a link file the way the registry would read them."""
+    if not raw:
+        return ParsedLink(LinkState.EMPTY, None, "")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return ParsedLink(LinkState.GARBAGE, None, _preview(raw))
+    if is_digest(text):
+        return ParsedLink(LinkState.OK, text, None)
+    stripped = text.strip()
+    if stripped != text and is_digest(stripped):
+        return ParsedLink(LinkState.WHITESPACE, stripped, _preview(raw))
+    return ParsedLink(LinkState.GARBAGE, None, _preview(raw))
+
+
+def _preview(raw: bytes, limit: int = 64) -> str:
+    shown = repr(raw[:limit])[2:-1]
+    return shown + ("…" if len(raw) > limit else "")
+
+
+def valid_repo_component(name: str) -> bool:
+    return bool(REPO_COMPONENT_RE.match(name))
+
+
+def valid_tag(name: str) -> bool:
+    return bool(TAG_RE.match(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Path kinds: each maps to exactly one path under the v2 root.
+
+
+@dataclass(frozen=True, slots=True)
+class BlobDataPath:
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class LayerLinkPath:
+    repository: str
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionLinkPath:
+    repository: str
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class TagCurrentLinkPath:
+    repository: str
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class TagIndexLinkPath:
+    repository: str
+    tag: str
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadDataPath:
+    repository: str
+    uuid: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStartedAtPath:
+    repository: str
+    uuid: str
+
+
+PathSpec = (
+    BlobDataPath
+    | LayerLinkPath
+    | RevisionLinkPath
+    | TagCurrentLinkPath
+    | TagIndexLinkPath
+    | UploadDataPath
+    | UploadStartedAtPath
+)
+
+
+def _dig(digest: str) -> tuple[str, str]:
+    return split_digest(digest)
+
+
+def path_for(spec: PathSpec) -> PurePosixPath:
+    """The path of ``spec`` relative to the v2 root (``<rootdirectory>/docker/registry/v2``)."""
+    match spec:
+        case BlobDataPath(digest=d):
+            alg, hex_ = _dig(d)
+            return PurePosixPath("blobs", alg, hex_[:2], hex_, "data")
+        case LayerLinkPath(repository=r, digest=d):
+            alg, hex_ = _dig(d)
+            return PurePosixPath("repositories", r, "_layers", alg, hex_, "link")
+        case RevisionLinkPath(repository=r, digest=d):
+            alg, hex_ = _dig(d)
+            return PurePosixPath("repositories", r, "_manifests", "revisions", alg, hex_, "link")
+        case TagCurrentLinkPath(repository=r, tag=t):
+            return PurePosixPath("repositories", r, "_manifests", "tags", t, "current", "link")
+        case TagIndexLinkPath(repository=r, tag=t, digest=d):
+            alg, hex_ = _dig(d)
+            return PurePosixPath("repositories", r, "_manifests", "tags", t, "index", alg, hex_, "link")
+        case UploadDataPath(repository=r, uuid=u):
+            return PurePosixPath("repositories", r, "_uploads", u, "data")
+        case UploadStartedAtPath(repository=r, uuid=u):
+            return PurePosixPath("repositories", r, "_uploads", u, "startedat")
+    raise TypeError(f"unknown path spec {spec!r}")
+
+
+def link_path(kind: LinkKind, repository: str, digest: str | None, tag: str | None) -> PurePosixPath:
+    """The path of a link file of ``kind``: the one place that maps link rows back to files."""
+    if kind is LinkKind.LAYER:
+        return path_for(LayerLinkPath(repository, digest or ""))
+    if kind is LinkKind.REVISION:
+        return path_for(RevisionLinkPath(repository, digest or ""))
+    if kind is LinkKind.TAG_CURRENT:
+        return path_for(TagCurrentLinkPath(repository, tag or ""))
+    return path_for(TagIndexLinkPath(repository, tag or "", digest or ""))

@@ -1,0 +1,202 @@
+"""Parse manifest bytes into a kind and its references. Pure: bytes in, facts out.
+
+Every kind is recognised with or without ``mediaType`` (it is optional in OCI JSON), at any size: the
+caller reads the whole blob (bounded by a cap far above real manifests) and never truncates before parsing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from regindex.layout import is_digest
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
+# The Accept header that lets registry 2.8.2 answer for every manifest kind.
+ALL_MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
+
+FOREIGN_LAYER_TYPES = frozenset(
+    {
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    }
+)
+
+KIND_IMAGE = "image"
+KIND_INDEX = "index"
+KIND_SCHEMA1 = "schema1"
+KIND_UNKNOWN = "unknown"  # valid JSON the registry does not recognise as a manifest
+KIND_INVALID = "invalid"  # not JSON, or empty
+
+ROLE_CHILD = "child"
+ROLE_CONFIG = "config"
+ROLE_LAYER = "layer"
+ROLE_SUBJECT = "subject"
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    role: str
+    digest: str
+    media_type: str | None = None
+    size: int | None = None
+    platform: str | None = None
+    foreign: bool = False
+    position: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedManifest:
+    kind: str
+    media_type: str | None
+    artifact_type: str | None = None
+    error: str | None = None
+    refs: tuple[Reference, ...] = field(default_factory=tuple)
+    # descriptors that could not be understood (bad digest, wrong type): kept as evidence, never dropped silently
+    bad_refs: int = 0
+
+
+def parse_manifest(raw: bytes) -> ParsedManifest:
+    if not raw:
+        return ParsedManifest(KIND_INVALID, None, error="empty (0 bytes)")
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return ParsedManifest(KIND_INVALID, None, error=f"not valid JSON: {_short(exc)}")
+    except RecursionError:
+        return ParsedManifest(KIND_INVALID, None, error="not valid JSON: nested too deeply")
+    if not isinstance(doc, dict):
+        return ParsedManifest(KIND_INVALID, None, error=f"JSON {type(doc).__name__}, not an object")
+
+    media_type = _str(doc.get("mediaType"))
+    artifact_type = _str(doc.get("artifactType"))
+    schema_version = doc.get("schemaVersion")
+
+    if schema_version == 1 or media_type in SCHEMA1_TYPES:
+        refs, bad = _schema1_refs(doc)
+        return ParsedManifest(KIND_SCHEMA1, media_type or DOCKER_SCHEMA1, artifact_type, None, refs, bad)
+
+    kind = _kind_of(doc, media_type)
+    if kind == KIND_UNKNOWN:
+        why = f"mediaType {media_type!r} is not a manifest type" if media_type else "neither manifests nor config+layers"
+        return ParsedManifest(KIND_UNKNOWN, media_type, artifact_type, f"unrecognised manifest: {why}")
+    if schema_version != 2:
+        return ParsedManifest(kind, media_type, artifact_type, f"unrecognised schemaVersion {schema_version!r}")
+
+    refs: list[Reference] = []
+    bad = 0
+    if kind == KIND_INDEX:
+        for pos, desc in enumerate(_list(doc.get("manifests"))):
+            ref = _descriptor(desc, ROLE_CHILD, pos)
+            if ref is None:
+                bad += 1
+            else:
+                refs.append(ref)
+    else:
+        cfg = _descriptor(doc.get("config"), ROLE_CONFIG, 0)
+        if cfg is None:
+            bad += 1
+        else:
+            refs.append(cfg)
+        for pos, desc in enumerate(_list(doc.get("layers"))):
+            ref = _descriptor(desc, ROLE_LAYER, pos)
+            if ref is None:
+                bad += 1
+            else:
+                refs.append(ref)
+    if "subject" in doc:
+        subj = _descriptor(doc.get("subject"), ROLE_SUBJECT, 0)
+        if subj is None:
+            bad += 1
+        else:
+            refs.append(subj)
+    return ParsedManifest(kind, media_type, artifact_type, None, tuple(refs), bad)
+
+
+def _kind_of(doc: dict[str, Any], media_type: str | None) -> str:
+    if media_type in INDEX_TYPES:
+        return KIND_INDEX
+    if media_type in IMAGE_TYPES:
+        return KIND_IMAGE
+    if media_type:
+        return KIND_UNKNOWN
+    # No mediaType (allowed by OCI): decide from the structure, as registry 2.8 does.
+    if isinstance(doc.get("manifests"), list):
+        return KIND_INDEX
+    if "config" in doc or "layers" in doc:
+        return KIND_IMAGE
+    return KIND_UNKNOWN
+
+
+def _descriptor(desc: Any, role: str, position: int) -> Reference | None:
+    if not isinstance(desc, dict):
+        return None
+    digest = desc.get("digest")
+    if not isinstance(digest, str) or not is_digest(digest):
+        return None
+    size = desc.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        size = None
+    media_type = _str(desc.get("mediaType"))
+    urls = desc.get("urls")
+    foreign = bool(isinstance(urls, list) and urls) or media_type in FOREIGN_LAYER_TYPES
+    return Reference(
+        role=role,
+        digest=digest,
+        media_type=media_type,
+        size=size,
+        platform=_platform(desc.get("platform")),
+        foreign=foreign if role == ROLE_LAYER else False,
+        position=position,
+    )
+
+
+def _platform(p: Any) -> str | None:
+    if not isinstance(p, dict):
+        return None
+    parts = [_str(p.get("os")) or "?", _str(p.get("architecture")) or "?"]
+    variant = _str(p.get("variant"))
+    if variant:
+        parts.append(variant)
+    return "/".join(parts)
+
+
+def _schema1_refs(doc: dict[str, Any]) -> tuple[tuple[Reference, ...], int]:
+    refs: list[Reference] = []
+    bad = 0
+    seen: set[str] = set()
+    for pos, layer in enumerate(_list(doc.get("fsLayers"))):
+        digest = layer.get("blobSum") if isinstance(layer, dict) else None
+        if not isinstance(digest, str) or not is_digest(digest):
+            bad += 1
+            continue
+        if digest in seen:  # schema1 repeats the empty layer; one reference is enough
+            continue
+        seen.add(digest)
+        refs.append(Reference(ROLE_LAYER, digest, position=pos))
+    return tuple(refs), bad
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 120 else text[:117] + "..."

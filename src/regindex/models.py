@@ -1,0 +1,260 @@
+"""The schema. ORM classes define it; alembic migrations create it; bulk writes use Core ``insert()``.
+
+History is kept by *episodes*: a fact that can appear and disappear (a repository, a link file, a blob, an
+upload, a finding) is one row per continuous presence, with ``first_run`` (first run that saw it) and
+``gone_run`` (first complete run that no longer saw it; NULL while present). An unchanged night writes no
+inventory row. Immutable content (a manifest and its references) is stored once per (digest, size).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+DIGEST = String(140)  # "sha512:" + 128 hex
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Run(Base):
+    """One scan. ``status``: running, complete, partial (some registry could not be read), failed."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    base: Mapped[str] = mapped_column(Text)
+    options: Mapped[str | None] = mapped_column(Text)  # JSON
+    tool_version: Mapped[str | None] = mapped_column(String(32))
+    registries: Mapped[int | None] = mapped_column(Integer)
+    repositories: Mapped[int | None] = mapped_column(Integer)
+    links: Mapped[int | None] = mapped_column(Integer)
+    blobs: Mapped[int | None] = mapped_column(Integer)
+    blob_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    manifests_parsed: Mapped[int | None] = mapped_column(Integer)
+    uploads: Mapped[int | None] = mapped_column(Integer)
+    inventory_changes: Mapped[int | None] = mapped_column(Integer)
+    findings_open: Mapped[int | None] = mapped_column(Integer)
+    findings_new: Mapped[int | None] = mapped_column(Integer)
+    findings_resolved: Mapped[int | None] = mapped_column(Integer)
+    duration_seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Registry(Base):
+    """A registry root. ``role``: authoritative, or cache (a pull-through cache: missing children are expected)."""
+
+    __tablename__ = "registries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    root: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16), default="authoritative")
+    first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    last_scanned_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+
+
+class RunRegistry(Base):
+    """How each registry fared in each run (a run is partial when one of these failed)."""
+
+    __tablename__ = "run_registries"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    registry_id: Mapped[int] = mapped_column(ForeignKey("registries.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # complete | failed
+    error: Mapped[str | None] = mapped_column(Text)
+    repositories: Mapped[int | None] = mapped_column(Integer)
+    links: Mapped[int | None] = mapped_column(Integer)
+    blobs: Mapped[int | None] = mapped_column(Integer)
+    blob_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    uploads: Mapped[int | None] = mapped_column(Integer)
+    files_seen: Mapped[int | None] = mapped_column(Integer)
+    inventory_added: Mapped[int | None] = mapped_column(Integer)
+    inventory_removed: Mapped[int | None] = mapped_column(Integer)
+
+
+class Repository(Base):
+    __tablename__ = "repositories"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    registry_id: Mapped[int] = mapped_column(ForeignKey("registries.id"))
+    name: Mapped[str] = mapped_column(Text)
+    has_manifests: Mapped[bool] = mapped_column(Boolean)
+    has_tags_dir: Mapped[bool] = mapped_column(Boolean)
+    first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    gone_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    __table_args__ = (Index("ix_repositories_current", "registry_id", "gone_run", "name"),)
+
+
+class Link(Base):
+    """A link file (or a link directory without its file: state ``absent``).
+
+    ``kind``: layer, revision, tag_current, tag_index. ``path_digest`` is the digest spelled by the path
+    (NULL for tag_current); ``target_digest`` the digest in the file when it parses.
+    ``state``: ok, empty, whitespace, garbage, unreadable, absent.
+    """
+
+    __tablename__ = "links"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    registry_id: Mapped[int] = mapped_column(ForeignKey("registries.id"))
+    repository: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    tag: Mapped[str | None] = mapped_column(Text)
+    path_digest: Mapped[str | None] = mapped_column(DIGEST)
+    target_digest: Mapped[str | None] = mapped_column(DIGEST)
+    state: Mapped[str] = mapped_column(String(16))
+    preview: Mapped[str | None] = mapped_column(Text)  # printable rendering of bytes that do not parse
+    first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    gone_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    __table_args__ = (
+        Index("ix_links_current", "registry_id", "gone_run", "repository", "kind", "path_digest"),
+        Index("ix_links_target", "registry_id", "target_digest"),
+        Index("ix_links_path_digest", "path_digest"),
+    )
+
+
+class Blob(Base):
+    """Blob data (``blobs/<alg>/<xx>/<hex>/data``). A change of size is a new episode."""
+
+    __tablename__ = "blobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    registry_id: Mapped[int] = mapped_column(ForeignKey("registries.id"))
+    digest: Mapped[str] = mapped_column(DIGEST)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime: Mapped[float | None] = mapped_column(Float)
+    first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    gone_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    __table_args__ = (
+        Index("ix_blobs_current", "registry_id", "gone_run", "digest"),
+        Index("ix_blobs_digest", "digest"),
+    )
+
+
+class BlobVerification(Base):
+    """Content hash of blob data, recomputed only when its size or mtime changes (``--verify-content``)."""
+
+    __tablename__ = "blob_verifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    registry_id: Mapped[int] = mapped_column(ForeignKey("registries.id"))
+    digest: Mapped[str] = mapped_column(DIGEST)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime: Mapped[float | None] = mapped_column(Float)
+    computed_digest: Mapped[str | None] = mapped_column(DIGEST)
+    verified_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    __table_args__ = (UniqueConstraint("registry_id", "digest"),)
+
+
+class Upload(Base):
+    __tablename__ = "uploads"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    registry_id: Mapped[int] = mapped_column(ForeignKey("registries.id"))
+    repository: Mapped[str] = mapped_column(Text)
+    uuid: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_raw: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    gone_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    __table_args__ = (Index("ix_uploads_current", "registry_id", "gone_run"),)
+
+
+class Anomaly(Base):
+    """Something in the tree that regindex did not index (symlink, odd name, stray file): never skipped silently."""
+
+    __tablename__ = "anomalies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    registry_id: Mapped[int] = mapped_column(ForeignKey("registries.id"))
+    path: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    gone_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    __table_args__ = (Index("ix_anomalies_current", "registry_id", "gone_run"),)
+
+
+class Manifest(Base):
+    """A parsed manifest, once per (digest, size): content-addressed, so parsed once, ever.
+
+    ``kind``: image, index, schema1, unknown (JSON, not a manifest), invalid (not JSON / empty).
+    A (digest, size) whose data is not the digest's content (truncated, overwritten) gets its own row.
+    """
+
+    __tablename__ = "manifests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(DIGEST)
+    size: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    media_type: Mapped[str | None] = mapped_column(Text)
+    artifact_type: Mapped[str | None] = mapped_column(Text)
+    parse_error: Mapped[str | None] = mapped_column(Text)
+    bad_refs: Mapped[int] = mapped_column(Integer, default=0)
+    parsed_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    __table_args__ = (UniqueConstraint("digest", "size"),)
+
+
+class ManifestRef(Base):
+    """A descriptor inside a manifest. ``role``: child (of an index), config, layer, subject."""
+
+    __tablename__ = "manifest_refs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    manifest_id: Mapped[int] = mapped_column(ForeignKey("manifests.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    position: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(DIGEST)
+    media_type: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    platform: Mapped[str | None] = mapped_column(Text)
+    is_foreign: Mapped[bool] = mapped_column(Boolean, default=False)
+    __table_args__ = (
+        Index("ix_manifest_refs_manifest", "manifest_id"),
+        Index("ix_manifest_refs_digest", "digest"),
+    )
+
+
+class Finding(Base):
+    """One episode of a problem. ``key`` identifies the problem across runs; a re-opened problem is a new
+    episode (``episode`` > 1). Open while ``resolved_run`` is NULL."""
+
+    __tablename__ = "findings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64))
+    episode: Mapped[int] = mapped_column(Integer, default=1)
+    kind: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    # "registry" is reserved on declarative classes; the column keeps the name people query by
+    registry_name: Mapped[str] = mapped_column("registry", Text)
+    repository: Mapped[str | None] = mapped_column(Text)
+    digest: Mapped[str | None] = mapped_column(DIGEST)
+    tag: Mapped[str | None] = mapped_column(Text)
+    parent_digest: Mapped[str | None] = mapped_column(DIGEST)
+    detail: Mapped[str] = mapped_column(Text)  # JSON evidence
+    hint: Mapped[str | None] = mapped_column(Text)
+    first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    last_seen_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    resolved_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    __table_args__ = (
+        UniqueConstraint("key", "episode"),
+        Index("ix_findings_open", "resolved_run", "registry"),
+        Index("ix_findings_digest", "digest"),
+    )

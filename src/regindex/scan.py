@@ -1,0 +1,333 @@
+"""One scan, end to end: discover → crawl → load (episodes) → parse manifests → checks → history.
+
+All database work of a run happens in one transaction: a run that fails or is interrupted leaves every
+inventory row and every finding as it was, and is recorded as ``failed`` in a transaction of its own.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, insert, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from regindex import __version__, checks, history, store
+from regindex.crawl import (
+    DEFAULT_MAX_MANIFEST_BYTES,
+    BlobTooLarge,
+    CrawlResult,
+    RegistryRoot,
+    crawl,
+    discover,
+    hash_blob,
+    read_blob,
+)
+from regindex.errors import LockError, RegindexError, ScanAborted, StorageError
+from regindex.manifests import KIND_UNKNOWN, ParsedManifest, parse_manifest
+from regindex.models import Blob, BlobVerification, Registry
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ScanOptions:
+    base: Path
+    caches: frozenset[str] = frozenset()
+    verify_content: bool = False
+    stale_upload_hours: float = 168.0
+    allow_empty: bool = False
+    max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
+    now: datetime | None = None  # for tests: the clock of stale_upload
+
+    def for_record(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["base"] = str(self.base)
+        d["caches"] = sorted(self.caches)
+        d.pop("now")
+        return d
+
+
+@dataclass
+class ScanOutcome:
+    run_id: int
+    status: str  # complete | partial | failed
+    failures: dict[str, str] = field(default_factory=dict)
+    counts: history.HistoryCounts = field(default_factory=history.HistoryCounts)
+    open_errors: int = 0
+    registries: int = 0
+    repositories: int = 0
+    links: int = 0
+    blobs: int = 0
+    blob_bytes: int = 0
+    manifests_parsed: int = 0
+    uploads: int = 0
+    inventory_changes: int = 0
+    duration_seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Locking: one scan per database at a time (cron overlap, a slow night).
+
+
+@contextmanager
+def scan_lock(engine: Engine) -> Iterator[None]:
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or "regindex.db")
+        lock_path = path.with_name(path.name + ".lock")
+        fh = open(lock_path, "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockError(f"another regindex scan holds {lock_path}") from None
+            yield
+        finally:
+            fh.close()
+        return
+    key = int.from_bytes(hashlib.sha256(b"regindex-scan").digest()[:8], "big", signed=True)
+    with engine.connect() as conn:
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        conn.commit()
+        if not got:
+            raise LockError("another regindex scan holds the database's advisory lock")
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run_scan(engine: Engine, opts: ScanOptions, progress: Progress | None = None) -> ScanOutcome:
+    with scan_lock(engine):
+        return _run(engine, opts, progress)
+
+
+def _run(engine: Engine, opts: ScanOptions, progress: Progress | None) -> ScanOutcome:
+    with engine.begin() as conn:
+        run_id = store.start_run(conn, str(opts.base), opts.for_record(), __version__)
+    started = store.utcnow()
+    try:
+        outcome = _scan(engine, run_id, started, opts, progress)
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, RegindexError) else f"{type(exc).__name__}: {exc}".strip(": ")
+        if isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        try:
+            with engine.begin() as conn:
+                store.finish_run(conn, run_id, "failed", started, error=message[:2000])
+        except SQLAlchemyError:
+            pass
+        if isinstance(exc, RegindexError):
+            raise
+        if isinstance(exc, SQLAlchemyError):
+            raise ScanAborted(f"run {run_id} failed, nothing changed: database error: {_one_line(exc)}") from exc
+        if isinstance(exc, KeyboardInterrupt):
+            raise ScanAborted(f"run {run_id} interrupted, nothing changed") from None
+        raise
+    return outcome
+
+
+def _one_line(exc: BaseException) -> str:
+    s = str(getattr(exc, "orig", None) or exc).strip()
+    return s.splitlines()[0] if s else type(exc).__name__
+
+
+def _say(progress: Progress | None, msg: str) -> None:
+    if progress:
+        progress(msg)
+
+
+def _scan(
+    engine: Engine, run_id: int, started: datetime, opts: ScanOptions, progress: Progress | None
+) -> ScanOutcome:
+    roots = discover(opts.base)
+    unknown_caches = opts.caches - {r.name for r in roots}
+    if unknown_caches:
+        from regindex.errors import ConfigError
+
+        raise ConfigError(f"--cache names no registry under {opts.base}: {', '.join(sorted(unknown_caches))}")
+
+    crawled: list[CrawlResult] = []
+    failures: dict[str, str] = {}
+    for root in roots:
+        _say(progress, f"crawling {root.name}")
+        try:
+            crawled.append(crawl(root, lambda n, name=root.name: _say(progress, f"crawling {name}: {n} files")))
+        except StorageError as exc:
+            failures[root.name] = str(exc)
+
+    outcome = ScanOutcome(run_id, "complete")
+    with engine.begin() as conn:
+        known = store.registry_ids(conn)
+        scanned: dict[str, int] = {}
+        manifests_known = store.known_manifests(conn)
+        for result in crawled:
+            name = result.registry.name
+            role = "cache" if name in opts.caches else "authoritative"
+            rid = store.upsert_registry(conn, name, str(result.registry.v2), role, run_id)
+            if not result.repositories and not result.blobs and store.current_size(conn, rid) > 0 and not opts.allow_empty:
+                failures[name] = (
+                    f"{name}: storage is suddenly empty (the last scan saw content); refusing to resolve everything "
+                    "(pass --allow-empty if it really was emptied)"
+                )
+                continue
+            _say(progress, f"loading {name}")
+            stats = store.load_crawl(conn, run_id, rid, result)
+            parsed = _parse_manifests(conn, run_id, result, manifests_known, opts.max_manifest_bytes)
+            if opts.verify_content:
+                _say(progress, f"verifying blob content of {name}")
+                _verify_content(conn, run_id, rid, result)
+            store.record_run_registry(
+                conn, run_id, rid, "complete",
+                repositories=len(result.repositories), links=len(result.links), blobs=len(result.blobs),
+                blob_bytes=sum(b.size for b in result.blobs), uploads=len(result.uploads),
+                files_seen=result.files_seen, inventory_added=stats.added, inventory_removed=stats.removed,
+            )
+            store.mark_scanned(conn, rid, run_id)
+            scanned[name] = rid
+            outcome.repositories += len(result.repositories)
+            outcome.links += len(result.links)
+            outcome.blobs += len(result.blobs)
+            outcome.blob_bytes += sum(b.size for b in result.blobs)
+            outcome.uploads += len(result.uploads)
+            outcome.manifests_parsed += parsed
+            outcome.inventory_changes += stats.added + stats.removed
+
+        discovered = {r.name for r in roots}
+        for name, rid in known.items():
+            if name in discovered:
+                continue
+            if store.current_size(conn, rid) == 0:
+                continue
+            if opts.allow_empty:
+                stats = store.close_registry(conn, run_id, rid)
+                store.record_run_registry(conn, run_id, rid, "complete", inventory_removed=stats.removed)
+                scanned[name] = rid
+            else:
+                failures[name] = (
+                    f"{name}: registry is gone from {opts.base} (the last scan saw it); pass --allow-empty if it "
+                    "was removed on purpose"
+                )
+        for name, err in failures.items():
+            rid = known.get(name) or store.upsert_registry(
+                conn, name, str(opts.base / name), "cache" if name in opts.caches else "authoritative", run_id
+            )
+            store.record_run_registry(conn, run_id, rid, "failed", error=err[:2000])
+
+        if not scanned:
+            raise StorageError("; ".join(failures.values()) or f"nothing to scan under {opts.base}")
+
+        _say(progress, "checking")
+        found = checks.run_checks(
+            conn, list(scanned.values()),
+            checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now),
+        )
+        outcome.counts = history.apply(conn, run_id, found, set(scanned))
+        outcome.open_errors = history.open_error_count(conn)
+        outcome.status = "partial" if failures else "complete"
+        outcome.failures = failures
+        outcome.registries = len(scanned)
+        store.finish_run(
+            conn, run_id, outcome.status, started,
+            registries=outcome.registries, repositories=outcome.repositories, links=outcome.links,
+            blobs=outcome.blobs, blob_bytes=outcome.blob_bytes, manifests_parsed=outcome.manifests_parsed,
+            uploads=outcome.uploads, inventory_changes=outcome.inventory_changes,
+            findings_open=_open_count(conn), findings_new=outcome.counts.new,
+            findings_resolved=outcome.counts.resolved,
+            error="; ".join(failures.values())[:2000] if failures else None,
+        )
+    outcome.duration_seconds = (store.utcnow() - started).total_seconds()
+    return outcome
+
+
+def _open_count(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT COUNT(*) FROM findings WHERE resolved_run IS NULL")).scalar_one())
+
+
+def _parse_manifests(
+    conn: Connection, run_id: int, result: CrawlResult, known: set[tuple[str, int]], cap: int
+) -> int:
+    """Parse each manifest (digest, size) once, ever: link targets, then their children, to a fixpoint."""
+    sizes = {b.digest: b.size for b in result.blobs}
+    layer_targets: dict[str, str] = {}
+    queue: set[str] = set()
+    for link in result.links:
+        if link.state == "ok" and link.kind in ("revision", "tag_current", "tag_index"):
+            queue.add(link.target_digest)  # type: ignore[arg-type]
+        if link.kind == "revision" and link.path_digest:
+            queue.add(link.path_digest)  # the reference scanner reads revisions by their path digest
+        if link.kind == "layer" and link.state == "ok" and link.path_digest:
+            layer_targets[link.path_digest] = link.target_digest  # type: ignore[assignment]
+    done: set[str] = set()
+    parsed_total = 0
+    while queue:
+        level = queue - done
+        if not level:
+            break
+        done |= level
+        queue = set()
+        new: list[tuple[str, int, ParsedManifest]] = []
+        already: list[tuple[str, int]] = []
+        for digest in sorted(level):
+            if digest in layer_targets and layer_targets[digest] not in done:
+                queue.add(layer_targets[digest])
+            size = sizes.get(digest)
+            if size is None:
+                continue
+            if (digest, size) in known:
+                already.append((digest, size))
+                continue
+            try:
+                raw = read_blob(result.registry.v2, digest, cap)
+            except BlobTooLarge as big:
+                pm = ParsedManifest(KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte manifest cap: not parsed")
+            else:
+                if raw is None:
+                    continue
+                pm = parse_manifest(raw)
+            new.append((digest, size, pm))
+            known.add((digest, size))
+            for ref in pm.refs:
+                if ref.role in ("child", "subject"):
+                    queue.add(ref.digest)
+        store.insert_manifests(conn, run_id, new)
+        parsed_total += len(new)
+        for _role, d in store.manifest_refs_of(conn, already):
+            queue.add(d)
+    return parsed_total
+
+
+def _verify_content(conn: Connection, run_id: int, registry_id: int, result: CrawlResult) -> None:
+    """Re-hash blob data whose size or mtime changed since it was last hashed (or never hashed)."""
+    v = BlobVerification.__table__
+    seen = {
+        r.digest: (r.size, r.mtime)
+        for r in conn.execute(select(v.c.digest, v.c.size, v.c.mtime).where(v.c.registry_id == registry_id))
+    }
+    todo = [b for b in result.blobs if seen.get(b.digest) is None or not _same_stat(seen[b.digest], (b.size, b.mtime))]
+    for part in store.chunks(todo, 500):
+        digests = [b.digest for b in part]
+        conn.execute(delete(v).where(v.c.registry_id == registry_id, v.c.digest.in_(digests)))
+        rows = [
+            {"registry_id": registry_id, "digest": b.digest, "size": b.size, "mtime": b.mtime,
+             "computed_digest": hash_blob(result.registry.v2, b.digest), "verified_run": run_id}
+            for b in part
+        ]
+        conn.execute(insert(v), rows)
+
+
+def _same_stat(a: tuple[int, float | None], b: tuple[int, float]) -> bool:
+    return a[0] == b[0] and a[1] is not None and abs(a[1] - b[1]) < 1e-6
