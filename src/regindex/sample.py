@@ -151,7 +151,8 @@ class StorageWriter:
                                 "nonce": rng.getrandbits(64)}).encode()
         st = self.put_blob(statement)
         self.link_layer(repo, st)
-        config = b"{}"
+        config = json.dumps({"architecture": "unknown", "os": "unknown", "config": {},
+                             "rootfs": {"type": "layers", "diff_ids": [sha256(statement)]}}).encode()
         cfg = self.put_blob(config)
         self.link_layer(repo, cfg)
         doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
@@ -242,6 +243,29 @@ class StorageWriter:
 
     def remove_tags_dir(self, repo: str) -> None:
         shutil.rmtree(self.v2 / "repositories" / repo / "_manifests" / "tags")
+
+    def sweep(self) -> list[str]:
+        """The sweep half of garbage-collect: delete every blob no revision link marks (directly or as a
+        manifest's config, layer or child). _layers links are left alone, as the registry leaves them."""
+        from regindex.manifests import parse_manifest
+
+        marked: set[str] = set()
+        for link in (self.v2 / "repositories").rglob("_manifests/revisions/*/*/link"):
+            digest = link.read_text()
+            marked.add(digest)
+            data = self.path(BlobDataPath(digest))
+            if data.is_file():
+                marked.update(ref.digest for ref in parse_manifest(data.read_bytes()).refs)
+        swept = []
+        for data in sorted((self.v2 / "blobs").glob("*/*/*/data")):
+            digest = f"{data.parent.parent.parent.name}:{data.parent.name}"
+            if digest not in marked:
+                shutil.rmtree(data.parent)
+                swept.append(digest)
+        return swept
+
+    def path_exists_blob(self, digest: str) -> bool:
+        return self.path(BlobDataPath(digest)).is_file()
 
     def touch_mtime(self, digest: str) -> None:
         p = self.path(BlobDataPath(digest))
