@@ -159,6 +159,9 @@ def list_findings(
     q = q.order_by(F.c.registry, F.c.repository, F.c.kind, F.c.digest, F.c.tag, F.c.parent_digest, F.c.id)
     out = []
     for r in conn.execute(q).mappings():
+        detail = json.loads(r["detail"])
+        if r["hint"]:
+            detail["hint"] = r["hint"]  # the JSON keys are fixed; the repair hint travels with the evidence
         out.append(
             {
                 "kind": r["kind"], "severity": r["severity"], "registry": r["registry"],
@@ -166,7 +169,7 @@ def list_findings(
                 "parent_digest": r["parent_digest"],
                 "state": state_of(r["first_run"], r["episode"], r["resolved_run"], latest),
                 "first_seen_run": r["first_run"], "last_seen_run": r["last_seen_run"],
-                "resolved_run": r["resolved_run"], "detail": json.loads(r["detail"]), "hint": r["hint"],
+                "resolved_run": r["resolved_run"], "detail": detail, "hint": r["hint"],
             }
         )
     return out

@@ -14,14 +14,15 @@ from pathlib import PurePosixPath
 
 V2_SUFFIX = ("docker", "registry", "v2")
 
+# Patterns are used with fullmatch(): "$" would accept a trailing newline.
 # Hex lengths per algorithm, as distribution's digest package accepts them.
 DIGEST_HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
-_DIGEST_RE = re.compile(r"^(sha256|sha384|sha512):([0-9a-f]+)$")
-_HEX_RE = re.compile(r"^[0-9a-f]+$")
+_DIGEST_RE = re.compile(r"(sha256|sha384|sha512):([0-9a-f]+)")
+_HEX_RE = re.compile(r"[0-9a-f]+")
 
 # Repository name component, as distribution's reference grammar has it.
-REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$")
-TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+REPO_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
+TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 MAX_REPO_NAME = 255
 
 EMPTY_SHA256 = "sha256:" + hashlib.sha256(b"").hexdigest()
@@ -44,12 +45,12 @@ class LinkState(str, Enum):
 
 
 def is_digest(value: str) -> bool:
-    m = _DIGEST_RE.match(value)
+    m = _DIGEST_RE.fullmatch(value)
     return bool(m) and len(m.group(2)) == DIGEST_HEX_LEN[m.group(1)]
 
 
 def is_hex_for(alg: str, hex_: str) -> bool:
-    return alg in DIGEST_HEX_LEN and len(hex_) == DIGEST_HEX_LEN[alg] and bool(_HEX_RE.match(hex_))
+    return alg in DIGEST_HEX_LEN and len(hex_) == DIGEST_HEX_LEN[alg] and bool(_HEX_RE.fullmatch(hex_))
 
 
 def split_digest(digest: str) -> tuple[str, str]:
@@ -99,11 +100,11 @@ def _preview(raw: bytes, limit: int = 64) -> str:
 
 
 def valid_repo_component(name: str) -> bool:
-    return bool(REPO_COMPONENT_RE.match(name))
+    return bool(REPO_COMPONENT_RE.fullmatch(name))
 
 
 def valid_tag(name: str) -> bool:
-    return bool(TAG_RE.match(name))
+    return bool(TAG_RE.fullmatch(name))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from regindex.cli import cli
+from regindex.sample import StorageWriter
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "regindex.db"
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    b = tmp_path / "storage"
+    b.mkdir()
+    return b
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(7)
+
+
+@pytest.fixture
+def private(base: Path) -> StorageWriter:
+    return StorageWriter(base / "private")
+
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def invoke() -> Invoke:
+    runner = CliRunner()
+
+    def run(*args: Any, expect: int | None = 0) -> Result:
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        if expect is not None:
+            assert result.exit_code == expect, (result.exit_code, result.output)
+        return result
+
+    return run
+
+
+@pytest.fixture
+def scan(invoke: Invoke, base: Path, db_path: Path) -> Callable[..., Result]:
+    def run(*extra: Any, expect: int | None = None) -> Result:
+        return invoke("scan", base, "--db", db_path, "-q", *extra, expect=expect)
+
+    return run
+
+
+@pytest.fixture
+def findings(invoke: Invoke, db_path: Path) -> Callable[..., list[dict[str, Any]]]:
+    def run(*extra: Any) -> list[dict[str, Any]]:
+        out = invoke("findings", "--db", db_path, "--format", "json", *extra).output
+        return json.loads(out)
+
+    return run
+
+
+def ident(f: dict[str, Any]) -> tuple[Any, ...]:
+    return (f["kind"], f["severity"], f["registry"], f["repository"], f["digest"], f["tag"], f["parent_digest"])

@@ -1,0 +1,279 @@
+"""Generated trees with known injected damage: the findings equal the injected set exactly.
+
+Each case builds a small healthy registry ("private", as the reference scanner names its authoritative one),
+injects one kind of production damage, scans, and compares every open finding (except the informational
+unreferenced_blob, tested on its own) with what the injection must produce.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from regindex.sample import Image, Index, StorageWriter
+
+from .conftest import ident
+
+R = "private"
+E, W, I = "error", "warning", "info"
+
+
+@dataclass
+class World:
+    w: StorageWriter
+    rng: random.Random
+    base_layer: bytes
+    base_img: Image
+    api: Index
+    web: Index
+
+    def repos_linking(self, digest: str) -> list[str]:
+        repos = []
+        for link in (self.w.v2 / "repositories").rglob("_layers/*/*/link"):
+            if link.read_text() == digest:
+                repos.append(str(link.parent.parent.parent.parent.relative_to(self.w.v2 / "repositories")))
+        return sorted(repos)
+
+
+def build_world(base: Path, name: str = R) -> World:
+    rng = random.Random(11)
+    w = StorageWriter(base / name)
+    base_layer = rng.randbytes(3000)
+    base_img = w.push_image("library/base", rng, [base_layer])
+    w.tag("library/base", "latest", base_img.digest)
+    api = w.push_index("team/app/api", rng, shared_layers=[base_layer])
+    w.tag("team/app/api", "v1", api.digest)
+    web = w.push_index("team/app/web", rng, fmt="docker", attestations=False, shared_layers=[base_layer])
+    w.tag("team/app/web", "v2", web.digest)
+    return World(w, rng, base_layer, base_img, api, web)
+
+
+Expected = set[tuple]
+Inject = Callable[[World], Expected]
+
+
+def gc_delete_untagged(world: World) -> Expected:
+    """GC --delete-untagged on an untouched tree: every index child (untagged) loses its revision dir, its own
+    config and layers are swept, every _layers link to a swept blob stays."""
+    w = world.w
+    exp: Expected = set()
+    for repo, idx in (("team/app/api", world.api), ("team/app/web", world.web)):
+        for child in idx.children:
+            w.remove_revision(repo, child.digest)
+            exp.add(("orphan_index_child", E, R, repo, child.digest, None, idx.digest))
+    linking = {}
+    for d in set(world.api.children[0].blobs + world.api.children[1].blobs + world.api.children[2].blobs
+                 + world.api.children[3].blobs + world.web.children[0].blobs + world.web.children[1].blobs):
+        linking[d] = world.repos_linking(d)
+    swept = w.sweep()
+    for d in swept:
+        for repo in linking.get(d, []):
+            exp.add(("orphan_layer_link", E, R, repo, d, None, None))
+    assert swept, "the sweep must remove the children's own blobs"
+    return exp
+
+
+def shared_layer_gone(world: World) -> Expected:
+    d = world.base_img.layers[0]
+    repos = world.repos_linking(d)
+    world.w.remove_blob(d)
+    assert len(repos) == 3
+    return {("orphan_layer_link", E, R, repo, d, None, None) for repo in repos}
+
+
+def api_delete_child(world: World) -> Expected:
+    child = world.web.children[1]
+    world.w.delete_revision_link("team/app/web", child.digest)
+    return {("orphan_index_child", E, R, "team/app/web", child.digest, None, world.web.digest)}
+
+
+def child_link_present_data_gone(world: World) -> Expected:
+    child = world.api.children[2]
+    world.w.remove_blob(child.digest)
+    return {
+        ("orphan_index_child", E, R, "team/app/api", child.digest, None, world.api.digest),
+        ("dangling_revision", E, R, "team/app/api", child.digest, None, None),
+    }
+
+
+def child_served_through_layers(world: World) -> Expected:
+    child = world.api.children[0]
+    world.w.remove_revision("team/app/api", child.digest)
+    world.w.link_layer("team/app/api", child.digest)
+    return set()
+
+
+def index_without_media_type(world: World) -> Expected:
+    idx = world.w.push_index("team/app/worker", world.rng, with_media_type=False, attestations=False)
+    world.w.tag("team/app/worker", "1.0", idx.digest)
+    world.w.remove_revision("team/app/worker", idx.children[1].digest)
+    return {("orphan_index_child", E, R, "team/app/worker", idx.children[1].digest, None, idx.digest)}
+
+
+def index_over_one_mib(world: World) -> Expected:
+    idx = world.w.push_index("team/app/big", world.rng, attestations=False, padding=1_200_000)
+    assert idx.size > 1024 * 1024
+    world.w.tag("team/app/big", "huge", idx.digest)
+    world.w.remove_revision("team/app/big", idx.children[0].digest)
+    return {("orphan_index_child", E, R, "team/app/big", idx.children[0].digest, None, idx.digest)}
+
+
+def tag_without_current_link(world: World) -> Expected:
+    world.w.remove_tag_current("library/base", "latest")
+    return {("dangling_tag", E, R, "library/base", None, "latest", None)}
+
+
+def garbage_layer_link(world: World) -> Expected:
+    d = world.base_img.config
+    world.w.write_layer_link("library/base", d, b"not a digest")
+    return {("corrupt_link", E, R, "library/base", d, None, None)}
+
+
+def newline_revision_link(world: World) -> Expected:
+    d = world.base_img.digest
+    world.w.write_revision_link("library/base", d, d.encode() + b"\n")
+    return {
+        ("corrupt_link", E, R, "library/base", d, None, None),
+        ("gc_blocker", W, R, "library/base", d, None, None),
+        ("dangling_tag", E, R, "library/base", d, "latest", None),
+    }
+
+
+def misdirected_revision_link(world: World) -> Expected:
+    other = world.w.push_image("library/base", world.rng)
+    world.w.write_revision_link("library/base", world.base_img.digest, other.digest.encode())
+    return {("misdirected_link", E, R, "library/base", world.base_img.digest, None, None)}
+
+
+def empty_layer_blob(world: World) -> Expected:
+    d = world.base_img.layers[0]
+    world.w.truncate_blob(d, 0)
+    return {("empty_blob", E, R, repo, d, None, None) for repo in world.repos_linking(d)}
+
+
+def half_truncated_layer(world: World) -> Expected:
+    d = world.base_img.layers[0]
+    world.w.truncate_blob(d, 1000)
+    exp = set()
+    for repo, parents in (("library/base", [world.base_img]), ("team/app/api", world.api.children),
+                          ("team/app/web", world.web.children)):
+        for img in parents:
+            if d in img.layers:
+                exp.add(("size_mismatch", E, R, repo, d, None, img.digest))
+    return exp
+
+
+def truncated_manifest(world: World) -> Expected:
+    d = world.base_img.digest
+    world.w.truncate_blob(d, world.base_img.size // 2)
+    return {
+        ("truncated_manifest", E, R, "library/base", d, None, None),
+        ("dangling_tag", E, R, "library/base", d, "latest", None),
+    }
+
+
+def stale_upload(world: World) -> Expected:
+    world.w.upload("library/base", "0b5e-old", datetime.now(timezone.utc) - timedelta(hours=200))
+    world.w.upload("library/base", "0b5e-new", datetime.now(timezone.utc) - timedelta(hours=2))
+    return {("stale_upload", W, R, "library/base", None, None, None)}
+
+
+def no_tags_directory(world: World) -> Expected:
+    world.w.remove_tags_dir("library/base")
+    return {("gc_blocker", W, R, "library/base", None, None, None)}
+
+
+def unlinked_layer(world: World) -> Expected:
+    d = world.base_img.config
+    world.w.remove_layer_link("library/base", d)
+    return {("unlinked_blob_ref", E, R, "library/base", d, None, world.base_img.digest)}
+
+
+CASES: dict[str, Inject] = {f.__name__: f for f in (
+    gc_delete_untagged, shared_layer_gone, api_delete_child, child_link_present_data_gone,
+    child_served_through_layers, index_without_media_type, index_over_one_mib, tag_without_current_link,
+    garbage_layer_link, newline_revision_link, misdirected_revision_link, empty_layer_blob, half_truncated_layer,
+    truncated_manifest, stale_upload, no_tags_directory, unlinked_layer,
+)}
+
+
+def open_set(findings) -> Expected:
+    return {ident(f) for f in findings() if f["kind"] != "unreferenced_blob"}
+
+
+def test_healthy_world_has_no_findings(base, scan, findings):
+    build_world(base)
+    assert scan().exit_code == 0
+    assert findings("--state", "all") == []
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_injected_damage_is_found_exactly(case, base, scan, findings):
+    world = build_world(base)
+    expected = CASES[case](world)
+    scan()
+    assert open_set(findings) == expected
+
+
+def test_all_damage_at_once(tmp_path, invoke):
+    """Injections in separate registries of one base: the union, nothing more (and no cross-talk)."""
+    base = tmp_path / "many"
+    expected: Expected = set()
+    for i, (name, inject) in enumerate(sorted(CASES.items())):
+        world = build_world(base, f"r{i:02d}")
+        for e in inject(world):
+            expected.add((e[0], e[1], f"r{i:02d}", *e[3:]))
+    db = tmp_path / "all.db"
+    invoke("scan", base, "--db", db, "-q", expect=1)
+    got = {ident(f) for f in json.loads(invoke("findings", "--db", db, "--format", "json").output)
+           if f["kind"] != "unreferenced_blob"}
+    assert got == expected
+
+
+def test_unreferenced_blobs_are_exactly_the_unlinked_ones(base, scan, findings):
+    world = build_world(base)
+    stray = world.w.put_blob(b"pushed but never linked")
+    child = world.api.children[1]
+    world.w.remove_revision("team/app/api", child.digest)  # the child manifest blob is now named by no link
+    scan()
+    unref = {(f["digest"], f["detail"]["named_by_a_manifest"]) for f in findings("--kind", "unreferenced_blob")}
+    assert unref == {(stray, False), (child.digest, True)}
+    assert {f["severity"] for f in findings("--kind", "unreferenced_blob")} == {"info"}
+
+
+def test_cache_registry_missing_child_is_info(base, invoke, db_path, findings):
+    rng = random.Random(3)
+    hub = StorageWriter(base / "dockerhub")
+    idx = hub.push_index("library/nginx", rng, attestations=False)
+    hub.tag("library/nginx", "1.27", idx.digest)
+    hub.remove_revision("library/nginx", idx.children[1].digest)
+    invoke("scan", base, "--db", db_path, "-q", "--cache", "dockerhub", expect=0)
+    got = {ident(f) for f in findings() if f["kind"] != "unreferenced_blob"}
+    assert got == {("orphan_index_child", I, "dockerhub", "library/nginx", idx.children[1].digest, None, idx.digest)}
+    # the same tree as an authoritative registry: the same child is an error
+    invoke("scan", base, "--db", db_path, "-q", expect=1)
+    assert {f["severity"] for f in findings("--kind", "orphan_index_child")} == {E}
+
+
+def test_orphan_child_evidence_and_hints(base, scan, findings):
+    world = build_world(base)
+    w = world.w
+    restorable, rebuild = world.api.children[0], world.api.children[2]
+    w.remove_revision("team/app/api", restorable.digest)
+    w.remove_revision("team/app/api", rebuild.digest)
+    w.remove_blob(rebuild.layers[-1])  # its own (non-shared) layer was swept
+    scan()
+    by_child = {f["digest"]: f for f in findings("--kind", "orphan_index_child")}
+    ok = by_child[restorable.digest]
+    assert ok["detail"]["child_blob_data_present"] is True
+    assert ok["detail"]["child_blobs_present"] == ok["detail"]["child_blobs"] == 3
+    assert "Restore the revision link" in ok["detail"]["hint"]
+    bad = by_child[rebuild.digest]
+    assert bad["detail"]["child_blobs_present"] == bad["detail"]["child_blobs"] - 1
+    assert "Rebuild and push" in bad["detail"]["hint"] and "v1" in bad["detail"]["hint"]
