@@ -1,0 +1,154 @@
+"""The command line: formats, read-only SQL, exit codes, one-line errors, config files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from regindex.cli import cli
+
+from .test_checks import build_world
+
+FINDING_KEYS = {"kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
+                "first_seen_run", "last_seen_run", "resolved_run", "detail"}
+
+
+@pytest.fixture
+def damaged(base, scan):
+    world = build_world(base)
+    world.w.remove_blob(world.base_img.layers[0])
+    world.w.remove_tag_current("library/base", "latest")
+    assert scan().exit_code == 1
+    return world
+
+
+def test_findings_json_has_exactly_the_documented_keys(damaged, findings):
+    fs = findings()
+    assert fs and all(set(f) == FINDING_KEYS for f in fs)
+    assert all(f["digest"] is None or f["digest"].startswith("sha256:") for f in fs)
+    assert {f["state"] for f in fs} == {"new"}
+
+
+def test_findings_filters_and_formats(damaged, invoke, db_path, findings):
+    assert {f["kind"] for f in findings("--kind", "dangling_tag")} == {"dangling_tag"}
+    assert findings("--registry", "elsewhere") == []
+    out = invoke("findings", "--db", db_path, "--format", "csv").output
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert len(table) == len(findings()) and set(table[0]) == FINDING_KEYS
+    out = invoke("findings", "--db", db_path).output
+    assert "orphan_layer_link" in out.splitlines()[2] or "orphan_layer_link" in out
+    r = invoke("findings", "--db", db_path, "--kind", "nonsense", expect=2)
+    assert "unknown kind" in r.output
+
+
+def test_runs(damaged, invoke, db_path):
+    out = json.loads(invoke("runs", "--db", db_path, "--format", "json").output)
+    assert [r["status"] for r in out] == ["complete"] and out[0]["repositories"] == 3
+
+
+def test_sql_reads_and_refuses_writes(damaged, invoke, db_path):
+    out = invoke("sql", "SELECT repository, COUNT(*) AS n FROM orphan_layer_links GROUP BY repository "
+                        "ORDER BY repository", "--db", db_path, "--format", "json").output
+    assert json.loads(out) == [{"repository": r, "n": 1} for r in ("library/base", "team/app/api", "team/app/web")]
+    for stmt in ("DELETE FROM findings", "DROP TABLE runs", "INSERT INTO runs (id) VALUES (99)",
+                 "UPDATE findings SET resolved_run = 1"):
+        r = invoke("sql", stmt, "--db", db_path, expect=2)
+        assert "read-only" in r.output and "Traceback" not in r.output
+    out = json.loads(invoke("sql", "SELECT COUNT(*) AS n FROM findings", "--db", db_path, "--format", "json").output)
+    assert out[0]["n"] == 4
+    r = invoke("sql", "SELECT nope FROM nowhere", "--db", db_path, expect=2)
+    assert r.output.startswith("Error: SQL error") and len(r.output.strip().splitlines()) == 1
+
+
+def test_db_commands(invoke, db_path):
+    r = invoke("db", "current", "--db", db_path, expect=2)  # no database yet
+    assert "no database" in r.output
+    invoke("db", "upgrade", "--db", db_path)
+    assert "up to date" in invoke("db", "current", "--db", db_path).output
+
+
+def test_env_var_names_the_database(damaged, invoke, db_path, monkeypatch):
+    monkeypatch.setenv("REGINDEX_DB", str(db_path))
+    assert json.loads(invoke("findings", "--format", "json").output)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["scan", "/nonexistent/storage"], "does not exist"),
+        (["findings", "--db", "/nonexistent/dir/x.db"], "does not exist"),
+        (["scan", "{base}", "--cache", "nosuch"], "--cache names no registry"),
+        (["scan", "{base}", "--config", "/nonexistent.toml"], "does not exist"),
+        (["findings", "--db", "{notadb}"], "database"),
+    ],
+)
+def test_errors_are_one_line_exit_2(args, message, base, tmp_path, invoke, private, rng):
+    private.push_image("a", rng)
+    notadb = tmp_path / "junk.db"
+    notadb.write_bytes(b"this is not sqlite" * 100)
+    argv = [a.format(base=base, notadb=notadb) for a in args]
+    if argv[0] == "scan":
+        argv += ["--db", str(tmp_path / "x.db")]
+    r = invoke(*argv, expect=2)
+    assert message in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_storage_root_that_is_a_file(tmp_path, invoke):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = invoke("scan", f, "--db", tmp_path / "x.db", expect=2)
+    assert "not a directory" in r.output
+
+
+def test_config_file(base, tmp_path, invoke, private, rng):
+    idx = private.push_index("lib/x", rng, attestations=False)
+    private.tag("lib/x", "1", idx.digest)
+    private.remove_revision("lib/x", idx.children[0].digest)
+    cfg = tmp_path / "regindex.toml"
+    db = tmp_path / "cfg.db"
+    cfg.write_text(f'db = "{db}"\ncaches = ["private"]\nfail_on = "open"\n')
+    invoke("scan", base, "--config", cfg, "-q", expect=0)  # a cache: the missing child is info
+    out = json.loads(invoke("findings", "--config", cfg, "--format", "json", "--kind", "orphan_index_child").output)
+    assert [f["severity"] for f in out] == ["info"]
+    cfg.write_text('colour = "blue"\n')
+    r = invoke("scan", base, "--config", cfg, expect=2)
+    assert "unknown key" in r.output
+
+
+def test_metrics_file(damaged, invoke, base, db_path, tmp_path):
+    prom = tmp_path / "m" / "regindex.prom"
+    invoke("scan", base, "--db", db_path, "-q", "--metrics", prom, expect=1)
+    text = prom.read_text()
+    assert "regindex_last_run_success 1" in text
+    assert 'regindex_findings_open{registry="private",kind="orphan_layer_link",severity="error"} 3' in text
+
+
+def test_summary_line_and_quiet_progress(base, invoke, db_path, private, rng):
+    private.push_image("a", rng)
+    r = invoke("scan", base, "--db", db_path)
+    assert r.output.startswith("run 1 complete: 1 registries, 1 repositories")
+    assert "\r" not in r.output  # no progress display when not on a terminal
+
+
+def test_every_command_has_help_and_is_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, cmd in cli.commands.items():
+        assert cmd.help, name
+        assert f"regindex {name}" in readme, name
+
+
+def test_lock_refuses_a_second_scan(base, db_path, private, rng, invoke):
+    import fcntl
+
+    private.push_image("a", rng)
+    invoke("scan", base, "--db", db_path, "-q")
+    with open(str(db_path) + ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = invoke("scan", base, "--db", db_path, expect=2)
+    assert "another regindex scan" in r.output

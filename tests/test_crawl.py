@@ -1,0 +1,130 @@
+"""Walking storage: discovery, link states, symlinks never followed, uploads, hostile names."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from regindex.crawl import crawl, discover, parse_rfc3339, read_blob, BlobTooLarge
+from regindex.errors import StorageError
+
+
+def test_discover_base_of_registries_and_single_roots(tmp_path, private, rng, base):
+    private.push_image("a", rng)
+    assert [(r.name, r.v2) for r in discover(base)] == [("private", private.v2)]
+    assert [r.name for r in discover(base / "private")] == ["private"]
+    assert [r.name for r in discover(private.v2)] == ["private"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StorageError, match="no registry storage"):
+        discover(tmp_path / "empty")
+    with pytest.raises(StorageError, match="does not exist"):
+        discover(tmp_path / "missing")
+
+
+def test_link_states_and_nesting(private, rng):
+    img = private.push_image("team/app/api", rng)
+    private.push_image("team/app", rng)  # a repository that also holds a child repository
+    private.write_layer_link("team/app/api", img.config, b"")
+    private.write_revision_link("team/app/api", img.digest, img.digest.encode() + b"\n")
+    private.tag("team/app/api", "v1", img.digest)
+    private.remove_tag_current("team/app/api", "v1")
+    (private.v2 / "repositories/team/app/api/_layers/sha256" / ("9" * 64)).mkdir()  # API-deleted: no link
+    result = crawl(discover(private.root)[0])
+    assert sorted(r.name for r in result.repositories) == ["team/app", "team/app/api"]
+    states = {(link.kind, link.path_digest, link.tag): link.state for link in result.links
+              if link.repository == "team/app/api"}
+    assert states[("layer", img.config, None)] == "empty"
+    assert states[("revision", img.digest, None)] == "whitespace"
+    assert states[("tag_current", None, "v1")] == "absent"
+    assert states[("layer", "sha256:" + "9" * 64, None)] == "absent"
+    assert states[("tag_index", img.digest, "v1")] == "ok"
+
+
+def test_symlinks_are_never_followed(tmp_path, private, rng):
+    img = private.push_image("a", rng)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("x" * 10)
+    repos = private.v2 / "repositories"
+    os.symlink(outside, repos / "evil")
+    link_dir = repos / "a/_layers/sha256" / ("7" * 64)
+    link_dir.mkdir(parents=True)
+    os.symlink(outside / "secret", link_dir / "link")
+    data = private.v2 / "blobs/sha256/aa" / ("a" * 64)
+    data.mkdir(parents=True)
+    os.symlink(outside / "secret", data / "data")
+    result = crawl(discover(private.root)[0])
+    reasons = {a.path: a.reason for a in result.anomalies}
+    assert reasons["repositories/evil"].startswith("symlink")
+    assert "blob data is not a regular file" in reasons[f"blobs/sha256/aa/{'a' * 64}/data"]
+    assert [l.state for l in result.links if l.path_digest == "sha256:" + "7" * 64] == ["unreadable"]
+    assert "sha256:" + "a" * 64 not in {b.digest for b in result.blobs}
+    assert {r.name for r in result.repositories} == {"a"}
+    assert img.digest in {b.digest for b in result.blobs}
+
+
+def test_odd_names_are_indexed_and_flagged_not_skipped(private, rng):
+    private.push_image("ok", rng)
+    weird = private.v2 / "repositories" / "<script>alert(1)<" / "_layers"
+    weird.mkdir(parents=True)
+    (private.v2 / "repositories" / "notarepo" / "_manifests").mkdir(parents=True)
+    (private.v2 / "blobs/sha256/zz").mkdir(parents=True)
+    result = crawl(discover(private.root)[0])
+    assert "<script>alert(1)<" in {r.name for r in result.repositories}
+    reasons = {a.path: a.reason for a in result.anomalies}
+    assert "refuse" in reasons["repositories/<script>alert(1)<"]
+    assert "underscore entry outside a repository" in reasons["repositories/notarepo/_manifests"]
+
+
+def test_uploads(private, rng):
+    private.upload("a", "u1", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), size=42)
+    up_dir = private.v2 / "repositories/a/_uploads/u2"
+    up_dir.mkdir(parents=True)
+    (up_dir / "startedat").write_text("not a time")
+    result = crawl(discover(private.root)[0])
+    ups = {u.uuid: u for u in result.uploads}
+    assert ups["u1"].started_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc) and ups["u1"].size == 42
+    assert ups["u2"].started_at is None and ups["u2"].started_raw == "not a time" and ups["u2"].size is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-01-02T03:04:05Z", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)),
+    ("2026-01-02T03:04:05.123456789Z", datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)),
+    ("2026-01-02T04:04:05+01:00", datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)),
+    ("garbage", None),
+    ("", None),
+])
+def test_rfc3339(text, expected):
+    assert parse_rfc3339(text) == expected
+
+
+def test_blob_reads_are_whole_or_refused(private):
+    d = private.put_blob(b"x" * 5000)
+    assert read_blob(private.v2, d, cap=10_000) == b"x" * 5000
+    with pytest.raises(BlobTooLarge):
+        read_blob(private.v2, d, cap=4000)
+    assert read_blob(private.v2, "sha256:" + "0" * 64) is None
+
+
+def test_unlistable_directory_fails_the_registry(private, rng, monkeypatch):
+    private.push_image("a", rng)
+    real = os.scandir
+
+    def failing(path="."):
+        if str(path).endswith("_layers"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", failing)
+    with pytest.raises(StorageError, match="cannot list repositories/a/_layers"):
+        crawl(discover(private.root)[0])
+
+
+def test_link_files_are_read_bounded(private, rng):
+    img = private.push_image("a", rng)
+    private.write_layer_link("a", img.config, img.config.encode() + b"x" * 10_000_000)
+    [link] = [l for l in crawl(discover(private.root)[0]).links if l.path_digest == img.config]
+    assert link.state == "garbage" and len(link.preview or "") < 100

@@ -1,0 +1,58 @@
+"""The same code on PostgreSQL, through a SQLAlchemy URL (REGINDEX_TEST_PG_URL; .ci/run starts a server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from .test_checks import CASES, build_world
+from .conftest import ident
+
+PG_URL = os.environ.get("REGINDEX_TEST_PG_URL")
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_url():
+    if not PG_URL:
+        if os.environ.get("REGINDEX_REQUIRE_POSTGRES") == "1":
+            pytest.fail("REGINDEX_TEST_PG_URL is not set")
+        pytest.skip("REGINDEX_TEST_PG_URL not set")
+    name = "regindex_test_" + uuid.uuid4().hex[:10]
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_URL.rsplit("/", 1)[0] + "/" + name
+    yield url
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_postgres_scan_history_and_sql_match_sqlite(pg_url, base, invoke, tmp_path):
+    world = build_world(base)
+    expected = CASES["gc_delete_untagged"](world)
+    expected |= CASES["tag_without_current_link"](world)
+    expected |= CASES["stale_upload"](world)
+    invoke("scan", base, "--db", pg_url, "-q", expect=1)
+    sqlite_db = tmp_path / "same.db"
+    invoke("scan", base, "--db", sqlite_db, "-q", expect=1)
+    pg = json.loads(invoke("findings", "--db", pg_url, "--format", "json").output)
+    lite = json.loads(invoke("findings", "--db", sqlite_db, "--format", "json").output)
+    assert {ident(f) for f in pg if f["kind"] != "unreferenced_blob"} == expected
+    assert sorted(map(ident, pg)) == sorted(map(ident, lite))
+    # history on PostgreSQL: repair the tag, scan again
+    world.w.remove_tag("library/base", "latest")
+    invoke("scan", base, "--db", pg_url, "-q", expect=1)
+    resolved = json.loads(invoke("findings", "--db", pg_url, "--format", "json", "--state", "resolved").output)
+    assert [(f["kind"], f["resolved_run"]) for f in resolved] == [("dangling_tag", 2)]
+    r = invoke("sql", "DELETE FROM findings", "--db", pg_url, expect=2)
+    assert "read-only" in r.output
+    out = json.loads(invoke("sql", "SELECT COUNT(*) AS n FROM orphan_index_children", "--db", pg_url,
+                            "--format", "json").output)
+    assert out[0]["n"] == 6
