@@ -225,7 +225,7 @@ def test_all_damage_at_once(tmp_path, invoke):
     """Injections in separate registries of one base: the union, nothing more (and no cross-talk)."""
     base = tmp_path / "many"
     expected: Expected = set()
-    for i, (name, inject) in enumerate(sorted(CASES.items())):
+    for i, (_name, inject) in enumerate(sorted(CASES.items())):
         world = build_world(base, f"r{i:02d}")
         for e in inject(world):
             expected.add((e[0], e[1], f"r{i:02d}", *e[3:]))

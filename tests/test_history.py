@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 
-import pytest
 from sqlalchemy import create_engine, text
 
 from .test_checks import build_world

@@ -7,8 +7,8 @@ Migrations ship inside the package and run programmatically; no ``alembic.ini`` 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 

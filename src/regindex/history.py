@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from regindex.checks import FindingRow
-from regindex.models import Finding
+from regindex.models import Finding, table
 from regindex.store import chunks
 
-F = Finding.__table__
+F = table(Finding)
 
 
 @dataclass
@@ -122,7 +122,7 @@ STATES = ("open", "new", "persisting", "resolved")
 def latest_run(conn: Connection) -> int | None:
     from regindex.models import Run
 
-    R = Run.__table__
+    R = table(Run)
     return conn.execute(select(func.max(R.c.id)).where(R.c.status.in_(["complete", "partial"]))).scalar()
 
 

@@ -46,7 +46,7 @@ class LinkState(str, Enum):
 
 def is_digest(value: str) -> bool:
     m = _DIGEST_RE.fullmatch(value)
-    return bool(m) and len(m.group(2)) == DIGEST_HEX_LEN[m.group(1)]
+    return m is not None and len(m.group(2)) == DIGEST_HEX_LEN[m.group(1)]
 
 
 def is_hex_for(alg: str, hex_: str) -> bool:

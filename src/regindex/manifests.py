@@ -95,7 +95,7 @@ def parse_manifest(raw: bytes) -> ParsedManifest:
     if schema_version != 2:
         return ParsedManifest(kind, media_type, artifact_type, f"unrecognised schemaVersion {schema_version!r}")
 
-    refs: list[Reference] = []
+    found: list[Reference] = []
     bad = 0
     if kind == KIND_INDEX:
         for pos, desc in enumerate(_list(doc.get("manifests"))):
@@ -103,26 +103,26 @@ def parse_manifest(raw: bytes) -> ParsedManifest:
             if ref is None:
                 bad += 1
             else:
-                refs.append(ref)
+                found.append(ref)
     else:
         cfg = _descriptor(doc.get("config"), ROLE_CONFIG, 0)
         if cfg is None:
             bad += 1
         else:
-            refs.append(cfg)
+            found.append(cfg)
         for pos, desc in enumerate(_list(doc.get("layers"))):
             ref = _descriptor(desc, ROLE_LAYER, pos)
             if ref is None:
                 bad += 1
             else:
-                refs.append(ref)
+                found.append(ref)
     if "subject" in doc:
         subj = _descriptor(doc.get("subject"), ROLE_SUBJECT, 0)
         if subj is None:
             bad += 1
         else:
-            refs.append(subj)
-    return ParsedManifest(kind, media_type, artifact_type, None, tuple(refs), bad)
+            found.append(subj)
+    return ParsedManifest(kind, media_type, artifact_type, None, tuple(found), bad)
 
 
 def _kind_of(doc: dict[str, Any], media_type: str | None) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -258,3 +259,10 @@ class Finding(Base):
         Index("ix_findings_open", "resolved_run", "registry"),
         Index("ix_findings_digest", "digest"),
     )
+
+
+def table(model: type[Base]) -> Table:
+    """A model's Core table, typed as one (``__table__`` is typed as a plain FromClause)."""
+    t = model.__table__
+    assert isinstance(t, Table)
+    return t

@@ -128,7 +128,7 @@ class StorageWriter:
         ).encode()
         cfg_digest = self.put_blob(config)
         self.link_layer(repo, cfg_digest)
-        layer_descs = []
+        layer_descs: list[dict[str, Any]] = []
         for data in layers:
             d = self.put_blob(data)
             self.link_layer(repo, d)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from regindex import __version__, checks, history, store
@@ -25,7 +23,6 @@ from regindex.crawl import (
     DEFAULT_MAX_MANIFEST_BYTES,
     BlobTooLarge,
     CrawlResult,
-    RegistryRoot,
     crawl,
     discover,
     hash_blob,
@@ -33,7 +30,7 @@ from regindex.crawl import (
 )
 from regindex.errors import LockError, RegindexError, ScanAborted, StorageError
 from regindex.manifests import KIND_UNKNOWN, ParsedManifest, parse_manifest
-from regindex.models import Blob, BlobVerification, Registry
+from regindex.models import BlobVerification, table
 
 Progress = Callable[[str], None]
 
@@ -164,8 +161,11 @@ def _scan(
     failures: dict[str, str] = {}
     for root in roots:
         _say(progress, f"crawling {root.name}")
+        def tick(n: int, name: str = root.name) -> None:
+            _say(progress, f"crawling {name}: {n} files")
+
         try:
-            crawled.append(crawl(root, lambda n, name=root.name: _say(progress, f"crawling {name}: {n} files")))
+            crawled.append(crawl(root, tick))
         except StorageError as exc:
             failures[root.name] = str(exc)
 
@@ -276,8 +276,8 @@ def _parse_manifests(
     layer_targets: dict[str, str] = {}
     queue: set[str] = set()
     for link in result.links:
-        if link.state == "ok" and link.kind in ("revision", "tag_current", "tag_index"):
-            queue.add(link.target_digest)  # type: ignore[arg-type]
+        if link.state == "ok" and link.target_digest and link.kind in ("revision", "tag_current", "tag_index"):
+            queue.add(link.target_digest)
         if link.kind == "revision" and link.path_digest:
             queue.add(link.path_digest)  # the reference scanner reads revisions by their path digest
         if link.kind == "layer" and link.state == "ok" and link.path_digest:
@@ -323,7 +323,7 @@ def _parse_manifests(
 
 def _verify_content(conn: Connection, run_id: int, registry_id: int, result: CrawlResult) -> None:
     """Re-hash blob data whose size or mtime changed since it was last hashed (or never hashed)."""
-    v = BlobVerification.__table__
+    v = table(BlobVerification)
     seen = {
         r.digest: (r.size, r.mtime)
         for r in conn.execute(select(v.c.digest, v.c.size, v.c.mtime).where(v.c.registry_id == registry_id))

@@ -8,7 +8,7 @@ Core ``insert()``/``update()`` in chunks inside the caller's transaction; the OR
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +28,7 @@ from regindex.models import (
     Run,
     RunRegistry,
     Upload,
+    table,
 )
 
 CHUNK = 5000
@@ -53,7 +54,7 @@ def bulk_insert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
 
 def start_run(conn: Connection, base: str, options: dict[str, Any], version: str) -> int:
     res = conn.execute(
-        insert(Run.__table__).values(
+        insert(table(Run)).values(
             started_at=utcnow(), status="running", base=base, options=json.dumps(options, sort_keys=True),
             tool_version=version,
         )
@@ -64,19 +65,19 @@ def start_run(conn: Connection, base: str, options: dict[str, Any], version: str
 def finish_run(conn: Connection, run_id: int, status: str, started: datetime, **counts: Any) -> None:
     now = utcnow()
     conn.execute(
-        update(Run.__table__)
-        .where(Run.__table__.c.id == run_id)
+        update(table(Run))
+        .where(table(Run).c.id == run_id)
         .values(status=status, finished_at=now, duration_seconds=(now - started).total_seconds(), **counts)
     )
 
 
 def registry_ids(conn: Connection) -> dict[str, int]:
-    t = Registry.__table__
+    t = table(Registry)
     return {name: rid for rid, name in conn.execute(select(t.c.id, t.c.name))}
 
 
 def upsert_registry(conn: Connection, name: str, root: str, role: str, run_id: int) -> int:
-    t = Registry.__table__
+    t = table(Registry)
     row = conn.execute(select(t.c.id).where(t.c.name == name)).first()
     if row is None:
         res = conn.execute(insert(t).values(name=name, root=root, role=role, first_run=run_id))
@@ -86,12 +87,12 @@ def upsert_registry(conn: Connection, name: str, root: str, role: str, run_id: i
 
 
 def mark_scanned(conn: Connection, registry_id: int, run_id: int) -> None:
-    t = Registry.__table__
+    t = table(Registry)
     conn.execute(update(t).where(t.c.id == registry_id).values(last_scanned_run=run_id))
 
 
 def record_run_registry(conn: Connection, run_id: int, registry_id: int, status: str, **values: Any) -> None:
-    conn.execute(insert(RunRegistry.__table__).values(run_id=run_id, registry_id=registry_id, status=status, **values))
+    conn.execute(insert(table(RunRegistry)).values(run_id=run_id, registry_id=registry_id, status=status, **values))
 
 
 def current_size(conn: Connection, registry_id: int) -> int:
@@ -117,13 +118,13 @@ class EpisodeSpec:
 
 
 SPECS: dict[str, EpisodeSpec] = {
-    "repositories": EpisodeSpec(Repository.__table__, ("name", "has_manifests", "has_tags_dir")),  # type: ignore[arg-type]
+    "repositories": EpisodeSpec(table(Repository), ("name", "has_manifests", "has_tags_dir")),
     "links": EpisodeSpec(
-        Link.__table__, ("repository", "kind", "tag", "path_digest", "target_digest", "state", "preview")  # type: ignore[arg-type]
+        table(Link), ("repository", "kind", "tag", "path_digest", "target_digest", "state", "preview")
     ),
-    "blobs": EpisodeSpec(Blob.__table__, ("digest", "size"), ("mtime",)),  # type: ignore[arg-type]
-    "uploads": EpisodeSpec(Upload.__table__, ("repository", "uuid", "started_raw"), ("started_at", "size")),  # type: ignore[arg-type]
-    "anomalies": EpisodeSpec(Anomaly.__table__, ("path", "reason")),  # type: ignore[arg-type]
+    "blobs": EpisodeSpec(table(Blob), ("digest", "size"), ("mtime",)),
+    "uploads": EpisodeSpec(table(Upload), ("repository", "uuid", "started_raw"), ("started_at", "size")),
+    "anomalies": EpisodeSpec(table(Anomaly), ("path", "reason")),
 }
 
 
@@ -221,13 +222,13 @@ def close_registry(conn: Connection, run_id: int, registry_id: int) -> LoadStats
 
 
 def known_manifests(conn: Connection) -> set[tuple[str, int]]:
-    t = Manifest.__table__
+    t = table(Manifest)
     return {(d, s) for d, s in conn.execute(select(t.c.digest, t.c.size))}
 
 
 def manifest_refs_of(conn: Connection, keys: Iterable[tuple[str, int]]) -> list[tuple[str, str]]:
     """(role, digest) of the child and subject references of already parsed manifests."""
-    m, r = Manifest.__table__, ManifestRef.__table__
+    m, r = table(Manifest), table(ManifestRef)
     wanted = set(keys)
     if not wanted:
         return []
@@ -246,7 +247,7 @@ def manifest_refs_of(conn: Connection, keys: Iterable[tuple[str, int]]) -> list[
 
 
 def insert_manifests(conn: Connection, run_id: int, parsed: Sequence[tuple[str, int, ParsedManifest]]) -> None:
-    m, r = Manifest.__table__, ManifestRef.__table__
+    m, r = table(Manifest), table(ManifestRef)
     stmt = insert(m).returning(m.c.id, sort_by_parameter_order=True)
     for part in chunks(parsed, 1000):
         rows = [
@@ -266,4 +267,4 @@ def insert_manifests(conn: Connection, run_id: int, parsed: Sequence[tuple[str, 
             for mid, (_d, _s, pm) in zip(ids, part)
             for ref in pm.refs
         ]
-        bulk_insert(conn, r, ref_rows)  # type: ignore[arg-type]
+        bulk_insert(conn, r, ref_rows)
