@@ -11,10 +11,9 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from regindex import __version__
+from regindex import __version__, output
 from regindex import config as config_mod
 from regindex import db as dbmod
-from regindex import output
 from regindex.errors import RegindexError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -303,3 +302,57 @@ def main() -> None:  # pragma: no cover
     cli()
 
 # -- more commands are registered below this line ------------------------------------------------
+
+
+@cli.command(name="gc-preview")
+@db_option
+@config_option
+@click.option("--delete-untagged", is_flag=True, help="Predict `garbage-collect --delete-untagged`.")
+@click.option("--registry", "registries", multiple=True, metavar="NAME", help="Only this registry (repeatable).")
+@format_option
+@core_errors
+def gc_preview(db: str | None, config_path: str | None, delete_untagged: bool, registries: tuple[str, ...],
+               fmt: str) -> None:
+    """Predict, from the database alone, what registry 2.8's garbage-collect would delete and which pulls it
+    would break. Exit status: 0 it completes and breaks nothing that works now, 1 it would abort, fail or break
+    something, 2 bad input."""
+    from regindex import gc
+
+    with dbmod.reader(_db(db, config_path)) as conn:
+        preds = gc.predict(conn, delete_untagged, registries)
+    click.echo(gc.render(preds, fmt), nl=False)
+    if any(p.outcome != gc.COMPLETES or p.breakage for p in preds):
+        sys.exit(EXIT_FINDINGS)
+
+
+@cli.command()
+@db_option
+@config_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write (default ./regindex-report.html); every finding goes to a CSV beside it.")
+@click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="How many finished runs the trend covers.")
+@core_errors
+def report(db: str | None, config_path: str | None, out: Path | None, runs: int) -> None:
+    """Write the HTML trend report of the latest finished run (self-contained: no script, no network)."""
+    from regindex import report as report_mod
+
+    with dbmod.reader(_db(db, config_path)) as conn:
+        written = report_mod.write(conn, out or Path(report_mod.DEFAULT_OUT), runs)
+    click.echo(f"report: {written} (findings: {written.with_suffix('.csv')})")
+
+
+@cli.command(name="history")
+@click.argument("digest")
+@db_option
+@config_option
+@core_errors
+def history_cmd(digest: str, db: str | None, config_path: str | None) -> None:
+    """Timeline of DIGEST (full sha256:<hex> or a unique prefix of at least 8 hex digits): every finding that
+    names it, each episode, what changed on disk when it appeared and was resolved, and its link and blob
+    episodes."""
+    from regindex import report as report_mod
+
+    with dbmod.reader(_db(db, config_path)) as conn:
+        text_ = report_mod.format_history(report_mod.history(conn, digest), output._printable)
+    click.echo(text_, nl=False)
