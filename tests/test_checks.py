@@ -8,6 +8,7 @@ unreferenced_blob, tested on its own) with what the injection must produce.
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from regindex.layout import BlobDataPath
 from regindex.sample import Image, Index, StorageWriter
 
 from .conftest import ident
@@ -277,3 +279,38 @@ def test_orphan_child_evidence_and_hints(base, scan, findings):
     bad = by_child[rebuild.digest]
     assert bad["detail"]["child_blobs_present"] == bad["detail"]["child_blobs"] - 1
     assert "Rebuild and push" in bad["detail"]["hint"] and "v1" in bad["detail"]["hint"]
+
+
+def test_verify_content_finds_digest_mismatch_and_rehashes_only_changed_blobs(base, scan, findings, db_path):
+    from sqlalchemy import create_engine, text
+
+    world = build_world(base)
+    d = world.base_img.layers[0]
+    p = world.w.path(BlobDataPath(d))
+    data = bytearray(p.read_bytes())
+    data[10] ^= 0xFF  # same size, other bytes
+    st = p.stat()
+    p.write_bytes(bytes(data))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old mtime: first verification hashes all
+    scan()
+    assert not [f for f in findings() if f["kind"] == "digest_mismatch"]  # off by default
+    scan("--verify-content")
+    got = {ident(f) for f in findings() if f["kind"] == "digest_mismatch"}
+    assert got == {("digest_mismatch", E, R, repo, d, None, None) for repo in world.repos_linking(d)}
+
+    def verified():
+        e = create_engine(f"sqlite:///{db_path}")
+        with e.connect() as c:
+            out = dict(c.execute(text("SELECT digest, verified_run FROM blob_verifications")).all())
+        e.dispose()
+        return out
+
+    first = verified()
+    assert set(first.values()) == {2}
+    scan("--verify-content")
+    assert verified() == first  # nothing changed on disk: nothing re-hashed
+    p.write_bytes(world.base_layer)  # repaired (new mtime)
+    scan("--verify-content")
+    again = verified()
+    assert again[d] == 4 and all(v == 2 for k, v in again.items() if k != d)
+    assert not [f for f in findings() if f["kind"] == "digest_mismatch"]
