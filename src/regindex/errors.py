@@ -31,3 +31,11 @@ class LockError(RegindexError):
 
 class ScanAborted(RegindexError):
     """A scan stopped before it finished (interrupt or unexpected failure); nothing was resolved."""
+
+
+class ReportError(RegindexError):
+    """There is nothing to report (no finished scan)."""
+
+
+class UnknownDigest(ReportError):
+    """``regindex history``: the digest (or prefix) names nothing in the database, or more than one digest."""
