@@ -62,6 +62,10 @@ VIEWS: list[tuple[str, str]] = [
     # How a repository answers GET /v2/<repo>/manifests/<digest>: through its revision link, or (only when
     # there is no revision link file) through its _layers link, as registry 2.8's linked blob statter does.
     # status: ok | corrupt_link (500) | data_missing (404) | data_empty (500) | unparsable | not_parsed
+    #   | digest_mismatch (--verify-content hashed the current data and it is not its digest: 200 with bytes the
+    #     client's digest check refuses, or the wrong image by tag)
+    #   | misdirected (the link parses but names another digest of the same algorithm whose data exists: 200 with
+    #     that object's bytes, so the client's digest check fails; a pull by tag silently gets the wrong image)
     (
         "manifest_serving",
         """
@@ -73,12 +77,17 @@ VIEWS: list[tuple[str, str]] = [
                     WHEN b.size = 0 THEN 'data_empty'
                     WHEN m.id IS NULL THEN 'not_parsed'
                     WHEN m.parse_error IS NOT NULL THEN 'unparsable'
+                    WHEN v.computed_digest IS NOT NULL AND v.computed_digest <> v.digest THEN 'digest_mismatch'
+                    WHEN l.target_digest <> l.path_digest
+                         AND substr(l.target_digest, 1, 7) = substr(l.path_digest, 1, 7) THEN 'misdirected'
                     ELSE 'ok' END AS status
         FROM links l
         JOIN registries g ON g.id = l.registry_id
         LEFT JOIN blobs b ON b.registry_id = l.registry_id AND b.digest = l.target_digest
              AND b.gone_run IS NULL AND l.state = 'ok'
         LEFT JOIN manifests m ON m.digest = l.target_digest AND m.size = b.size
+        LEFT JOIN blob_verifications v ON v.registry_id = l.registry_id AND v.digest = l.target_digest
+             AND v.size = b.size AND v.mtime IS NOT NULL AND ABS(v.mtime - b.mtime) < 0.000001
         WHERE l.gone_run IS NULL AND l.state <> 'absent'
           AND (l.kind = 'revision'
                OR (l.kind = 'layer' AND NOT EXISTS (

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, text
 
-from regindex.layout import LinkKind, link_path, path_for, BlobDataPath
+from regindex.layout import BlobDataPath, LinkKind, link_path, path_for
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
@@ -280,6 +280,10 @@ _TAG_HINTS = {
     "data_empty": "The tag's manifest data is empty: push the image again.",
     "unparsable": "The tag's manifest data is damaged: push the image again.",
     "not_parsed": "The tag's target is not a manifest: push the image again.",
+    "digest_mismatch": "The tag's manifest data does not hash to its digest: push the image again.",
+    "misdirected": "The link that serves the tag's target (its revision link, or its _layers link when there is "
+    "none) names another manifest, so the tag serves the wrong bytes: rewrite that link with the target digest "
+    "(see the misdirected_link finding).",
 }
 
 
@@ -386,7 +390,10 @@ def _linking_repos(ctx: _Context, registry_id: int, digest: str) -> list[tuple[s
     rows = _q(
         ctx.conn,
         "SELECT DISTINCT repository, kind FROM links WHERE registry_id IN :regs AND gone_run IS NULL "
-        "AND state = 'ok' AND kind IN ('layer', 'revision') AND target_digest = :d ORDER BY repository, kind",
+        "AND state = 'ok' AND kind IN ('layer', 'revision') AND target_digest = :d "
+        # the digest's own link, or an alias under another algorithm; a misdirected link is its own finding
+        "AND (path_digest = target_digest OR substr(path_digest, 1, 7) <> substr(target_digest, 1, 7)) "
+        "ORDER BY repository, kind",
         [registry_id],
         d=digest,
     )
@@ -439,24 +446,35 @@ def truncated_manifest(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow
 
 
 def size_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    # A digest names one content, so the size any valid manifest of this registry declares for it is the size
+    # of its data: data of another size is broken in every repository that links it, whether or not that
+    # repository still serves a manifest naming it (after GC a repo may keep only the _layers link).
     sql = """
-    SELECT s.registry_id, s.registry, s.repository, s.digest AS manifest_digest, r.digest, r.role,
-           r.size AS declared, b.size AS actual
-    FROM manifest_serving s
-    JOIN manifest_refs r ON r.manifest_id = s.manifest_id AND r.size IS NOT NULL AND r.role <> 'subject'
-    JOIN blobs b ON b.registry_id = s.registry_id AND b.gone_run IS NULL AND b.digest = r.digest
-    WHERE s.registry_id IN :regs AND s.status = 'ok' AND b.size <> r.size AND b.size > 0
-      AND EXISTS (SELECT 1 FROM links l WHERE l.registry_id = s.registry_id AND l.gone_run IS NULL
-                    AND l.repository = s.repository AND l.kind IN ('layer', 'revision') AND l.state = 'ok'
-                    AND l.path_digest = r.digest)
+    SELECT b.registry_id, g.name AS registry, b.digest, b.size AS actual, r.size AS declared, r.role,
+           pm.digest AS manifest_digest
+    FROM blobs b
+    JOIN registries g ON g.id = b.registry_id
+    JOIN manifest_refs r ON r.digest = b.digest AND r.size IS NOT NULL AND r.role <> 'subject'
+    JOIN manifests pm ON pm.id = r.manifest_id AND pm.parse_error IS NULL
+    JOIN blobs mb ON mb.registry_id = b.registry_id AND mb.gone_run IS NULL AND mb.digest = pm.digest
+                 AND mb.size = pm.size
+    WHERE b.registry_id IN :regs AND b.gone_run IS NULL AND b.size > 0 AND b.size <> r.size
+    ORDER BY b.registry_id, b.digest, pm.digest, r.role
     """
+    grouped: dict[tuple[int, str], list[Any]] = defaultdict(list)
     for r in _q(ctx.conn, sql, ctx.regs):
-        yield FindingRow(
-            "size_mismatch", ERROR, r["registry"], r["repository"], r["digest"], parent_digest=r["manifest_digest"],
-            detail={"role": r["role"], "declared_size": r["declared"], "data_size": r["actual"],
-                    "blob_data": _blob_path(r["digest"])},
-            hint="The blob data is not the content its digest names (truncated or overwritten): delete it and push "
-            "the image again.",
+        grouped[(r["registry_id"], r["digest"])].append(r)
+    for rows in grouped.values():
+        first = rows[0]
+        declared_by = sorted({(r["manifest_digest"], r["role"], r["declared"]) for r in rows})
+        yield from _per_linking_repo(
+            ctx, "size_mismatch", first,
+            {"blob_data": _blob_path(first["digest"]), "data_size": first["actual"],
+             "declared_sizes": sorted({r["declared"] for r in rows}),
+             "declared_by": [{"manifest": m, "role": role, "size": size} for m, role, size in declared_by[:20]],
+             "declared_by_count": len(declared_by)},
+            "The blob data is not the content its digest names (truncated or overwritten; the registry serves it "
+            "with 200 and the client's digest check fails): delete it and push the image again.",
         )
 
 
@@ -465,7 +483,7 @@ def digest_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
              FROM blob_verifications v
              JOIN registries g ON g.id = v.registry_id
              JOIN blobs b ON b.registry_id = v.registry_id AND b.gone_run IS NULL AND b.digest = v.digest
-                          AND b.size = v.size
+                          AND b.size = v.size AND v.mtime IS NOT NULL AND ABS(v.mtime - b.mtime) < 0.000001
              WHERE v.registry_id IN :regs AND v.computed_digest IS NOT NULL AND v.computed_digest <> v.digest
                AND b.size > 0"""
     for r in _q(ctx.conn, sql, ctx.regs):
