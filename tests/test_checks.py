@@ -148,9 +148,13 @@ def newline_revision_link(world: World) -> Expected:
 
 
 def misdirected_revision_link(world: World) -> Expected:
+    """The registry answers the digest and the tag with 200 and the other manifest's bytes."""
     other = world.w.push_image("library/base", world.rng)
     world.w.write_revision_link("library/base", world.base_img.digest, other.digest.encode())
-    return {("misdirected_link", E, R, "library/base", world.base_img.digest, None, None)}
+    return {
+        ("misdirected_link", E, R, "library/base", world.base_img.digest, None, None),
+        ("dangling_tag", E, R, "library/base", world.base_img.digest, "latest", None),
+    }
 
 
 def empty_layer_blob(world: World) -> Expected:
@@ -160,15 +164,11 @@ def empty_layer_blob(world: World) -> Expected:
 
 
 def half_truncated_layer(world: World) -> Expected:
+    """Served with 200 and the short body in every repository that links it (the declaring manifests are
+    evidence in detail.declared_by)."""
     d = world.base_img.layers[0]
     world.w.truncate_blob(d, 1000)
-    exp = set()
-    for repo, parents in (("library/base", [world.base_img]), ("team/app/api", world.api.children),
-                          ("team/app/web", world.web.children)):
-        for img in parents:
-            if d in img.layers:
-                exp.add(("size_mismatch", E, R, repo, d, None, img.digest))
-    return exp
+    return {("size_mismatch", E, R, repo, d, None, None) for repo in world.repos_linking(d)}
 
 
 def truncated_manifest(world: World) -> Expected:
