@@ -113,6 +113,7 @@ def upgrade() -> None:
     sa.Column('size', sa.BigInteger(), nullable=False),
     sa.Column('mtime', sa.Float(), nullable=True),
     sa.Column('computed_digest', sa.String(length=140), nullable=True),
+    sa.Column('parse_error', sa.Text(), nullable=True),
     sa.Column('verified_run', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['registry_id'], ['registries.id'], name=op.f('fk_blob_verifications_registry_id_registries')),
     sa.ForeignKeyConstraint(['verified_run'], ['runs.id'], name=op.f('fk_blob_verifications_verified_run_runs')),

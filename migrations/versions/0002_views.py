@@ -71,13 +71,15 @@ VIEWS: list[tuple[str, str]] = [
         """
         SELECT l.registry_id, g.name AS registry, l.repository, l.path_digest AS digest, l.kind AS via,
                l.state AS link_state, l.target_digest, b.size AS data_size, m.id AS manifest_id,
-               m.kind AS manifest_kind, m.media_type, m.parse_error,
+               m.kind AS manifest_kind, m.media_type,
+               CASE WHEN v.computed_digest <> v.digest THEN v.parse_error ELSE m.parse_error END AS parse_error,
                CASE WHEN l.state <> 'ok' THEN 'corrupt_link'
                     WHEN b.id IS NULL THEN 'data_missing'
                     WHEN b.size = 0 THEN 'data_empty'
+                    WHEN v.computed_digest <> v.digest AND v.parse_error IS NOT NULL THEN 'unparsable'
+                    WHEN v.computed_digest <> v.digest THEN 'digest_mismatch'
                     WHEN m.id IS NULL THEN 'not_parsed'
                     WHEN m.parse_error IS NOT NULL THEN 'unparsable'
-                    WHEN v.computed_digest IS NOT NULL AND v.computed_digest <> v.digest THEN 'digest_mismatch'
                     WHEN l.target_digest <> l.path_digest
                          AND substr(l.target_digest, 1, 7) = substr(l.path_digest, 1, 7) THEN 'misdirected'
                     ELSE 'ok' END AS status

@@ -485,7 +485,11 @@ def digest_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
              JOIN blobs b ON b.registry_id = v.registry_id AND b.gone_run IS NULL AND b.digest = v.digest
                           AND b.size = v.size AND v.mtime IS NOT NULL AND ABS(v.mtime - b.mtime) < 0.000001
              WHERE v.registry_id IN :regs AND v.computed_digest IS NOT NULL AND v.computed_digest <> v.digest
-               AND b.size > 0"""
+               AND b.size > 0
+               -- data that is short, long or not JSON is already truncated_manifest / size_mismatch
+               AND v.parse_error IS NULL
+               AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.digest = v.digest AND r.size IS NOT NULL
+                                 AND r.size <> v.size)"""
     for r in _q(ctx.conn, sql, ctx.regs):
         yield from _per_linking_repo(
             ctx, "digest_mismatch", r,

@@ -411,6 +411,14 @@ def read_blob(v2: Path, digest: str, cap: int = DEFAULT_MAX_MANIFEST_BYTES) -> b
         os.close(fd)
 
 
+def digest_of(digest: str, data: bytes) -> str:
+    """The digest of ``data`` with ``digest``'s algorithm."""
+    import hashlib
+
+    alg = digest.split(":", 1)[0]
+    return f"{alg}:{hashlib.new(alg, data).hexdigest()}"
+
+
 def hash_blob(v2: Path, digest: str) -> str | None:
     """Re-hash blob data with the digest's algorithm, streaming. ``None`` when missing."""
     import hashlib

@@ -254,6 +254,16 @@ def _load(conn: Connection, registry_id: int, name: str) -> _Inventory:
             text(f"SELECT m.id, m.digest, m.size, m.kind, m.media_type, m.parse_error {on_disk}"), p
         )
     }
+    # Data that is not its digest's content and does not parse (truncated, overwritten): its evidence is in
+    # blob_verifications, never in manifests (whose row belongs to the genuine content). 2.8 reads it as such.
+    for row in conn.execute(
+        text("""SELECT v.digest, v.size, v.parse_error FROM blob_verifications v
+                JOIN blobs b ON b.registry_id = v.registry_id AND b.digest = v.digest AND b.size = v.size
+                WHERE v.registry_id = :r AND b.gone_run IS NULL AND v.computed_digest <> v.digest
+                  AND v.parse_error IS NOT NULL"""),
+        p,
+    ):
+        manifests[(row.digest, int(row.size))] = _Manifest("invalid", None, row.parse_error, ())
     anomalies = [
         (row.path, row.reason)
         for row in conn.execute(

@@ -163,6 +163,9 @@ class BlobVerification(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     mtime: Mapped[float | None] = mapped_column(Float)
     computed_digest: Mapped[str | None] = mapped_column(DIGEST)
+    # for manifest data that is not its digest's content: why it does not parse (NULL if it parses). Such
+    # bytes never become the (digest, size) row of ``manifests``, which belongs to the genuine content.
+    parse_error: Mapped[str | None] = mapped_column(Text)
     verified_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     __table_args__ = (UniqueConstraint("registry_id", "digest"),)
 

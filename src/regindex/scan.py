@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from regindex import __version__, checks, history, store
@@ -25,12 +25,12 @@ from regindex.crawl import (
     CrawlResult,
     crawl,
     discover,
+    digest_of,
     hash_blob,
     read_blob,
 )
 from regindex.errors import LockError, RegindexError, ScanAborted, StorageError
 from regindex.manifests import KIND_UNKNOWN, ParsedManifest, parse_manifest
-from regindex.models import BlobVerification, table
 
 Progress = Callable[[str], None]
 
@@ -186,7 +186,7 @@ def _scan(
                 continue
             _say(progress, f"loading {name}")
             stats = store.load_crawl(conn, run_id, rid, result)
-            parsed = _parse_manifests(conn, run_id, result, manifests_known, opts.max_manifest_bytes)
+            parsed = _parse_manifests(conn, run_id, rid, result, manifests_known, opts.max_manifest_bytes)
             if opts.verify_content:
                 _say(progress, f"verifying blob content of {name}")
                 _verify_content(conn, run_id, rid, result)
@@ -269,10 +269,17 @@ def _open_count(conn: Connection) -> int:
 
 
 def _parse_manifests(
-    conn: Connection, run_id: int, result: CrawlResult, known: set[tuple[str, int]], cap: int
+    conn: Connection, run_id: int, registry_id: int, result: CrawlResult, known: set[tuple[str, int]], cap: int
 ) -> int:
-    """Parse each manifest (digest, size) once, ever: link targets, then their children, to a fixpoint."""
-    sizes = {b.digest: b.size for b in result.blobs}
+    """Parse manifests from link targets to their children, to a fixpoint.
+
+    A manifest's parse is stored once per (digest, size), ever. Its bytes are read again only when the blob's
+    size or mtime changed since they were last hashed: every read is hashed, so a same-size rewrite of a
+    known manifest is a digest mismatch, and bytes that are not the digest's content never replace the
+    parse of the genuine content (another registry may hold it).
+    """
+    blobs = {b.digest: b for b in result.blobs}
+    verified = store.load_verifications(conn, registry_id)
     layer_targets: dict[str, str] = {}
     queue: set[str] = set()
     for link in result.links:
@@ -280,65 +287,64 @@ def _parse_manifests(
             queue.add(link.target_digest)
         if link.kind == "revision" and link.path_digest:
             queue.add(link.path_digest)  # the reference scanner reads revisions by their path digest
-        if link.kind == "layer" and link.state == "ok" and link.path_digest:
-            layer_targets[link.path_digest] = link.target_digest  # type: ignore[assignment]
+        if link.kind == "layer" and link.state == "ok" and link.path_digest and link.target_digest:
+            layer_targets[link.path_digest] = link.target_digest
     done: set[str] = set()
     parsed_total = 0
     while queue:
         level = queue - done
-        if not level:
-            break
         done |= level
         queue = set()
         new: list[tuple[str, int, ParsedManifest]] = []
+        hashes: list[tuple[str, int, float, str | None, str | None]] = []
         already: list[tuple[str, int]] = []
         for digest in sorted(level):
-            if digest in layer_targets and layer_targets[digest] not in done:
+            if digest in layer_targets:
                 queue.add(layer_targets[digest])
-            size = sizes.get(digest)
-            if size is None:
+            blob = blobs.get(digest)
+            if blob is None:
                 continue
-            if (digest, size) in known:
-                already.append((digest, size))
+            key = (digest, blob.size)
+            if key in known and _same_stat(verified.get(digest), (blob.size, blob.mtime)):
+                already.append(key)
                 continue
             try:
                 raw = read_blob(result.registry.v2, digest, cap)
             except BlobTooLarge as big:
-                pm = ParsedManifest(KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte manifest cap: not parsed")
+                raw, pm = None, ParsedManifest(
+                    KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte manifest cap: not parsed")
             else:
                 if raw is None:
                     continue
                 pm = parse_manifest(raw)
-            new.append((digest, size, pm))
-            known.add((digest, size))
-            for ref in pm.refs:
-                if ref.role in ("child", "subject"):
-                    queue.add(ref.digest)
+            computed = digest_of(digest, raw) if raw is not None else None
+            genuine = computed is None or computed == digest
+            hashes.append((digest, blob.size, blob.mtime, computed, None if genuine else pm.error))
+            if not genuine:
+                continue  # evidence lives in blob_verifications; the manifest row is the genuine content's
+            if key in known:
+                already.append(key)
+                continue
+            new.append((digest, blob.size, pm))
+            known.add(key)
+            queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
         store.insert_manifests(conn, run_id, new)
+        store.save_verifications(conn, registry_id, run_id, hashes)
         parsed_total += len(new)
-        for _role, d in store.manifest_refs_of(conn, already):
-            queue.add(d)
+        queue.update(d for _role, d in store.manifest_refs_of(conn, already))
     return parsed_total
 
 
 def _verify_content(conn: Connection, run_id: int, registry_id: int, result: CrawlResult) -> None:
     """Re-hash blob data whose size or mtime changed since it was last hashed (or never hashed)."""
-    v = table(BlobVerification)
-    seen = {
-        r.digest: (r.size, r.mtime)
-        for r in conn.execute(select(v.c.digest, v.c.size, v.c.mtime).where(v.c.registry_id == registry_id))
-    }
-    todo = [b for b in result.blobs if seen.get(b.digest) is None or not _same_stat(seen[b.digest], (b.size, b.mtime))]
+    seen = store.load_verifications(conn, registry_id)
+    todo = [b for b in result.blobs if not _same_stat(seen.get(b.digest), (b.size, b.mtime))]
     for part in store.chunks(todo, 500):
-        digests = [b.digest for b in part]
-        conn.execute(delete(v).where(v.c.registry_id == registry_id, v.c.digest.in_(digests)))
-        rows = [
-            {"registry_id": registry_id, "digest": b.digest, "size": b.size, "mtime": b.mtime,
-             "computed_digest": hash_blob(result.registry.v2, b.digest), "verified_run": run_id}
-            for b in part
-        ]
-        conn.execute(insert(v), rows)
+        store.save_verifications(
+            conn, registry_id, run_id,
+            [(b.digest, b.size, b.mtime, hash_blob(result.registry.v2, b.digest), None) for b in part],
+        )
 
 
-def _same_stat(a: tuple[int, float | None], b: tuple[int, float]) -> bool:
-    return a[0] == b[0] and a[1] is not None and abs(a[1] - b[1]) < 1e-6
+def _same_stat(a: tuple[int, float | None] | None, b: tuple[int, float]) -> bool:
+    return a is not None and a[0] == b[0] and a[1] is not None and abs(a[1] - b[1]) < 1e-6

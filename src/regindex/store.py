@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 
 from regindex.crawl import CrawlResult
 from regindex.manifests import ParsedManifest
 from regindex.models import (
     Anomaly,
     Blob,
+    BlobVerification,
     Link,
     Manifest,
     ManifestRef,
@@ -268,3 +269,27 @@ def insert_manifests(conn: Connection, run_id: int, parsed: Sequence[tuple[str, 
             for ref in pm.refs
         ]
         bulk_insert(conn, r, ref_rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Content hashes (blob_verifications): one row per registry and digest, replaced when re-hashed
+
+
+def load_verifications(conn: Connection, registry_id: int) -> dict[str, tuple[int, float | None]]:
+    v = table(BlobVerification)
+    q = select(v.c.digest, v.c.size, v.c.mtime).where(v.c.registry_id == registry_id)
+    return {d: (size, mtime) for d, size, mtime in conn.execute(q)}
+
+
+def save_verifications(
+    conn: Connection, registry_id: int, run_id: int, rows: Sequence[tuple[str, int, float, str | None, str | None]]
+) -> None:
+    """(digest, size, mtime, computed digest or None when unreadable, parse error of non-genuine manifest data)."""
+    v = table(BlobVerification)
+    for part in chunks(rows, 500):
+        conn.execute(delete(v).where(v.c.registry_id == registry_id, v.c.digest.in_([r[0] for r in part])))
+        conn.execute(insert(v), [
+            {"registry_id": registry_id, "digest": d, "size": size, "mtime": mtime, "computed_digest": computed,
+             "parse_error": parse_error, "verified_run": run_id}
+            for d, size, mtime, computed, parse_error in part
+        ])

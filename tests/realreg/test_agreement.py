@@ -420,10 +420,6 @@ def test_same_size_corruption_with_verify_content(env, which):
     assert "digest_mismatch" in out.error_kinds
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "manifests are parsed once per (digest, size), ever: a same-size rewrite of a manifest blob that an earlier "
-    "run parsed is not re-read, so only a first-ever run sees that it is no longer JSON (needs scan.py to "
-    "re-parse when the blob's mtime changes; --verify-content finds it as digest_mismatch)"))
 def test_same_size_manifest_corruption_without_verify_content(env):
     h.flip_blob_byte(env.v2, env.n["base"], offset=0)  # '{' -> not JSON: 500 by digest and by tag
     out = agree(env)
