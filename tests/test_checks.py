@@ -177,6 +177,7 @@ def truncated_manifest(world: World) -> Expected:
     return {
         ("truncated_manifest", E, R, "library/base", d, None, None),
         ("dangling_tag", E, R, "library/base", d, "latest", None),
+        ("gc_blocker", W, R, "library/base", d, None, None),  # garbage-collect reads it and aborts
     }
 
 
@@ -335,6 +336,7 @@ def test_same_size_manifest_rewrite_is_seen_by_a_nightly_scan_as_by_a_first_one(
     expected = {
         ("truncated_manifest", E, R, "library/base", world.base_img.digest, None, None),
         ("dangling_tag", E, R, "library/base", world.base_img.digest, "latest", None),
+        ("gc_blocker", W, R, "library/base", world.base_img.digest, None, None),
     }
     assert open_set(findings) == expected
     first_ever = json.loads(invoke("findings", "--db", fresh, "--format", "json").output)
@@ -348,3 +350,23 @@ def test_corrupt_copy_never_poisons_the_genuine_manifest_of_another_registry(bas
     _flip_first_byte(bad, bad.base_img.digest)
     scan()
     assert {f["registry"] for f in findings() if f["kind"] != "unreferenced_blob"} == {"a-first"}
+
+
+def test_gc_blockers_match_the_gc_preview(base, scan, findings, invoke, db_path):
+    """Each gc_blocker finding is a reason gc-preview gives for an abort, and the other way round."""
+    world = build_world(base)
+    world.w.write_revision_link("team/app/api", world.api.digest, b"garbage")
+    world.w.write_tag_link("team/app/web", "v2", b"")
+    world.w.remove_tags_dir("library/base")
+    scan()
+    blockers = {(f["repository"], f["detail"]["aborts"]) for f in findings("--kind", "gc_blocker")}
+    assert blockers == {
+        ("team/app/api", "every garbage-collect run"),
+        ("team/app/web", "garbage-collect --delete-untagged"),
+        ("library/base", "garbage-collect --delete-untagged"),
+    }
+    plain = json.loads(invoke("gc-preview", "--db", db_path, "--format", "json", expect=1).output)
+    untagged = json.loads(invoke("gc-preview", "--db", db_path, "--format", "json", "--delete-untagged",
+                                 expect=1).output)
+    assert [p["outcome"] for p in plain + untagged] == ["aborts", "aborts"]
+    assert len(plain[0]["reasons"]) == 1 and len(untagged[0]["reasons"]) == 3

@@ -499,34 +499,71 @@ def digest_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
         )
 
 
+# A revision garbage-collect enumerates: its link parses and its data exists (2.8 skips the others silently).
+_ENUMERATED_REVISION = """EXISTS (SELECT 1 FROM links e JOIN blobs eb ON eb.registry_id = e.registry_id
+    AND eb.digest = e.target_digest AND eb.gone_run IS NULL
+    WHERE e.registry_id = {reg} AND e.gone_run IS NULL AND e.repository = {repo} AND e.kind = 'revision'
+      AND e.state = 'ok')"""
+
+
 def gc_blocker(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    """What makes registry 2.8's garbage-collect abort with nothing deleted (the same rules as gc-preview)."""
+    every, untagged = "every garbage-collect run", "garbage-collect --delete-untagged"
+    # A revision link that does not parse: every run reads every revision link.
     sql = """SELECT l.registry_id, g.name AS registry, l.repository, l.kind, l.path_digest, l.tag, l.state
              FROM links l JOIN registries g ON g.id = l.registry_id
-             WHERE l.registry_id IN :regs AND l.gone_run IS NULL
-               AND l.kind IN ('revision', 'tag_current') AND l.state IN ('empty', 'whitespace', 'garbage',
-               'unreadable')"""
+             WHERE l.registry_id IN :regs AND l.gone_run IS NULL AND l.state IN ('empty', 'whitespace', 'garbage',
+               'unreadable')
+               AND (l.kind = 'revision' OR (l.kind = 'tag_current' AND """ + _ENUMERATED_REVISION.format(
+        reg="l.registry_id", repo="l.repository") + "))"
     for r in _q(ctx.conn, sql, ctx.regs):
         path = _rel(r["kind"], r["repository"], r["path_digest"], r["tag"])
-        when = "every garbage-collect run" if r["kind"] == "revision" else "garbage-collect --delete-untagged"
+        when = every if r["kind"] == "revision" else untagged
         yield FindingRow(
             "gc_blocker", WARNING, r["registry"], r["repository"], r["path_digest"], tag=r["tag"],
             detail={"link": path, "state": r["state"], "aborts": when},
             hint=f"{when} aborts on {path} and deletes nothing: fix or remove the link first.",
             subject=r["kind"],
         )
+    # Marked manifest data that does not parse: a run without --delete-untagged reads every revision's data.
+    sql = """SELECT DISTINCT s.registry_id, s.registry, s.repository, s.digest, s.parse_error
+             FROM manifest_serving s
+             WHERE s.registry_id IN :regs AND s.via = 'revision' AND s.status IN ('unparsable', 'data_empty')"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        yield FindingRow(
+            "gc_blocker", WARNING, r["registry"], r["repository"], r["digest"],
+            detail={"revision_link": _rel("revision", r["repository"], r["digest"]),
+                    "parse_error": r["parse_error"] or "empty", "aborts": "garbage-collect without --delete-untagged"},
+            hint="garbage-collect reads this manifest to mark its blobs and aborts on it: push the image again or "
+            "remove the revision directory.",
+            subject="invalid_manifest",
+        )
+    # A repository with enumerated revisions but no _manifests/tags: the tag lookup of --delete-untagged fails.
     sql = """SELECT p.registry_id, g.name AS registry, p.name AS repository FROM repositories p
              JOIN registries g ON g.id = p.registry_id
-             WHERE p.registry_id IN :regs AND p.gone_run IS NULL AND NOT p.has_tags_dir
-               AND EXISTS (SELECT 1 FROM links l WHERE l.registry_id = p.registry_id AND l.gone_run IS NULL
-                             AND l.repository = p.name AND l.kind = 'revision' AND l.state = 'ok')"""
+             WHERE p.registry_id IN :regs AND p.gone_run IS NULL AND NOT p.has_tags_dir AND """ + \
+        _ENUMERATED_REVISION.format(reg="p.registry_id", repo="p.name")
     for r in _q(ctx.conn, sql, ctx.regs):
         yield FindingRow(
             "gc_blocker", WARNING, r["registry"], r["repository"], None,
-            detail={"missing": f"repositories/{r['repository']}/_manifests/tags", "aborts": "garbage-collect --delete-untagged"},
-            hint="garbage-collect --delete-untagged aborts on a repository with revisions but no _manifests/tags "
-            "directory: create the empty directory.",
+            detail={"missing": f"repositories/{r['repository']}/_manifests/tags", "aborts": untagged},
+            hint=f"{untagged} aborts on a repository with revisions but no _manifests/tags directory: create the "
+            "empty directory.",
             subject="no_tags_dir",
         )
+    # A repository name the reference grammar refuses: garbage-collect stops at it.
+    from regindex.gc import valid_repository_name
+
+    sql = """SELECT g.name AS registry, p.name AS repository FROM repositories p
+             JOIN registries g ON g.id = p.registry_id WHERE p.registry_id IN :regs AND p.gone_run IS NULL"""
+    for r in _q(ctx.conn, sql, ctx.regs):
+        if not valid_repository_name(r["repository"]):
+            yield FindingRow(
+                "gc_blocker", WARNING, r["registry"], r["repository"], None,
+                detail={"repository": f"repositories/{r['repository']}", "aborts": every},
+                hint="garbage-collect aborts on a repository name the registry refuses: rename or remove it.",
+                subject="invalid_name",
+            )
 
 
 def stale_upload(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
