@@ -56,3 +56,20 @@ def test_postgres_scan_history_and_sql_match_sqlite(pg_url, base, invoke, tmp_pa
     out = json.loads(invoke("sql", "SELECT COUNT(*) AS n FROM orphan_index_children", "--db", pg_url,
                             "--format", "json").output)
     assert out[0]["n"] == 6
+
+
+def test_postgres_report_history_and_gc_preview(pg_url, base, invoke, tmp_path):
+    world = build_world(base)
+    invoke("scan", base, "--db", pg_url, "-q", expect=0)
+    child = world.api.children[1]
+    world.w.remove_revision("team/app/api", child.digest)
+    invoke("scan", base, "--db", pg_url, "-q", expect=1)
+    out = tmp_path / "r.html"
+    invoke("report", "--db", pg_url, "--out", out)
+    html = out.read_text()
+    assert child.digest in html and "<script" not in html
+    hist = invoke("history", child.digest, "--db", pg_url).output
+    assert "orphan_index_child" in hist and "run 2" in hist
+    prev = json.loads(invoke("gc-preview", "--db", pg_url, "--format", "json", "--delete-untagged",
+                             expect=1).output)
+    assert prev[0]["outcome"] == "completes"
