@@ -58,7 +58,7 @@ def make_engine(url: str, readonly: bool = False) -> Engine:
     elif engine.dialect.name == "postgresql" and readonly:
 
         @event.listens_for(engine, "connect")
-        def _pg_readonly(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _pg_readonly(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
             cur.close()
@@ -71,7 +71,7 @@ def _sqlite_events(engine: Engine, readonly: bool) -> None:
     # The pysqlite driver does not emit BEGIN itself (so DDL would autocommit); take over transaction control
     # so a failed migration or load leaves nothing half-done (SQLAlchemy's "serializable isolation" recipe).
     @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+    def _connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA foreign_keys=ON")
@@ -83,7 +83,7 @@ def _sqlite_events(engine: Engine, readonly: bool) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(conn):  # type: ignore[no-untyped-def]
+    def _begin(conn):
         conn.exec_driver_sql("BEGIN")
 
 
@@ -91,7 +91,7 @@ def _sqlite_events(engine: Engine, readonly: bool) -> None:
 # Migrations
 
 
-def _alembic_config(conn: Connection):  # type: ignore[no-untyped-def]
+def _alembic_config(conn: Connection):
     from alembic.config import Config
 
     cfg = Config()
