@@ -127,3 +127,16 @@ def test_link_files_are_read_bounded(private, rng):
     private.write_layer_link("a", img.config, img.config.encode() + b"x" * 10_000_000)
     [link] = [l for l in crawl(discover(private.root)[0]).links if l.path_digest == img.config]
     assert link.state == "garbage" and len(link.preview or "") < 100
+
+
+def test_symlinked_registry_is_reported_not_followed(tmp_path, base, private, rng, invoke):
+    private.push_image("a", rng)
+    elsewhere = tmp_path / "other-disk"
+    from regindex.sample import StorageWriter
+
+    StorageWriter(elsewhere).push_image("b", rng)
+    os.symlink(elsewhere, base / "mirror")
+    roots = {r.name: r.problem for r in discover(base)}
+    assert roots["private"] is None and "symlink" in roots["mirror"]
+    r = invoke("scan", base, "--db", tmp_path / "x.db", expect=2)
+    assert "mirror" in r.output and "never follows symlinks" in r.output

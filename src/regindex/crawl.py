@@ -37,6 +37,7 @@ DEFAULT_MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 class RegistryRoot:
     name: str
     v2: Path  # <rootdirectory>/docker/registry/v2
+    problem: str | None = None  # why it cannot be crawled (it is reported, never skipped silently)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +130,17 @@ def discover(base: Path) -> list[RegistryRoot]:
     except OSError as exc:
         raise StorageError(f"storage root {base} cannot be listed: {exc.strerror}") from None
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            cand = Path(entry.path).joinpath(*V2_SUFFIX)
-            if _is_real_dir(cand):
-                roots.append(RegistryRoot(entry.name, cand))
-    if not roots:
+        cand = Path(entry.path).joinpath(*V2_SUFFIX)
+        if entry.is_symlink():
+            if cand.is_dir():
+                roots.append(RegistryRoot(entry.name, cand, f"{entry.name}: {entry.path} is a symlink and regindex "
+                                          "never follows symlinks inside the storage root; scan its target directly"))
+        elif entry.is_dir(follow_symlinks=False) and _is_real_dir(cand):
+            roots.append(RegistryRoot(entry.name, cand))
+    if not any(r.problem is None for r in roots):
         raise StorageError(
             f"no registry storage under {base}: expected {base}/<name>/docker/registry/v2 or {base}/docker/registry/v2"
+            + "".join(f" ({r.problem})" for r in roots)
         )
     return roots
 

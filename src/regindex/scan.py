@@ -160,6 +160,9 @@ def _scan(
     crawled: list[CrawlResult] = []
     failures: dict[str, str] = {}
     for root in roots:
+        if root.problem:
+            failures[root.name] = root.problem
+            continue
         _say(progress, f"crawling {root.name}")
         def tick(n: int, name: str = root.name) -> None:
             _say(progress, f"crawling {name}: {n} files")
