@@ -34,7 +34,8 @@ def test_findings_json_has_exactly_the_documented_keys(damaged, findings):
 
 def test_findings_filters_and_formats(damaged, invoke, db_path, findings):
     assert {f["kind"] for f in findings("--kind", "dangling_tag")} == {"dangling_tag"}
-    assert findings("--registry", "elsewhere") == []
+    r = invoke("findings", "--db", db_path, "--registry", "elsewhere", expect=2)
+    assert "unknown registry" in r.output
     out = invoke("findings", "--db", db_path, "--format", "csv").output
     table = list(csv.DictReader(io.StringIO(out)))
     assert len(table) == len(findings()) and set(table[0]) == FINDING_KEYS
@@ -97,6 +98,33 @@ def test_errors_are_one_line_exit_2(args, message, base, tmp_path, invoke, priva
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("hours", ["nan", "inf", "-1", "0", "1e300"])
+def test_stale_upload_hours_must_be_finite(hours, base, private, rng, invoke, tmp_path):
+    private.push_image("a", rng)
+    r = invoke("scan", base, "--db", tmp_path / "x.db", "--stale-upload-hours", hours, expect=2)
+    assert "hours" in r.output and "Traceback" not in r.output
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"stale_upload_hours = {hours if hours not in ('nan', 'inf') else hours}\n")
+    r = invoke("scan", base, "--db", tmp_path / "x.db", "--config", cfg, expect=2)
+    assert "stale_upload_hours" in r.output
+
+
+def test_internal_errors_are_one_line_and_mark_the_run_failed(base, private, rng, invoke, db_path, monkeypatch):
+    from regindex import checks
+
+    private.push_image("a", rng)
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(checks, "run_checks", broken)
+    r = invoke("scan", base, "--db", db_path, expect=2)
+    assert "internal error ZeroDivisionError" in r.output and len(r.output.strip().splitlines()) == 1
+    monkeypatch.undo()
+    runs = json.loads(invoke("runs", "--db", db_path, "--format", "json").output)
+    assert [x["status"] for x in runs] == ["failed"]
+
+
 def test_storage_root_that_is_a_file(tmp_path, invoke):
     f = tmp_path / "file"
     f.write_text("x")
@@ -121,6 +149,9 @@ def test_config_file(base, tmp_path, invoke, private, rng):
 
 def test_metrics_file(damaged, invoke, base, db_path, tmp_path):
     prom = tmp_path / "m" / "regindex.prom"
+    r = invoke("scan", base, "--db", db_path, "-q", "--metrics", prom, expect=2)  # checked before scanning
+    assert "does not exist" in r.output
+    prom.parent.mkdir()
     invoke("scan", base, "--db", db_path, "-q", "--metrics", prom, expect=1)
     text = prom.read_text()
     assert "regindex_last_run_success 1" in text
@@ -152,3 +183,17 @@ def test_lock_refuses_a_second_scan(base, db_path, private, rng, invoke):
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         r = invoke("scan", base, "--db", db_path, expect=2)
     assert "another regindex scan" in r.output
+
+
+@pytest.mark.parametrize("stmt", ["ATTACH DATABASE '{tmp}/att.db' AS a", "PRAGMA query_only=0",
+                                  "PRAGMA journal_mode=DELETE"])
+def test_sql_refuses_attach_and_pragma_writes(stmt, damaged, invoke, db_path, tmp_path):
+    r = invoke("sql", stmt.format(tmp=tmp_path), "--db", db_path, expect=2)
+    assert "read-only" in r.output or "returned none" in r.output
+    assert not (tmp_path / "att.db").exists()
+    assert invoke("sql", "PRAGMA query_only", "--db", db_path, "--format", "json").output  # reading a pragma is fine
+
+
+def test_db_that_is_a_directory(tmp_path, invoke):
+    r = invoke("runs", "--db", tmp_path, expect=2)
+    assert "is a directory" in r.output

@@ -9,6 +9,7 @@ import pytest
 
 from regindex.crawl import crawl, discover, parse_rfc3339, read_blob, BlobTooLarge
 from regindex.errors import StorageError
+from regindex.layout import TagCurrentLinkPath
 
 
 def test_discover_base_of_registries_and_single_roots(tmp_path, private, rng, base):
@@ -140,3 +141,45 @@ def test_symlinked_registry_is_reported_not_followed(tmp_path, base, private, rn
     assert roots["private"] is None and "symlink" in roots["mirror"]
     r = invoke("scan", base, "--db", tmp_path / "x.db", expect=2)
     assert "mirror" in r.output and "never follows symlinks" in r.output
+
+
+@pytest.mark.parametrize("where", ["docker", "docker/registry/v2/blobs", "docker/registry/v2/repositories",
+                                   "docker/registry/v2/repositories/a/_layers",
+                                   "docker/registry/v2/repositories/a/_manifests"])
+def test_symlinked_structure_fails_the_registry_instead_of_looking_deleted(where, tmp_path, base, rng, invoke):
+    """Following it would leave the root; skipping it would make its content look deleted. Neither."""
+    import shutil
+
+    from regindex.sample import StorageWriter
+
+    w = StorageWriter(base / "private")
+    img = w.push_image("a", rng)
+    w.tag("a", "v1", img.digest)
+    invoke("scan", base, "--db", tmp_path / "x.db", "-q")
+    real = base / "private" / where
+    moved = tmp_path / "elsewhere"
+    shutil.move(real, moved)
+    os.symlink(moved, real)
+    r = invoke("scan", base, "--db", tmp_path / "x.db", expect=2)
+    assert "never follows symlinks" in r.output
+    import json
+
+    runs = json.loads(invoke("runs", "--db", tmp_path / "x.db", "--format", "json").output)
+    assert runs[0]["findings_resolved"] in (None, 0) and runs[0]["status"] in ("partial", "failed")
+
+
+def test_symlinked_tag_current_is_not_followed(tmp_path, private, rng):
+    img = private.push_image("a", rng)
+    private.tag("a", "v1", img.digest)
+    cur = private.path(TagCurrentLinkPath("a", "v1")).parent
+    outside = tmp_path / "out"
+    outside.mkdir()
+    (outside / "link").write_text(img.digest)
+    import shutil
+
+    shutil.rmtree(cur)
+    os.symlink(outside, cur)
+    result = crawl(discover(private.root)[0])
+    [link] = [l for l in result.links if l.kind == "tag_current"]
+    assert link.state == "unreadable"
+    assert any(a.reason.startswith("symlink") for a in result.anomalies)

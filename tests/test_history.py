@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
+
 from sqlalchemy import create_engine, text
+
+from regindex.layout import BlobDataPath
 
 from .test_checks import build_world
 
@@ -161,3 +165,94 @@ def test_fail_on(base, scan):
     assert scan("--fail-on", "never").exit_code == 0
     assert scan("--fail-on", "new").exit_code == 0  # persisting now, nothing new
     assert scan().exit_code == 1  # open (default)
+
+
+@pytest.mark.parametrize("part", ["repositories", "blobs"])
+def test_a_vanished_top_directory_is_an_error_not_resolutions(part, base, scan, findings, tmp_path):
+    world = build_world(base)
+    world.w.remove_blob(world.base_img.layers[0])
+    scan()
+    before = findings()
+    shutil.move(world.w.v2 / part, tmp_path / "away")
+    r = scan(expect=2)
+    assert f"{part}/ is suddenly empty" in r.output
+    assert findings() == before and findings("--state", "resolved") == []
+
+
+def test_unreadable_blob_data_fails_its_registry_and_resolves_nothing(base, scan, findings, db_path, monkeypatch):
+    a = build_world(base, "alpha")
+    b = build_world(base, "beta")
+    for w in (a, b):
+        w.w.remove_revision("team/app/api", w.api.children[1].digest)
+    scan()
+    assert len(findings("--kind", "orphan_index_child")) == 2
+    # a layer of beta becomes unreadable (EACCES; as root, chmod would not stop us) when it is first hashed
+    real_open = os.open
+    target = str(b.w.path(BlobDataPath(b.base_img.layers[0])))
+
+    def guarded(path, flags, *args, **kw):
+        if str(path) == target:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", guarded)
+    r = scan("--verify-content", expect=2)
+    assert "cannot read" in r.output and "Permission denied" in r.output
+    monkeypatch.undo()
+    assert len(findings("--kind", "orphan_index_child")) == 2  # beta's finding is kept, not resolved
+    assert rows(db_path, "SELECT status FROM runs WHERE id = 2") == [{"status": "partial"}]
+    # nothing of beta's inventory from the failed registry was kept (its savepoint was rolled back)
+    assert rows(db_path, "SELECT COUNT(*) AS n FROM blob_verifications v JOIN registries g ON g.id = v.registry_id "
+                         "WHERE g.name = 'beta' AND v.verified_run = 2") == [{"n": 0}]
+
+
+def test_a_killed_run_is_marked_failed_by_the_next_scan(base, scan, db_path):
+    build_world(base)
+    scan()
+    e = create_engine(f"sqlite:///{db_path}")
+    with e.begin() as c:  # what SIGKILL leaves behind
+        c.execute(text("INSERT INTO runs (started_at, status, base) VALUES ('2026-01-01 00:00:00', 'running', 'x')"))
+    e.dispose()
+    scan()
+    assert [r["status"] for r in rows(db_path, "SELECT status FROM runs ORDER BY id")] == [
+        "complete", "failed", "complete"]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_real_signal_mid_scan_rolls_back_and_marks_the_run_failed(sig, tmp_path):
+    """A CronJob deadline (SIGTERM) or Ctrl-C (SIGINT) during a scan of a real process: exit 2, the run is
+    recorded as failed (never left 'running'), nothing of it is kept."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from regindex.sample import StorageWriter
+
+    base = tmp_path / "big"
+    w = StorageWriter(base / "private")
+    rng = random.Random(1)
+    for i in range(400):
+        idx = w.push_index(f"team/app{i}", rng, attestations=False)
+        w.tag(f"team/app{i}", "v1", idx.digest)
+    db = tmp_path / "s.db"
+    cmd = [sys.executable, "-m", "regindex", "scan", str(base), "--db", str(db), "-q", "--verify-content"]
+    subprocess.run(cmd, check=True, capture_output=True)  # run 1: the baseline
+    w.remove_tag_current("team/app0", "v1")  # run 2 would add a finding
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if rows(db, "SELECT COUNT(*) AS n FROM runs WHERE status = 'running'")[0]["n"]:
+            break
+        time.sleep(0.01)
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=60)
+    if rows(db, "SELECT status FROM runs WHERE id = 2") == [{"status": "complete"}]:
+        pytest.skip("the scan finished before the signal arrived")
+    assert proc.returncode == 2, (out, err)
+    assert "interrupted" in err and "Traceback" not in err
+    assert rows(db, "SELECT id, status FROM runs ORDER BY id") == [{"id": 1, "status": "complete"},
+                                                                   {"id": 2, "status": "failed"}]
+    assert rows(db, "SELECT COUNT(*) AS n FROM findings") == [{"n": 0}]
+    assert rows(db, "SELECT COUNT(*) AS n FROM links WHERE first_run = 2 OR gone_run = 2") == [{"n": 0}]

@@ -619,7 +619,11 @@ def storage_anomaly(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
         yield FindingRow(
             "storage_anomaly", WARNING, r["registry"], None, None,
             detail={"path": r["path"], "reason": r["reason"]},
-            hint="regindex did not index this entry: look at it by hand.",
+            hint=(
+                "The registry refuses this name, so nothing under it can be pulled; regindex indexed it anyway."
+                if "refuse" in r["reason"]
+                else "regindex did not index this entry (it never follows symlinks): look at it by hand."
+            ),
             subject=r["path"],
         )
 

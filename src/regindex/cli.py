@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import math
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +22,7 @@ from regindex.errors import RegindexError
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+MAX_HOURS = 24 * 365 * 10
 
 
 class Failure(click.ClickException):
@@ -38,8 +42,32 @@ def core_errors(fn: F) -> F:
             raise Failure(f"database error: {dbmod._one_line(exc)}") from None
         except OSError as exc:
             raise Failure(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+        except KeyboardInterrupt:
+            raise Failure("interrupted") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _terminate_as_interrupt(signum: int, _frame: Any) -> None:
+    """SIGTERM (a CronJob's deadline, systemd stop) ends a scan like Ctrl-C: rolled back, run marked failed."""
+    raise KeyboardInterrupt
+
+
+def _finite_hours(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_HOURS):
+        raise click.BadParameter(f"must be a number of hours between 0 and {MAX_HOURS}")
+    return value
+
+
+def _writable_target(path: Path, what: str, is_dir: bool) -> None:
+    """Fail before scanning, not after the run is committed, when an output cannot be written."""
+    if path.exists() and path.is_dir() != is_dir:
+        raise Failure(f"{what}: {path} is {'not ' if is_dir else ''}a directory")
+    where = path if is_dir and path.exists() else path.parent
+    if not where.is_dir():
+        raise Failure(f"{what}: directory {where} does not exist")
+    if not os.access(where, os.W_OK):
+        raise Failure(f"{what}: {where} is not writable")
 
 
 db_option = click.option(
@@ -82,7 +110,7 @@ def cli() -> None:
               help="Exit 1 when there are open error findings (open, the default), only new ones (new), or never.")
 @click.option("--verify-content", is_flag=True, default=None,
               help="Re-hash blob data (once per change of its size or mtime) to find digest mismatches.")
-@click.option("--stale-upload-hours", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--stale-upload-hours", type=float, default=None, callback=_finite_hours,
               help="Age after which an upload is stale (default 168, the registry's purge age).")
 @click.option("--allow-empty", is_flag=True,
               help="Accept a registry that became empty or vanished (otherwise that is an error, exit 2).")
@@ -113,15 +141,20 @@ def scan(
         stale_upload_hours=stale_upload_hours or settings.stale_upload_hours or 168.0,
         allow_empty=allow_empty,
     )
+    metrics_path = metrics_path or (Path(settings.metrics) if settings.metrics else None)
+    report_dir = report_dir or (Path(settings.report_dir) if settings.report_dir else None)
+    if metrics_path:
+        _writable_target(metrics_path, "--metrics", is_dir=False)
+    if report_dir:
+        _writable_target(report_dir, "--report", is_dir=True)
     engine = dbmod.open_writer(db or settings.db)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     progress = _progress() if sys.stderr.isatty() else None
     try:
         outcome = run_scan(engine, opts, progress)
     finally:
         if progress:
             click.echo("\r\033[K", nl=False, err=True)
-    metrics_path = metrics_path or (Path(settings.metrics) if settings.metrics else None)
-    report_dir = report_dir or (Path(settings.report_dir) if settings.report_dir else None)
     with engine.connect() as conn:
         if metrics_path:
             from regindex import metrics
@@ -193,6 +226,10 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
     if bad:
         raise Failure(f"unknown kind {bad[0]!r}; kinds: {', '.join(KINDS)}")
     with dbmod.reader(_db(db, config_path)) as conn:
+        known = set(conn.exec_driver_sql("SELECT name FROM registries").scalars())
+        unknown = [r for r in registries if r not in known]
+        if unknown:
+            raise Failure(f"unknown registry {unknown[0]!r}; registries: {', '.join(sorted(known)) or 'none yet'}")
         rows = list_findings(conn, state, kinds, registries, severities)
     cols = FINDING_COLUMNS if fmt != "table" else TABLE_COLUMNS
     click.echo(output.render(rows, cols, fmt), nl=False)

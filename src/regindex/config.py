@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -59,8 +60,8 @@ def load(path: str | None) -> Settings:
         s.caches = caches
     if "stale_upload_hours" in data:
         v = data["stale_upload_hours"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise ConfigError(f"config file {p}: stale_upload_hours must be a positive number")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 < v <= 87600):
+            raise ConfigError(f"config file {p}: stale_upload_hours must be a number of hours between 0 and 87600")
         s.stale_upload_hours = float(v)
     if "fail_on" in data:
         s.fail_on = _typed(p, data, "fail_on", str)

@@ -102,6 +102,24 @@ def _is_real_dir(path: Path) -> bool:
         return False
 
 
+def _symlink_on_path(start: Path, parts: tuple[str, ...]) -> Path | None:
+    """The first component of ``start/parts...`` that is a symlink (None when there is none)."""
+    cur = start
+    for part in parts:
+        cur = cur / part
+        try:
+            if stat.S_ISLNK(os.lstat(cur).st_mode):
+                return cur
+        except OSError:
+            return None
+    return None
+
+
+def _not_followed(name: str, link: Path) -> str:
+    return (f"{name}: {link} is a symlink and regindex never follows symlinks inside the storage root; "
+            "scan its target directly")
+
+
 def discover(base: Path) -> list[RegistryRoot]:
     """Registries under ``base``: ``base/<name>/docker/registry/v2`` each, or ``base`` itself as one root.
 
@@ -120,7 +138,9 @@ def discover(base: Path) -> list[RegistryRoot]:
 
     v2 = base.joinpath(*V2_SUFFIX)
     if _is_real_dir(v2):
-        return [RegistryRoot(_name_for_root(base), v2)]
+        link = _symlink_on_path(base, V2_SUFFIX)
+        name = _name_for_root(base)
+        return [RegistryRoot(name, v2, _not_followed(name, link) if link else None)]
     if base.name == "v2" and (_is_real_dir(base / "repositories") or _is_real_dir(base / "blobs")):
         return [RegistryRoot(_name_for_root(base.parent.parent.parent), base)]
 
@@ -131,12 +151,10 @@ def discover(base: Path) -> list[RegistryRoot]:
         raise StorageError(f"storage root {base} cannot be listed: {exc.strerror}") from None
     for entry in entries:
         cand = Path(entry.path).joinpath(*V2_SUFFIX)
-        if entry.is_symlink():
-            if cand.is_dir():
-                roots.append(RegistryRoot(entry.name, cand, f"{entry.name}: {entry.path} is a symlink and regindex "
-                                          "never follows symlinks inside the storage root; scan its target directly"))
-        elif entry.is_dir(follow_symlinks=False) and _is_real_dir(cand):
-            roots.append(RegistryRoot(entry.name, cand))
+        if not cand.is_dir():
+            continue
+        link = Path(entry.path) if entry.is_symlink() else _symlink_on_path(Path(entry.path), V2_SUFFIX)
+        roots.append(RegistryRoot(entry.name, cand, _not_followed(entry.name, link) if link else None))
     if not any(r.problem is None for r in roots):
         raise StorageError(
             f"no registry storage under {base}: expected {base}/<name>/docker/registry/v2 or {base}/docker/registry/v2"
@@ -211,13 +229,27 @@ class _Walker:
     # -- walk ----------------------------------------------------------------------------------
     def run(self) -> CrawlResult:
         v2 = str(self.root.v2)
-        blobs = os.path.join(v2, "blobs")
-        repos = os.path.join(v2, "repositories")
-        if os.path.isdir(blobs):
+        blobs = self.structural_dir(os.path.join(v2, "blobs"))
+        repos = self.structural_dir(os.path.join(v2, "repositories"))
+        if blobs:
             self.walk_blobs(blobs)
-        if os.path.isdir(repos):
+        if repos:
             self.walk_repositories(repos, "")
         return self.result
+
+    def structural_dir(self, path: str) -> str | None:
+        """A directory whose content would look deleted if it were skipped: a symlink there fails the crawl."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"{self.root.name}: cannot stat {self.rel(path)}: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise StorageError(_not_followed(self.root.name, Path(self.rel(path))))
+        if not stat.S_ISDIR(st.st_mode):
+            raise StorageError(f"{self.root.name}: {self.rel(path)} is not a directory")
+        return path
 
     def walk_blobs(self, blobs: str) -> None:
         for alg_dir in self.subdirs(blobs):
@@ -266,10 +298,13 @@ class _Walker:
             self.walk_repositories(entry.path, name)
 
     def visit_repository(self, path: str, repo: str, names: set[str]) -> None:
+        self.structural_dir(os.path.join(path, "_layers"))
         manifests = os.path.join(path, "_manifests")
-        has_manifests = "_manifests" in names and _is_real_dir(Path(manifests))
+        has_manifests = "_manifests" in names and self.structural_dir(manifests) is not None
         tags_dir = os.path.join(manifests, "tags")
-        has_tags = has_manifests and _is_real_dir(Path(tags_dir))
+        has_tags = has_manifests and self.structural_dir(tags_dir) is not None
+        if has_manifests:
+            self.structural_dir(os.path.join(manifests, "revisions"))
         self.result.repositories.append(RepoRow(repo, has_manifests, has_tags))
         self.walk_digest_links(os.path.join(path, "_layers"), repo, LinkKind.LAYER, None)
         if has_manifests:
@@ -280,15 +315,27 @@ class _Walker:
                 if not valid_tag(tag):
                     self.anomaly(tag_dir.path, "tag name the registry would refuse")
                 cur = os.path.join(tag_dir.path, "current")
-                state, target, preview = self.read_link(cur)
+                state: LinkState
+                target: str | None
+                preview: str | None
+                if os.path.islink(cur):
+                    self.anomaly(cur, "symlink (not followed)")
+                    state, target, preview = LinkState.UNREADABLE, None, "current is a symlink"
+                else:
+                    state, target, preview = self.read_link(cur)
                 self.add_link(repo, LinkKind.TAG_CURRENT, tag, None, state, target, preview)
                 self.walk_digest_links(os.path.join(tag_dir.path, "index"), repo, LinkKind.TAG_INDEX, tag)
         uploads = os.path.join(path, "_uploads")
-        if "_uploads" in names and _is_real_dir(Path(uploads)):
+        if "_uploads" in names and os.path.islink(uploads):
+            self.anomaly(uploads, "symlink (not followed)")
+        elif "_uploads" in names and _is_real_dir(Path(uploads)):
             for up in self.subdirs(uploads):
                 self.visit_upload(up.path, repo, up.name)
 
     def walk_digest_links(self, path: str, repo: str, kind: LinkKind, tag: str | None) -> None:
+        if os.path.islink(path):
+            self.anomaly(path, "symlink (not followed)")
+            return
         if not _is_real_dir(Path(path)):
             return
         for alg_dir in self.subdirs(path):
@@ -379,6 +426,17 @@ def _read_bounded(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
+def _open_data(path: str) -> int | None:
+    """Open blob data for reading: None when it is gone; data that exists but cannot be read is a storage
+    error (a blob that cannot be read must not look like a blob that is missing)."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from None
+
+
 class BlobTooLarge(Exception):
     def __init__(self, size: int) -> None:
         super().__init__(size)
@@ -389,11 +447,8 @@ def read_blob(v2: Path, digest: str, cap: int = DEFAULT_MAX_MANIFEST_BYTES) -> b
     """Whole blob data, never truncated: ``None`` when missing, ``BlobTooLarge`` above ``cap``."""
     alg, hex_ = digest.split(":", 1)
     path = os.path.join(v2, "blobs", alg, hex_[:2], hex_, "data")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        return None
-    except OSError:
+    fd = _open_data(path)
+    if fd is None:
         return None
     try:
         st = os.fstat(fd)
@@ -430,9 +485,8 @@ def hash_blob(v2: Path, digest: str) -> str | None:
 
     alg, hex_ = digest.split(":", 1)
     path = os.path.join(v2, "blobs", alg, hex_[:2], hex_, "data")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
+    fd = _open_data(path)
+    if fd is None:
         return None
     h = hashlib.new(alg)
     try:

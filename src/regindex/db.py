@@ -33,6 +33,8 @@ def resolve_url(db: str | None) -> str:
     path = Path(value).expanduser()
     if path.parent and not path.parent.exists():
         raise SchemaError(f"database directory {path.parent} does not exist")
+    if path.is_dir():
+        raise SchemaError(f"--db {path} is a directory, not a database file")
     return f"sqlite:///{path.absolute()}"
 
 
@@ -67,6 +69,22 @@ def make_engine(url: str, readonly: bool = False) -> Engine:
     return engine
 
 
+# Pragmas whose argument names what to read (a table, an index), not a value to set.
+_PRAGMAS_WITH_ARGUMENT = frozenset({"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
+                                    "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check"})
+
+
+def _readonly_authorizer(action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None) -> int:
+    """Read paths may read; they may not attach files, change pragmas or load anything."""
+    import sqlite3
+
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA and arg2 is not None and (arg1 or "").lower() not in _PRAGMAS_WITH_ARGUMENT:
+        return sqlite3.SQLITE_DENY  # PRAGMA x = value
+    return sqlite3.SQLITE_OK
+
+
 def _sqlite_events(engine: Engine, readonly: bool) -> None:
     # The pysqlite driver does not emit BEGIN itself (so DDL would autocommit); take over transaction control
     # so a failed migration or load leaves nothing half-done (SQLAlchemy's "serializable isolation" recipe).
@@ -81,6 +99,8 @@ def _sqlite_events(engine: Engine, readonly: bool) -> None:
             cur.execute("PRAGMA journal_mode=WAL")  # outside any transaction, as WAL requires
             cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
+        if readonly:
+            dbapi_conn.set_authorizer(_readonly_authorizer)
 
     @event.listens_for(engine, "begin")
     def _begin(conn):

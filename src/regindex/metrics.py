@@ -50,7 +50,6 @@ def _esc(v: str) -> str:
 
 
 def write(path: Path, body: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".regindex-", suffix=".prom.tmp")
     with os.fdopen(fd, "w") as fh:
         fh.write(body)

@@ -14,6 +14,8 @@ FORMATS = ("table", "json", "csv")
 def _cell(v: Any) -> str:
     if v is None:
         return ""
+    if isinstance(v, (bytes, memoryview)):
+        return bytes(v).hex()
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True, default=str)
     return str(v)
@@ -21,7 +23,7 @@ def _cell(v: Any) -> str:
 
 def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, max_width: int = 72) -> str:
     if fmt == "json":
-        return json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2, default=str) + "\n"
+        return json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2, default=_json_default) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -45,3 +47,9 @@ def _printable(s: str) -> str:
 
 def _trim(s: str, width: int) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (bytes, memoryview)):
+        return bytes(v).hex()
+    return str(v)

@@ -14,7 +14,7 @@ class QueryError(RegindexError):
     pass
 
 
-_WRITE_WORDS = ("readonly", "read-only", "read only", "query_only")
+_WRITE_WORDS = ("readonly", "read-only", "read only", "query_only", "not authorized")
 
 
 def run_readonly(conn: Connection, query: str) -> tuple[list[str], list[dict[str, Any]]]:
@@ -25,7 +25,7 @@ def run_readonly(conn: Connection, query: str) -> tuple[list[str], list[dict[str
     try:
         result = conn.exec_driver_sql(q.replace("%", "%%") if conn.dialect.name == "postgresql" else q)
         if not result.returns_rows:
-            raise ReadOnlyError("regindex sql is read-only: the statement returns no rows and was not run")
+            raise ReadOnlyError("regindex sql runs read-only queries that return rows; this statement returned none")
         columns = list(result.keys())
         rows = [dict(zip(columns, r)) for r in result]
     except (DBAPIError, StatementError) as exc:

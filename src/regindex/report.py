@@ -969,6 +969,10 @@ def write_index(report_dir: Path, run_info: Runs | None = None) -> Path:
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
 
 
+def _clip(value: str, limit: int = 140) -> str:
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
 def resolve_digest(conn: Connection, value: str) -> str:
     """A full ``alg:hex`` digest, or a unique prefix (≥ 8 hex digits) of one the database knows."""
     value = value.strip().lower()
@@ -976,7 +980,7 @@ def resolve_digest(conn: Connection, value: str) -> str:
     if not sep:
         alg, hex_ = "", value
     if not _HEX_RE.match(hex_ or "-") or (alg and alg not in ("sha256", "sha384", "sha512")):
-        raise UnknownDigest(f"not a digest or digest prefix: {value!r}")
+        raise UnknownDigest(f"not a digest or digest prefix: {_clip(value)!r}")
     if len(hex_) < 8:
         raise UnknownDigest(f"digest prefix {value!r} is too short: give at least 8 hex digits")
     algs = [alg] if alg else ["sha256", "sha384", "sha512"]
@@ -988,7 +992,7 @@ def resolve_digest(conn: Connection, value: str) -> str:
             q = select(col).where(col >= low, col < low + "g").distinct().limit(3)
             found.update(d for (d,) in conn.execute(q) if d)
     if not found:
-        raise UnknownDigest(f"unknown digest {value}: no finding, link or blob names it")
+        raise UnknownDigest(f"unknown digest {_clip(value)}: no finding, link or blob names it")
     if len(found) > 1:
         raise UnknownDigest(f"digest prefix {value} is ambiguous: {', '.join(sorted(found)[:3])}…")
     return found.pop()

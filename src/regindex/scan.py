@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -115,26 +117,44 @@ def run_scan(engine: Engine, opts: ScanOptions, progress: Progress | None = None
 def _run(engine: Engine, opts: ScanOptions, progress: Progress | None) -> ScanOutcome:
     with engine.begin() as conn:
         run_id = store.start_run(conn, str(opts.base), opts.for_record(), __version__)
+        store.fail_stale_runs(conn, before=run_id)  # we hold the lock: an older 'running' run was killed
     started = store.utcnow()
     try:
-        outcome = _scan(engine, run_id, started, opts, progress)
+        return _scan(engine, run_id, started, opts, progress)
     except BaseException as exc:
-        message = str(exc) if isinstance(exc, RegindexError) else f"{type(exc).__name__}: {exc}".strip(": ")
         if isinstance(exc, KeyboardInterrupt):
             message = "interrupted"
+        elif isinstance(exc, RegindexError):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {_one_line(exc)}"
+        _mark_failed(engine, run_id, started, message)
+        if isinstance(exc, RegindexError):
+            raise
+        if isinstance(exc, KeyboardInterrupt):
+            raise ScanAborted(f"run {run_id} interrupted, nothing changed") from None
+        if isinstance(exc, SQLAlchemyError):
+            raise ScanAborted(f"run {run_id} failed, nothing changed: database error: {_one_line(exc)}") from exc
+        if os.environ.get("REGINDEX_DEBUG"):
+            raise
+        raise ScanAborted(
+            f"run {run_id} failed, nothing changed: internal error {message} (REGINDEX_DEBUG=1 shows the traceback)"
+        ) from exc
+
+
+def _mark_failed(engine: Engine, run_id: int, started: datetime, message: str) -> None:
+    """Record the failure in a transaction of its own. An interrupt can leave a pooled connection holding
+    SQLite's write lock: drop the pool first, and retry briefly rather than leave the run 'running'."""
+    for attempt in range(5):
+        engine.dispose()
         try:
             with engine.begin() as conn:
                 store.finish_run(conn, run_id, "failed", started, error=message[:2000])
+            return
         except SQLAlchemyError:
-            pass
-        if isinstance(exc, RegindexError):
-            raise
-        if isinstance(exc, SQLAlchemyError):
-            raise ScanAborted(f"run {run_id} failed, nothing changed: database error: {_one_line(exc)}") from exc
-        if isinstance(exc, KeyboardInterrupt):
-            raise ScanAborted(f"run {run_id} interrupted, nothing changed") from None
-        raise
-    return outcome
+            time.sleep(0.2 * (attempt + 1))
+        except KeyboardInterrupt:
+            return  # a second interrupt: give up; the next scan marks the run failed (fail_stale_runs)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -181,18 +201,29 @@ def _scan(
             name = result.registry.name
             role = "cache" if name in opts.caches else "authoritative"
             rid = store.upsert_registry(conn, name, str(result.registry.v2), role, run_id)
-            if not result.repositories and not result.blobs and store.current_size(conn, rid) > 0 and not opts.allow_empty:
+            emptied = _suddenly_empty(conn, rid, result)
+            if emptied and not opts.allow_empty:
                 failures[name] = (
-                    f"{name}: storage is suddenly empty (the last scan saw content); refusing to resolve everything "
-                    "(pass --allow-empty if it really was emptied)"
+                    f"{name}: {emptied} suddenly empty (the last scan saw content); refusing to resolve "
+                    "everything (pass --allow-empty if it really was emptied)"
                 )
                 continue
             _say(progress, f"loading {name}")
-            stats = store.load_crawl(conn, run_id, rid, result)
-            parsed = _parse_manifests(conn, run_id, rid, result, manifests_known, opts.max_manifest_bytes)
-            if opts.verify_content:
-                _say(progress, f"verifying blob content of {name}")
-                _verify_content(conn, run_id, rid, result)
+            # One savepoint per registry: data that cannot be read fails this registry, not the others.
+            savepoint = conn.begin_nested()
+            try:
+                stats = store.load_crawl(conn, run_id, rid, result)
+                parsed = _parse_manifests(conn, run_id, rid, result, manifests_known, opts.max_manifest_bytes)
+                if opts.verify_content:
+                    _say(progress, f"verifying blob content of {name}")
+                    _verify_content(conn, run_id, rid, result)
+            except StorageError as exc:
+                savepoint.rollback()
+                manifests_known.clear()
+                manifests_known.update(store.known_manifests(conn))
+                failures[name] = str(exc)
+                continue
+            savepoint.commit()
             store.record_run_registry(
                 conn, run_id, rid, "complete",
                 repositories=len(result.repositories), links=len(result.links), blobs=len(result.blobs),
@@ -213,7 +244,7 @@ def _scan(
         for name, rid in known.items():
             if name in discovered:
                 continue
-            if store.current_size(conn, rid) == 0:
+            if store.current_counts(conn, rid) == (0, 0):
                 continue
             if opts.allow_empty:
                 stats = store.close_registry(conn, run_id, rid)
@@ -255,6 +286,14 @@ def _scan(
         )
     outcome.duration_seconds = (store.utcnow() - started).total_seconds()
     return outcome
+
+
+def _suddenly_empty(conn: Connection, registry_id: int, result: CrawlResult) -> str | None:
+    """Which part of a registry vanished since the last scan saw content in it (repositories or blobs)."""
+    repos, blobs = store.current_counts(conn, registry_id)
+    gone = [what for what, had, has in (("repositories/", repos, result.repositories), ("blobs/", blobs, result.blobs))
+            if had and not has]
+    return " and ".join(gone) + (" are" if len(gone) > 1 else " is") if gone else None
 
 
 def _refresh_statistics(conn: Connection) -> None:

@@ -96,15 +96,25 @@ def record_run_registry(conn: Connection, run_id: int, registry_id: int, status:
     conn.execute(insert(table(RunRegistry)).values(run_id=run_id, registry_id=registry_id, status=status, **values))
 
 
-def current_size(conn: Connection, registry_id: int) -> int:
-    """How many present repositories and blobs the inventory holds for a registry (the 'suddenly empty' test)."""
-    total = 0
+def current_counts(conn: Connection, registry_id: int) -> tuple[int, int]:
+    """Present (repositories, blobs) of a registry in the inventory (the 'suddenly empty' test)."""
+    out = []
     for model in (Repository, Blob):
-        t = model.__table__
-        total += conn.execute(
+        t = table(model)
+        out.append(int(conn.execute(
             select(func.count()).select_from(t).where(t.c.registry_id == registry_id, t.c.gone_run.is_(None))
-        ).scalar_one()
-    return int(total)
+        ).scalar_one()))
+    return out[0], out[1]
+
+
+def fail_stale_runs(conn: Connection, before: int) -> int:
+    """Runs still marked running under the scan lock were killed (SIGKILL, power loss): say so."""
+    t = table(Run)
+    res = conn.execute(
+        update(t).where(t.c.status == "running", t.c.id < before)
+        .values(status="failed", error="did not finish (the process was killed); nothing of it was kept")
+    )
+    return int(res.rowcount or 0)
 
 
 # ---------------------------------------------------------------------------------------------
