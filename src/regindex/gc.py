@@ -443,6 +443,15 @@ def _missing(what: str, digest: str, target: str, swept: set[str]) -> str:
     return f"{name} swept" if target in swept else f"{name} missing"
 
 
+def _link_problem(link: _Link, via: str, digest: str) -> str | None:
+    """Why a link present on disk does not lead to ``digest``'s content (None when it does)."""
+    if link.state != "ok" or link.target is None:
+        return f"{via} link is {link.state}"
+    if not _same_content(digest, link.target):
+        return f"{via} link names {link.target}"
+    return None
+
+
 class _Server:
     """Why a request fails on a state (None when it works), memoised."""
 
@@ -464,10 +473,9 @@ class _Server:
         if link is None:
             gone = (repo.name, digest) in self.s.gone_revisions
             return "revision directory removed" if gone else "no revision link"
-        if link.state != "ok" or link.target is None:
-            return f"{via} link is {link.state}"
-        if not _same_content(digest, link.target):
-            return f"{via} link names {link.target}"
+        problem = _link_problem(link, via, digest)
+        if problem or link.target is None:
+            return problem
         size = self.s.data(link.target)
         if size is None:
             return _missing("manifest data", digest, link.target, self.s.gone_blobs)
@@ -480,10 +488,9 @@ class _Server:
         link = repo.layers.get(digest)
         if link is None or link.state == "absent":
             return "no _layers link"
-        if link.state != "ok" or link.target is None:
-            return f"_layers link is {link.state}"
-        if not _same_content(digest, link.target):
-            return f"_layers link names {link.target}"
+        problem = _link_problem(link, "_layers", digest)
+        if problem or link.target is None:
+            return problem
         size = self.s.data(link.target)
         if size is None:
             return _missing("blob data", digest, link.target, self.s.gone_blobs)
