@@ -265,6 +265,12 @@ def empty_tagged_manifest(world: World) -> None:
     world.w.truncate_blob(world.base_img.digest, 0)
 
 
+def config_as_revision(world: World) -> None:
+    """Valid JSON without schemaVersion (an image config) behind an untagged revision link: 2.8's manifest
+    store refuses schema version 0, so plain GC aborts; --delete-untagged deletes it without reading it."""
+    world.w.link_revision("team/app/other", world.w.put_blob(b'{"architecture": "amd64", "os": "linux"}'))
+
+
 def bad_repository_name(world: World) -> None:
     world.w.ensure_repo("team/App")
 
@@ -280,6 +286,7 @@ def bad_repository_name(world: World) -> None:
         (truncated_tagged_manifest, True, True, "failed to retrieve manifest"),
         (empty_tagged_manifest, True, True, "failed to retrieve manifest"),
         (bad_repository_name, True, True, "failed to parse repo name"),
+        (config_as_revision, True, False, "failed to retrieve manifest"),
     ],
 )
 @pytest.mark.parametrize("delete_untagged", [False, True])
@@ -374,3 +381,16 @@ def test_empty_blob_of_the_empty_digest_is_served() -> None:
                         {EMPTY_SHA256: 0}, {}, [])
     server = gc._Server(gc._State(inv))
     assert server.blob(inv.repos["x"], EMPTY_SHA256) is None
+
+
+def test_no_scanned_registry_is_an_error_and_a_failed_scan_is_warned_about(
+    base: Path, tmp_path: Path, invoke: Invoke, scan: Scan, db_path: Path
+) -> None:
+    invoke("scan", tmp_path / "missing", "--db", db_path, expect=2)  # only a failed run
+    r = invoke("gc-preview", "--db", db_path, expect=2)
+    assert "no scanned registry" in r.output
+    build(base)
+    scan()
+    invoke("scan", tmp_path / "missing", "--db", db_path, expect=2)  # the latest scan failed outright
+    [p] = json.loads(invoke("gc-preview", "--db", db_path, "--format", "json", expect=None).output)
+    assert any("failed" in w for w in p["warnings"])

@@ -67,9 +67,10 @@ def test_large_index_is_parsed_whole():
          "not valid JSON"),
         (b"[1, 2]", "invalid", "not an object"),
         (doc(mediaType="application/x-foo"), "unknown", "not a manifest type"),
-        (doc(foo=1), "unknown", "neither"),
-        (json.dumps({"schemaVersion": 3, "mediaType": OCI_MANIFEST, "config": {}, "layers": []}).encode(), "image",
-         "schemaVersion"),
+        (b'{"architecture": "amd64", "os": "linux"}', "unknown", "schemaVersion None"),  # an image config
+        (b"{}", "unknown", "schemaVersion"),
+        (json.dumps({"schemaVersion": 3, "mediaType": OCI_MANIFEST, "config": {}, "layers": []}).encode(), "unknown",
+         "schemaVersion 3"),
     ],
 )
 def test_bad_manifests_are_named_not_skipped(raw, kind, err):
@@ -80,3 +81,9 @@ def test_bad_manifests_are_named_not_skipped(raw, kind, err):
 def test_bad_descriptors_are_counted():
     pm = parse_manifest(doc(mediaType=OCI_INDEX, manifests=[{"digest": "sha256:nope"}, {"digest": D1}, 5]))
     assert pm.bad_refs == 2 and [r.digest for r in pm.refs] == [D1]
+
+
+def test_schema_version_2_without_media_type_or_structure_is_an_image():
+    """Registry 2.8 reads it as an OCI image manifest (and serves it)."""
+    pm = parse_manifest(doc(foo=1))
+    assert (pm.kind, pm.error, pm.refs) == ("image", None, ())

@@ -356,7 +356,7 @@ def test_self_contained(page: Page) -> None:
     assert not [el for el in page.elements if el["tag"] in ("script", "link", "img", "iframe", "object", "embed")]
     assert not [el for el in page.elements if {"src", "srcset", "xmlns", "xlink:href"} & set(el["attrs"])]
     hrefs = {el["attrs"]["href"] for el in page.elements if "href" in el["attrs"]}
-    assert hrefs and all(h.startswith("#") or h == "report.csv" for h in hrefs)
+    assert hrefs and all(h.startswith("#") or h == "./report.csv" for h in hrefs)
     style = text_of(page.one("style"))
     assert "url(" not in style and "@import" not in style and "@media print" in style
     assert len(page.all("svg")) >= 2
@@ -371,7 +371,7 @@ def test_csv_beside_the_report_holds_every_finding(story: Story, rendered: tuple
     assert len(rows) == len(expected)
     assert sorted((r["kind"], r["registry"], r["repository"]) for r in rows) == sorted(
         (k, g, p or "") for _i, k, g, p in expected)
-    assert 'href="report.csv"' in html
+    assert 'href="./report.csv"' in html
 
 
 def test_cap_on_finding_sections(story: Story, tmp_path: Path) -> None:
@@ -497,3 +497,23 @@ def test_templates_load_through_importlib_resources() -> None:
     assert env.undefined.__name__ == "StrictUndefined"
     assert env.get_template("report.html.j2").is_up_to_date
     assert env.autoescape("report.html.j2") is True and env.autoescape("index.html.j2") is True
+
+
+def test_a_failed_run_after_the_reported_one_is_announced(tmp_path):
+    """The latest finished run is reported, and a later run that failed is said at the top, not hidden."""
+    from click.testing import CliRunner
+
+    from regindex.cli import cli
+
+    rng = random.Random(3)
+    w = StorageWriter(tmp_path / "s" / "private")
+    w.push_image("a", rng)
+    db = tmp_path / "r.db"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["scan", str(tmp_path / "s"), "--db", str(db), "-q"]).exit_code == 0
+    assert runner.invoke(cli, ["scan", str(tmp_path / "missing"), "--db", str(db), "-q"]).exit_code == 2
+    out = tmp_path / "weird name #1.html"
+    assert runner.invoke(cli, ["report", "--db", str(db), "--out", str(out)]).exit_code == 0
+    html = out.read_text()
+    assert 'data-later-run="2"' in html and "does not exist" in html
+    assert 'href="./weird%20name%20%231.csv"' in html

@@ -603,12 +603,17 @@ def unreferenced_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]
                AND NOT EXISTS (SELECT 1 FROM links l WHERE l.registry_id = b.registry_id AND l.gone_run IS NULL
                                  AND l.state <> 'absent' AND (l.target_digest = b.digest OR l.path_digest = b.digest))"""
     for r in _q(ctx.conn, sql, ctx.regs):
+        named = bool(r["named_by_manifest"])
         yield FindingRow(
             "unreferenced_blob", INFO, r["registry"], None, r["digest"],
-            detail={"blob_data": _blob_path(r["digest"]), "reclaimable_bytes": r["size"],
-                    "named_by_a_manifest": bool(r["named_by_manifest"])},
-            hint="No link names this blob: garbage-collect reclaims it"
-            + (" once no manifest marks it." if r["named_by_manifest"] else "."),
+            detail={"blob_data": _blob_path(r["digest"]), "bytes": r["size"],
+                    "reclaimable_bytes": 0 if named else r["size"], "named_by_a_manifest": named},
+            hint=(
+                "No link names this blob, but a manifest does: garbage-collect keeps it while that manifest is "
+                "marked (regindex gc-preview tells whether it would go)."
+                if named
+                else "No link and no manifest names this blob: garbage-collect reclaims it."
+            ),
         )
 
 

@@ -152,6 +152,10 @@ def scan(
     progress = _progress() if sys.stderr.isatty() else None
     try:
         outcome = run_scan(engine, opts, progress)
+    except RegindexError:
+        if report_dir:
+            _report_anyway(engine, report_dir)  # the dated page says this run failed; index.html stays honest
+        raise
     finally:
         if progress:
             click.echo("\r\033[K", nl=False, err=True)
@@ -186,6 +190,16 @@ def scan(
         sys.exit(EXIT_FINDINGS)
     if mode == "new" and c.new_errors:
         sys.exit(EXIT_FINDINGS)
+
+
+def _report_anyway(engine: Any, report_dir: Path) -> None:
+    from regindex import report
+    from regindex.errors import ReportError
+
+    try:
+        report.write_dated(engine, report_dir)
+    except ReportError:
+        pass  # no finished scan yet: nothing to show
 
 
 def _progress() -> Callable[[str], None]:

@@ -177,7 +177,7 @@ class _Manifest:
         """Why 2.8's ``manifestService.Get`` fails on this data (and garbage-collect aborts), if it does."""
         if self.kind == "invalid":
             return self.parse_error or "not JSON"
-        if self.kind == "unknown" and self.media_type:
+        if self.kind == "unknown":  # an unknown mediaType or a schemaVersion other than 1 and 2
             return self.parse_error or f"unrecognized manifest content type {self.media_type}"
         if self.kind in ("image", "index") and self.parse_error:
             return self.parse_error
@@ -270,10 +270,15 @@ def _load(conn: Connection, registry_id: int, name: str) -> _Inventory:
             text("SELECT path, reason FROM anomalies WHERE registry_id = :r AND gone_run IS NULL ORDER BY path"), p
         )
     ]
-    last = conn.execute(
-        text("SELECT status FROM run_registries WHERE registry_id = :r ORDER BY run_id DESC LIMIT 1"), p
+    # The scan after this registry's last complete one failed, for it alone or outright (a failed run records
+    # no per-registry row): the inventory may be stale.
+    failed_since = conn.execute(
+        text("""SELECT COUNT(*) FROM runs r WHERE r.id > (SELECT last_scanned_run FROM registries WHERE id = :r)
+                AND (r.status = 'failed' OR EXISTS (SELECT 1 FROM run_registries x WHERE x.run_id = r.id
+                                                    AND x.registry_id = :r AND x.status = 'failed'))"""),
+        p,
     ).scalar()
-    return _Inventory(name, repos, blobs, manifests, anomalies, last_scan_failed=last == "failed")
+    return _Inventory(name, repos, blobs, manifests, anomalies, last_scan_failed=bool(failed_since))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,7 +608,7 @@ def predict_inventory(inv: _Inventory, delete_untagged: bool) -> Prediction:
 def _warnings(inv: _Inventory, marker: _Marker) -> list[str]:
     out: list[str] = []
     if inv.last_scan_failed:
-        out.append("the latest scan of this registry failed: the prediction uses the last complete scan")
+        out.append("a scan after this registry's last complete one failed: the prediction uses that older scan")
     if inv.anomalies:
         shown = ", ".join(p for p, _ in inv.anomalies[:3]) + (", …" if len(inv.anomalies) > 3 else "")
         out.append(
@@ -633,6 +638,8 @@ def predict(
         raise ConfigError(
             f"no scanned registry named {unknown[0]!r}; known: {', '.join(sorted(known)) or 'none (run regindex scan)'}"
         )
+    if not known:
+        raise ConfigError("no scanned registry in the database: run `regindex scan` first")
     wanted = [n for n in known if not registries or n in registries]
     return [predict_inventory(_load(conn, known[n], n), delete_untagged) for n in wanted]
 
@@ -688,7 +695,7 @@ def summary(p: Prediction) -> str:
 def render(preds: Sequence[Prediction], fmt: str) -> str:
     if fmt == "json":
         return json.dumps([p.as_dict() for p in preds], indent=2) + "\n"
-    table = output.render(rows(preds), COLUMNS, fmt)
+    table = output.render(rows(preds), COLUMNS, fmt, max_width=240)  # abort reasons are read whole
     if fmt == "csv":
         return table
     return "".join(output._printable(summary(p)) + "\n" for p in preds) + "\n" + table

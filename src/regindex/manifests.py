@@ -88,12 +88,14 @@ def parse_manifest(raw: bytes) -> ParsedManifest:
         refs, bad = _schema1_refs(doc)
         return ParsedManifest(KIND_SCHEMA1, media_type or DOCKER_SCHEMA1, artifact_type, None, refs, bad)
 
+    # registry 2.8 refuses every other schemaVersion (0 when absent): GET fails, garbage-collect aborts
+    if schema_version != 2 or isinstance(schema_version, bool):
+        return ParsedManifest(
+            KIND_UNKNOWN, media_type, artifact_type, f"unrecognised manifest schemaVersion {schema_version!r}")
     kind = _kind_of(doc, media_type)
     if kind == KIND_UNKNOWN:
-        why = f"mediaType {media_type!r} is not a manifest type" if media_type else "neither manifests nor config+layers"
-        return ParsedManifest(KIND_UNKNOWN, media_type, artifact_type, f"unrecognised manifest: {why}")
-    if schema_version != 2:
-        return ParsedManifest(kind, media_type, artifact_type, f"unrecognised schemaVersion {schema_version!r}")
+        return ParsedManifest(
+            KIND_UNKNOWN, media_type, artifact_type, f"unrecognised manifest: mediaType {media_type!r} is not a manifest type")
 
     found: list[Reference] = []
     bad = 0
@@ -132,12 +134,11 @@ def _kind_of(doc: dict[str, Any], media_type: str | None) -> str:
         return KIND_IMAGE
     if media_type:
         return KIND_UNKNOWN
-    # No mediaType (allowed by OCI): decide from the structure, as registry 2.8 does.
+    # No mediaType (allowed by OCI): decide from the structure, as registry 2.8 does: an index when it has
+    # manifests, otherwise it reads the document as an OCI image manifest.
     if isinstance(doc.get("manifests"), list):
         return KIND_INDEX
-    if "config" in doc or "layers" in doc:
-        return KIND_IMAGE
-    return KIND_UNKNOWN
+    return KIND_IMAGE
 
 
 def _descriptor(desc: Any, role: str, position: int) -> Reference | None:

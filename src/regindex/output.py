@@ -29,7 +29,7 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, max
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(columns)
         for r in rows:
-            w.writerow([_cell(r.get(c)) for c in columns])
+            w.writerow([csv_safe(_cell(r.get(c))) for c in columns])
         return buf.getvalue()
     cells = [[_trim(_printable(_cell(r.get(c))), max_width) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
@@ -38,6 +38,13 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, max
     for row in cells:
         lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def csv_safe(v: Any) -> Any:
+    """A storage name that starts like a formula must not run as one in a spreadsheet."""
+    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + v
+    return v
 
 
 def _printable(s: str) -> str:

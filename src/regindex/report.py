@@ -32,7 +32,7 @@ from typing import Any
 import jinja2
 from sqlalchemy import Connection, Engine, or_, select
 
-from regindex import __version__
+from regindex import __version__, output
 from regindex.checks import KINDS
 from regindex.errors import ReportError, UnknownDigest
 from regindex.models import (
@@ -92,15 +92,20 @@ class Runs:
             if status == "complete":
                 self.scanned[reg_id].append(run_id)
             else:
-                self.failures[run_id].append((name, error or status))
+                message = error or status
+                if message.startswith(f"{name}: "):  # scan errors already name their registry
+                    message = message[len(name) + 2:]
+                self.failures[run_id].append((name, message))
 
     @property
     def latest(self) -> int | None:
         return self.finished[-1] if self.finished else None
 
-    def count(self, first: int, last: int) -> int:
-        """Finished runs with ids in [first, last]."""
-        return max(0, bisect_right(self.finished, last) - bisect_left(self.finished, first))
+    def count(self, first: int, last: int, registry_id: int | None = None) -> int:
+        """Finished runs with ids in [first, last]; with ``registry_id``, only those that scanned it (a partial
+        run that could not read the registry did not see the finding)."""
+        seq = self.scanned.get(registry_id) or self.finished if registry_id is not None else self.finished
+        return max(0, bisect_right(seq, last) - bisect_left(seq, first))
 
     def before(self, run: int, registry_id: int | None = None) -> int | None:
         """The scan that ``run`` was compared with: the previous complete scan of the registry."""
@@ -335,7 +340,9 @@ class Inventory:
             what = self._link_label(item, old or new)
             if old is not None and new is not None:
                 if new.state == "absent":
-                    change = f"deleted {between} (file gone, directory kept: an API DELETE)"
+                    cause = ("a half-finished tag cleanup" if new.kind == "tag_current"
+                             else "the trace of an API DELETE")
+                    change = f"deleted {between} (file gone, directory kept: {cause})"
                 elif old.state == "absent":
                     change = f"written again {between} ({new.state})"
                 elif old.state != new.state:
@@ -652,6 +659,7 @@ class Report:
     failures: list[tuple[str, str]]
     csv_name: str | None = None
     items: list[Item] = field(default_factory=list, repr=False)
+    later_runs: list[dict[str, Any]] = field(default_factory=list)  # failed or unfinished runs after ``run``
 
     @property
     def title(self) -> str:
@@ -674,6 +682,8 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
     items = _load_items(conn, window[0])
     open_by_kind, new_per_run, resolved_per_run = trend(items, window)
 
+    registry_rows = [dict(r) for r in conn.execute(select(G).order_by(G.c.name)).mappings()]
+    registry_ids = {r["name"]: r["id"] for r in registry_rows}
     scope: list[Item] = []
     for it in items:
         if it.resolved_run is None:
@@ -687,13 +697,10 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
             last = run_info.last_open(it.first_run, it.resolved_run)
         else:
             continue
-        it.age_runs = run_info.count(it.first_run, last)
+        it.age_runs = run_info.count(it.first_run, last, registry_ids.get(it.registry))
         it.age_days = run_info.days(it.first_run, last)
         scope.append(it)
     scope.sort(key=lambda i: (_STATE_ORDER[i.state], _sort_key(i)))
-
-    registry_rows = [dict(r) for r in conn.execute(select(G).order_by(G.c.name)).mappings()]
-    registry_ids = {r["name"]: r["id"] for r in registry_rows}
 
     counts = Counter[str]()
     kind_rows: dict[str, Counter[str]] = defaultdict(Counter)
@@ -750,6 +757,7 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
         generated_at=datetime.now(timezone.utc), version=__version__, counts=_with_defaults(dict(counts)),
         by_kind=by_kind, by_registry=by_registry, charts=charts, window=window, sections=sections, run_log=log,
         kinds=dict(KINDS), limit=limit, failures=run_info.failures.get(latest, []), items=scope,
+        later_runs=[run_info.by_id[i] for i in sorted(run_info.by_id, reverse=True) if i > latest],
     )
 
 
@@ -826,7 +834,15 @@ def _fmt_num(v: float | None) -> str:
     return "—" if v is None else f"{v:,}"
 
 
+def _csv_href(name: str) -> str:
+    """A relative link to the CSV beside the page, whatever its file name (#, ?, spaces, a colon)."""
+    from urllib.parse import quote
+
+    return "./" + quote(name)
+
+
 FILTERS: dict[str, Callable[..., str]] = {
+    "csv_href": _csv_href,
     "when": _fmt_when,
     "duration": _fmt_duration,
     "bytes": _fmt_bytes,
@@ -876,10 +892,7 @@ CSV_COLUMNS = ("state", "severity", "kind", "registry", "repository", "digest", 
 
 
 def _csv_cell(v: Any) -> Any:
-    # a storage name that starts like a formula must not run as one in a spreadsheet
-    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + v
-    return "" if v is None else v
+    return "" if v is None else output.csv_safe(v)
 
 
 def write_csv(conn: Connection, items: Sequence[Item], path: Path, shown: Collection[int] = ()) -> None:
