@@ -370,3 +370,20 @@ def test_gc_blockers_match_the_gc_preview(base, scan, findings, invoke, db_path)
                                  expect=1).output)
     assert [p["outcome"] for p in plain + untagged] == ["aborts", "aborts"]
     assert len(plain[0]["reasons"]) == 1 and len(untagged[0]["reasons"]) == 3
+
+
+def test_sha512_alias_is_legitimate_only_when_its_content_matches(base, scan, findings):
+    """_layers/sha512/<hex>/link may name the sha256 digest of the same content (registry 2.8 serves it);
+    naming other content is misdirected, which only hashing (--verify-content) can tell."""
+    import hashlib
+
+    world = build_world(base)
+    layer = world.base_layer
+    good = "sha512:" + hashlib.sha512(layer).hexdigest()
+    bad = "sha512:" + hashlib.sha512(b"some other content").hexdigest()
+    world.w.write_layer_link("library/base", good, world.base_img.layers[0].encode())
+    world.w.write_layer_link("library/base", bad, world.base_img.layers[0].encode())
+    scan()
+    assert open_set(findings) == set()  # without hashing both look like aliases
+    scan("--verify-content")
+    assert open_set(findings) == {("misdirected_link", E, R, "library/base", bad, None, None)}

@@ -371,7 +371,12 @@ def misdirected_link(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
              FROM links l JOIN registries g ON g.id = l.registry_id
              WHERE l.registry_id IN :regs AND l.gone_run IS NULL AND l.state = 'ok' AND l.path_digest IS NOT NULL
                AND l.target_digest <> l.path_digest
-               AND substr(l.target_digest, 1, 7) = substr(l.path_digest, 1, 7)"""
+               AND (substr(l.target_digest, 1, 7) = substr(l.path_digest, 1, 7)
+                    -- an alias across algorithms whose content (--verify-content) is not the path's digest
+                    OR EXISTS (SELECT 1 FROM blob_verifications v JOIN blobs b ON b.registry_id = v.registry_id
+                                 AND b.digest = l.target_digest AND b.gone_run IS NULL AND b.size = v.size
+                               WHERE v.registry_id = l.registry_id AND v.digest = l.path_digest
+                                 AND v.computed_digest IS NOT NULL AND v.computed_digest <> v.digest))"""
     for r in _q(ctx.conn, sql, ctx.regs):
         kind, repo = r["kind"], r["repository"]
         path = _rel(kind, repo, r["path_digest"], r["tag"])

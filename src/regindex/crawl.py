@@ -479,12 +479,14 @@ def digest_of(digest: str, data: bytes) -> str:
     return f"{alg}:{hashlib.new(alg, data).hexdigest()}"
 
 
-def hash_blob(v2: Path, digest: str) -> str | None:
-    """Re-hash blob data with the digest's algorithm, streaming. ``None`` when missing."""
+def hash_blob(v2: Path, digest: str, alg: str | None = None) -> str | None:
+    """Hash blob data, streaming, with the digest's algorithm (or ``alg``: how a sha512 ``_layers`` alias of
+    sha256 content is checked). ``None`` when missing."""
     import hashlib
 
-    alg, hex_ = digest.split(":", 1)
-    path = os.path.join(v2, "blobs", alg, hex_[:2], hex_, "data")
+    own, hex_ = digest.split(":", 1)
+    alg = alg or own
+    path = os.path.join(v2, "blobs", own, hex_[:2], hex_, "data")
     fd = _open_data(path)
     if fd is None:
         return None

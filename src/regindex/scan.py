@@ -386,6 +386,20 @@ def _verify_content(conn: Connection, run_id: int, registry_id: int, result: Cra
             conn, registry_id, run_id,
             [(b.digest, b.size, b.mtime, hash_blob(result.registry.v2, b.digest), None) for b in part],
         )
+    # A _layers link under another algorithm than its target (sha512 path, sha256 content) is a legitimate
+    # alias only if the target's data hashes to the path's digest: its row is keyed by the alias digest.
+    blobs = {b.digest: b for b in result.blobs}
+    aliases = []
+    for link in result.links:
+        if (link.kind == "layer" and link.state == "ok" and link.path_digest and link.target_digest
+                and link.path_digest.split(":")[0] != link.target_digest.split(":")[0]
+                and link.target_digest in blobs):
+            target = blobs[link.target_digest]
+            if not _same_stat(seen.get(link.path_digest), (target.size, target.mtime)):
+                alg = link.path_digest.split(":")[0]
+                aliases.append((link.path_digest, target.size, target.mtime,
+                                hash_blob(result.registry.v2, target.digest, alg), None))
+    store.save_verifications(conn, registry_id, run_id, sorted(set(aliases)))
 
 
 def _same_stat(a: tuple[int, float | None] | None, b: tuple[int, float]) -> bool:
