@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -517,3 +518,39 @@ def test_a_failed_run_after_the_reported_one_is_announced(tmp_path):
     html = out.read_text()
     assert 'data-later-run="2"' in html and "does not exist" in html
     assert 'href="./weird%20name%20%231.csv"' in html
+
+
+def test_each_registry_says_which_scan_it_was_compared_with(tmp_path, monkeypatch):
+    """After a partial run that could not read beta, beta's new/resolved are relative to its own last scan."""
+    import os as _os
+
+    from click.testing import CliRunner
+
+    from regindex.cli import cli
+
+    rng = random.Random(5)
+    for name in ("alpha", "beta"):
+        StorageWriter(tmp_path / "s" / name).push_image("a", rng)
+    db = tmp_path / "r.db"
+    runner = CliRunner()
+
+    def scan() -> int:
+        return runner.invoke(cli, ["scan", str(tmp_path / "s"), "--db", str(db), "-q"]).exit_code
+
+    assert scan() == 0
+    real = _os.scandir
+
+    def failing(path="."):
+        if "beta" in str(path) and str(path).endswith("repositories"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(_os, "scandir", failing)
+    assert scan() == 2  # run 2: partial, beta failed
+    monkeypatch.undo()
+    assert scan() == 0  # run 3
+    out = tmp_path / "r.html"
+    assert runner.invoke(cli, ["report", "--db", str(db), "--out", str(out)]).exit_code == 0
+    html = out.read_text()
+    compared = dict(re.findall(r'<tr data-registry="(\w+)">.*?data-compared="(\d*)"', html, re.S))
+    assert compared == {"alpha": "2", "beta": "1"}

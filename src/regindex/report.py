@@ -730,6 +730,9 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
         by_registry.append(_with_defaults({
             "name": r["name"], "role": r["role"], "status": status, "error": error,
             "last_scanned_run": r["last_scanned_run"], **reg_rows.get(r["name"], {}),
+            # new / resolved are relative to the registry's own previous complete scan (a partial run that
+            # could not read it is skipped)
+            "compared_with": run_info.before(latest, r["id"]) if status == "complete" else None,
         }))
 
     charts = [
