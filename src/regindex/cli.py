@@ -349,9 +349,6 @@ def demo(directory: Path | None, force: bool) -> None:
         click.echo(f"report:   {result.report_path}")
 
 
-def main() -> None:  # pragma: no cover
-    cli()
-
 # -- more commands are registered below this line ------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
@@ -217,6 +217,3 @@ def open_writer(db: str | None) -> Engine:
     ensure_schema(engine)
     return engine
 
-
-def ping(conn: Connection) -> None:
-    conn.execute(text("SELECT 1"))
