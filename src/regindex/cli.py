@@ -349,7 +349,7 @@ def demo(directory: Path | None, force: bool) -> None:
         click.echo(f"report:   {result.report_path}")
 
 
-# -- more commands are registered below this line ------------------------------------------------
+# -- gc-preview, report, history ------------------------------------------------------------------
 
 
 @cli.command(name="gc-preview")
