@@ -31,7 +31,7 @@ from regindex.crawl import (
     hash_blob,
     read_blob,
 )
-from regindex.errors import LockError, RegindexError, ScanAborted, StorageError
+from regindex.errors import ConfigError, LockError, RegindexError, ScanAborted, StorageError
 from regindex.manifests import KIND_UNKNOWN, ParsedManifest, parse_manifest
 
 Progress = Callable[[str], None]
@@ -173,8 +173,6 @@ def _scan(
     roots = discover(opts.base)
     unknown_caches = opts.caches - {r.name for r in roots}
     if unknown_caches:
-        from regindex.errors import ConfigError
-
         raise ConfigError(f"--cache names no registry under {opts.base}: {', '.join(sorted(unknown_caches))}")
 
     crawled: list[CrawlResult] = []
@@ -184,6 +182,7 @@ def _scan(
             failures[root.name] = root.problem
             continue
         _say(progress, f"crawling {root.name}")
+
         def tick(n: int, name: str = root.name) -> None:
             _say(progress, f"crawling {name}: {n} files")
 
@@ -224,10 +223,11 @@ def _scan(
                 failures[name] = str(exc)
                 continue
             savepoint.commit()
+            blob_bytes = sum(b.size for b in result.blobs)
             store.record_run_registry(
                 conn, run_id, rid, "complete",
                 repositories=len(result.repositories), links=len(result.links), blobs=len(result.blobs),
-                blob_bytes=sum(b.size for b in result.blobs), uploads=len(result.uploads),
+                blob_bytes=blob_bytes, uploads=len(result.uploads),
                 files_seen=result.files_seen, inventory_added=stats.added, inventory_removed=stats.removed,
             )
             store.mark_scanned(conn, rid, run_id)
@@ -235,7 +235,7 @@ def _scan(
             outcome.repositories += len(result.repositories)
             outcome.links += len(result.links)
             outcome.blobs += len(result.blobs)
-            outcome.blob_bytes += sum(b.size for b in result.blobs)
+            outcome.blob_bytes += blob_bytes
             outcome.uploads += len(result.uploads)
             outcome.manifests_parsed += parsed
             outcome.inventory_changes += stats.added + stats.removed
