@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -70,3 +71,20 @@ def findings(invoke: Invoke, db_path: Path) -> Callable[..., list[dict[str, Any]
 
 def ident(f: dict[str, Any]) -> tuple[Any, ...]:
     return (f["kind"], f["severity"], f["registry"], f["repository"], f["digest"], f["tag"], f["parent_digest"])
+
+
+@pytest.fixture
+def unlistable(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[str], bool]], None]:
+    """Make os.scandir refuse (EACCES) the directories a predicate picks: as root, chmod would not stop us."""
+
+    def refuse(picked: Callable[[str], bool]) -> None:
+        real = os.scandir
+
+        def scandir(path: Any = ".") -> Any:
+            if picked(str(path)):
+                raise PermissionError(13, "Permission denied")
+            return real(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+
+    return refuse

@@ -109,16 +109,9 @@ def test_blob_reads_are_whole_or_refused(private):
     assert read_blob(private.v2, "sha256:" + "0" * 64) is None
 
 
-def test_unlistable_directory_fails_the_registry(private, rng, monkeypatch):
+def test_unlistable_directory_fails_the_registry(private, rng, unlistable):
     private.push_image("a", rng)
-    real = os.scandir
-
-    def failing(path="."):
-        if str(path).endswith("_layers"):
-            raise PermissionError(13, "Permission denied")
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", failing)
+    unlistable(lambda path: path.endswith("_layers"))
     with pytest.raises(StorageError, match="cannot list repositories/a/_layers"):
         crawl(discover(private.root)[0])
 

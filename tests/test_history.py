@@ -111,7 +111,7 @@ def test_vanished_registry_is_an_error(base, scan, findings, tmp_path):
 
 
 def test_unreadable_registry_makes_a_partial_run_that_resolves_nothing_there(base, scan, findings, db_path,
-                                                                            monkeypatch):
+                                                                            unlistable):
     a = build_world(base, "alpha")
     b = build_world(base, "beta")
     a.w.remove_tag_current("library/base", "latest")
@@ -121,14 +121,7 @@ def test_unreadable_registry_makes_a_partial_run_that_resolves_nothing_there(bas
     # alpha is repaired, beta cannot be listed this night (as root, chmod does not stop us: fail scandir)
     a.w.remove_tag("library/base", "latest")
     b.w.remove_tag("library/base", "latest")
-    real_scandir = os.scandir
-
-    def failing(path="."):
-        if "beta" in str(path) and str(path).endswith("repositories"):
-            raise PermissionError(13, "Permission denied")
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", failing)
+    unlistable(lambda path: "beta" in path and path.endswith("repositories"))
     r = scan(expect=2)
     assert "cannot list" in r.output
     assert {f["registry"] for f in findings()} == {"beta"}  # alpha resolved, beta untouched

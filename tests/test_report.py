@@ -520,10 +520,8 @@ def test_a_failed_run_after_the_reported_one_is_announced(tmp_path):
     assert 'href="./weird%20name%20%231.csv"' in html
 
 
-def test_each_registry_says_which_scan_it_was_compared_with(tmp_path, monkeypatch):
+def test_each_registry_says_which_scan_it_was_compared_with(tmp_path, monkeypatch, unlistable):
     """After a partial run that could not read beta, beta's new/resolved are relative to its own last scan."""
-    import os as _os
-
     from click.testing import CliRunner
 
     from regindex.cli import cli
@@ -538,14 +536,7 @@ def test_each_registry_says_which_scan_it_was_compared_with(tmp_path, monkeypatc
         return runner.invoke(cli, ["scan", str(tmp_path / "s"), "--db", str(db), "-q"]).exit_code
 
     assert scan() == 0
-    real = _os.scandir
-
-    def failing(path="."):
-        if "beta" in str(path) and str(path).endswith("repositories"):
-            raise PermissionError(13, "Permission denied")
-        return real(path)
-
-    monkeypatch.setattr(_os, "scandir", failing)
+    unlistable(lambda path: "beta" in path and path.endswith("repositories"))
     assert scan() == 2  # run 2: partial, beta failed
     monkeypatch.undo()
     assert scan() == 0  # run 3
