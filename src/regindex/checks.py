@@ -92,20 +92,26 @@ class _Context:
         self.regs = regs
         self._tags: dict[tuple[int, str, str], list[str]] | None = None
         self._gone: dict[tuple[int, str], int] | None = None
-        self._linkers: dict[tuple[int, str], list[str]] | None = None
+        self._linkers: dict[tuple[int, str], list[tuple[str, str, str]]] | None = None
 
-    def layer_linkers(self, registry_id: int, digest: str) -> list[str]:
-        """Repositories whose _layers link names ``digest`` (state ok)."""
+    def linkers(self, registry_id: int, digest: str) -> list[tuple[str, str, str]]:
+        """(repository, kind, path digest) of every _layers and revision link that parses and names
+        ``digest``, loaded once per run."""
         if self._linkers is None:
             self._linkers = defaultdict(list)
             for r in _q(
                 self.conn,
-                "SELECT registry_id, repository, target_digest FROM links WHERE gone_run IS NULL "
-                "AND kind = 'layer' AND state = 'ok' AND registry_id IN :regs",
+                "SELECT registry_id, repository, kind, path_digest, target_digest FROM links "
+                "WHERE gone_run IS NULL AND kind IN ('layer', 'revision') AND state = 'ok' AND registry_id IN :regs",
                 self.regs,
             ):
-                self._linkers[(r["registry_id"], r["target_digest"])].append(r["repository"])
+                self._linkers[(r["registry_id"], r["target_digest"])].append(
+                    (r["repository"], r["kind"], r["path_digest"]))
         return self._linkers.get((registry_id, digest), [])
+
+    def layer_linkers(self, registry_id: int, digest: str) -> list[str]:
+        """Repositories whose _layers link names ``digest`` (state ok)."""
+        return [repo for repo, kind, _path in self.linkers(registry_id, digest) if kind == "layer"]
 
     def tags_for(self, registry_id: int, repo: str, digest: str) -> list[str]:
         if self._tags is None:
@@ -392,17 +398,12 @@ def misdirected_link(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
 
 
 def _linking_repos(ctx: _Context, registry_id: int, digest: str) -> list[tuple[str, str]]:
-    rows = _q(
-        ctx.conn,
-        "SELECT DISTINCT repository, kind FROM links WHERE registry_id IN :regs AND gone_run IS NULL "
-        "AND state = 'ok' AND kind IN ('layer', 'revision') AND target_digest = :d "
-        # the digest's own link, or an alias under another algorithm; a misdirected link is its own finding
-        "AND (path_digest = target_digest OR substr(path_digest, 1, 7) <> substr(target_digest, 1, 7)) "
-        "ORDER BY repository, kind",
-        [registry_id],
-        d=digest,
-    )
-    return [(r["repository"], r["kind"]) for r in rows]
+    """Repositories serving ``digest`` through its own link, or an alias under another algorithm (a misdirected
+    link is its own finding)."""
+    return sorted({
+        (repo, kind) for repo, kind, path in ctx.linkers(registry_id, digest)
+        if path == digest or path[:7] != digest[:7]
+    })
 
 
 def _per_linking_repo(
