@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, text
 
 from regindex.layout import BlobDataPath, LinkKind, link_path, path_for
+from regindex.store import as_utc
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
@@ -578,7 +579,7 @@ def stale_upload(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT u.*, g.name AS registry FROM uploads u JOIN registries g ON g.id = u.registry_id
              WHERE u.registry_id IN :regs AND u.gone_run IS NULL"""
     for r in _q(ctx.conn, sql, ctx.regs):
-        started = _as_utc(r["started_at"])
+        started = as_utc(r["started_at"])
         if started is not None and started >= cutoff:
             continue
         age_h = None if started is None else round((now - started).total_seconds() / 3600, 1)
@@ -590,15 +591,6 @@ def stale_upload(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
             "does. Removing the directory is safe once no client is pushing.",
             subject=r["uuid"],
         )
-
-
-def _as_utc(value: Any) -> datetime | None:
-    """Textual SQL returns SQLite datetimes as strings, PostgreSQL as aware datetimes."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def unreferenced_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:

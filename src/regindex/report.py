@@ -45,7 +45,7 @@ from regindex.models import (
     RunRegistry,
     table,
 )
-from regindex.store import chunks
+from regindex.store import as_utc, chunks
 
 DEFAULT_RUNS = 30
 DETAIL_LIMIT = 500  # per-finding sections per state (new, persisting, resolved)
@@ -64,13 +64,6 @@ L, B, P, G = table(Link), table(Blob), table(Repository), table(Registry)
 # Runs
 
 
-def _utc(v: datetime | None) -> datetime | None:
-    """SQLite returns naive UTC datetimes, PostgreSQL aware ones."""
-    if v is None:
-        return None
-    return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
-
-
 class Runs:
     """Every run, and which runs scanned each registry completely (episodes compare against those)."""
 
@@ -78,7 +71,7 @@ class Runs:
         self.by_id: dict[int, dict[str, Any]] = {}
         for r in conn.execute(select(R).order_by(R.c.id)).mappings():
             row = dict(r)
-            row["started_at"], row["finished_at"] = _utc(row["started_at"]), _utc(row["finished_at"])
+            row["started_at"], row["finished_at"] = as_utc(row["started_at"]), as_utc(row["finished_at"])
             self.by_id[row["id"]] = row
         self.finished = [i for i, r in self.by_id.items() if r["status"] in FINISHED]
         self.scanned: dict[int, list[int]] = defaultdict(list)

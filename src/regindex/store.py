@@ -13,7 +13,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from regindex.crawl import CrawlResult
 from regindex.manifests import ParsedManifest
@@ -37,6 +46,16 @@ CHUNK = 5000
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime | str | None) -> datetime | None:
+    """A timestamp read back from the database, as an aware UTC datetime: SQLite gives naive datetimes (or
+    strings, through textual SQL), PostgreSQL aware ones."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def chunks(rows: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
