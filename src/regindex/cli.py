@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from regindex import __version__, output
+from regindex import __version__, output, queries
 from regindex import config as config_mod
 from regindex import db as dbmod
 from regindex.errors import RegindexError
@@ -44,6 +44,8 @@ def core_errors(fn: F) -> F:
             raise Failure(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
         except KeyboardInterrupt:
             raise Failure("interrupted") from None
+        except MemoryError:
+            raise Failure("out of memory") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -273,18 +275,52 @@ def runs(db: str | None, config_path: str | None, limit: int, fmt: str) -> None:
 
 
 @cli.command()
-@click.argument("query")
+@click.argument("query", required=False)
+@click.option("-f", "--file", "query_file", metavar="PATH",
+              help="Read the query from PATH (`-` reads stdin; so does QUERY `-`).")
+@click.option("-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE",
+              help="Bind :NAME in the query to VALUE (repeatable); values are bound, never pasted into the SQL.")
 @db_option
 @config_option
-@format_option
+@click.option("--format", "fmt", type=click.Choice(output.STREAM_FORMATS), default=None,
+              help="Output format (default table).")
+@click.option("--table", "-t", "fmt_flags", flag_value="table", multiple=True, help="Aligned table (the default).")
+@click.option("--json", "fmt_flags", flag_value="json", multiple=True, help="A JSON array of objects.")
+@click.option("--nl", "fmt_flags", flag_value="nl", multiple=True, help="Newline-delimited JSON objects.")
+@click.option("--csv", "fmt_flags", flag_value="csv", multiple=True, help="CSV.")
+@click.option("--tsv", "fmt_flags", flag_value="tsv", multiple=True, help="Tab-separated values.")
+@click.option("--no-headers", is_flag=True, help="No header line (table, csv, tsv).")
+@click.option("--json-cols", is_flag=True,
+              help="In JSON output, also emit any text value that parses as a JSON object or array as JSON "
+                   "(detail and options always are).")
+@click.option("--timeout", type=click.FloatRange(min=0, max=MAX_HOURS * 3600), default=queries.DEFAULT_TIMEOUT,
+              show_default=True, help="Stop the query after this many seconds (0: no limit).")
 @core_errors
-def sql(query: str, db: str | None, config_path: str | None, fmt: str) -> None:
-    """Run one read-only SQL statement and print its rows (writes are refused)."""
-    from regindex.queries import run_readonly
+def sql(query: str | None, query_file: str | None, params: tuple[tuple[str, str], ...], db: str | None,
+        config_path: str | None, fmt: str | None, fmt_flags: tuple[str, ...], no_headers: bool, json_cols: bool,
+        timeout: float) -> None:
+    """Run one read-only SQL statement and stream its rows (writes, ATTACH and pragma changes are refused).
 
-    with dbmod.reader(_db(db, config_path)) as conn:
-        columns, rows = run_readonly(conn, query)
-    click.echo(output.render(rows, columns, fmt), nl=False)
+    QUERY is the statement, or `-` to read it from stdin. Parameters are named (`:name`) and bound with
+    -p/--param NAME VALUE. Ctrl-C or --timeout stops the query: one line on stderr, exit status 2.
+    """
+    chosen = set(fmt_flags) | ({fmt} if fmt else set())
+    if len(chosen) > 1:
+        raise Failure(f"choose one output format, not {' and '.join(sorted(chosen))}")
+    fmt = chosen.pop() if chosen else "table"
+    text_ = queries.read_query(query, query_file, click.get_binary_stream("stdin"))
+    out = click.get_text_stream("stdout")
+    try:
+        with dbmod.reader(_db(db, config_path)) as conn:
+            with queries.stream_readonly(conn, text_, dict(params), timeout) as result:
+                output.write_stream(out, result.columns, result.rows, fmt, headers=not no_headers,
+                                    json_columns=queries.JSON_COLUMNS, detect_json=json_cols)
+                out.flush()
+    except BrokenPipeError:
+        # `regindex sql … | head`: the reader left; stop quietly (and keep Python from complaining at exit)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
 
 
 # ---------------------------------------------------------------------------------------------
