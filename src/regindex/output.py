@@ -45,6 +45,33 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, max
     return "\n".join(lines) + "\n"
 
 
+def fit_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], width: int, flexible: Sequence[str],
+              headers: dict[str, str] | None = None, min_width: int = 8) -> list[str]:
+    """An aligned table no wider than ``width``: the ``flexible`` columns give up space (widest first, values
+    trimmed with …) until it fits. ``headers`` renames columns for display."""
+    heads = [(headers or {}).get(c, c) for c in columns]
+    cells = [[_printable(_cell(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(heads)]
+    flex = [i for i, c in enumerate(columns) if c in flexible]
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        shrinkable = [i for i in flex if widths[i] > max(min_width, len(heads[i]))]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    for row in cells:
+        lines.append("  ".join(_trim(v, w).ljust(w) for v, w in zip(row, widths)).rstrip())
+    return lines
+
+
+def short_digest(digest: str | None, n: int = 12) -> str:
+    """Docker's short form: the first 12 hex digits, without the algorithm."""
+    if not digest:
+        return ""
+    return digest.partition(":")[2][:n] or digest[:n]
+
+
 def csv_safe(v: Any) -> Any:
     """A storage name that starts like a formula must not run as one in a spreadsheet."""
     if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):

@@ -1009,19 +1009,37 @@ def resolve_digest(conn: Connection, value: str) -> str:
 
 @dataclass
 class History:
-    digest: str
+    digest: str | None
     cards: list[Card]
     links: list[dict[str, Any]]
     blobs: list[dict[str, Any]]
     latest: int | None
+    tag: str | None = None  # ``repo:tag`` when the history was asked for a tag
+    tag_links: list[dict[str, Any]] = field(default_factory=list)
+
+
+_DIGEST_LIKE = re.compile(r"^(?:sha256|sha384|sha512):[0-9a-fA-F]*$|^[0-9a-fA-F]+$")
+_TAG_REF = re.compile(r"^(?P<repo>[^:\s]+):(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 
 
 def history(conn: Connection, value: str) -> History:
-    """Every finding whose digest or parent is DIGEST (all episodes), and the digest's inventory episodes."""
-    digest = resolve_digest(conn, value)
+    """Every finding whose digest or parent is DIGEST (all episodes), and the digest's inventory episodes.
+
+    ``repo:tag`` instead of a digest: the tag's link episodes (which digest it named, when), the findings about
+    the tag, and the history of the digest it names now (or named last)."""
+    ref = _TAG_REF.match(value.strip())
+    if ref and not _DIGEST_LIKE.match(value.strip()):
+        return _tag_history(conn, ref.group("repo"), ref.group("tag"))
+    return _digest_history(conn, resolve_digest(conn, value))
+
+
+def _digest_history(conn: Connection, digest: str | None, extra: Any = None, tag: str | None = None,
+                    tag_links: list[dict[str, Any]] | None = None) -> History:
     runs = Runs(conn)
-    q = select(*_ITEM_COLUMNS).where(or_(F.c.digest == digest, F.c.parent_digest == digest))
-    rows = [Item(*r) for r in conn.execute(q)]
+    conds = [] if digest is None else [F.c.digest == digest, F.c.parent_digest == digest]
+    if extra is not None:
+        conds.append(extra)
+    rows = [Item(*r) for r in conn.execute(select(*_ITEM_COLUMNS).where(or_(*conds)))] if conds else []
     latest_of_key: dict[str, Item] = {}
     for it in sorted(rows, key=lambda i: i.episode):
         latest_of_key[it.key] = it
@@ -1029,17 +1047,81 @@ def history(conn: Connection, value: str) -> History:
     names = {rid: name for name, rid in registry_ids.items()}
     items = sorted(latest_of_key.values(), key=_sort_key)
     cards = _cards(conn, items, runs, registry_ids)
-    links = [dict(r, registry=names.get(r["registry_id"], "?")) for r in conn.execute(
-        select(L).where(or_(L.c.path_digest == digest, L.c.target_digest == digest))
-        .order_by(L.c.registry_id, L.c.repository, L.c.kind, L.c.tag, L.c.first_run)).mappings()]
-    blobs = [dict(r, registry=names.get(r["registry_id"], "?")) for r in conn.execute(
-        select(B).where(B.c.digest == digest).order_by(B.c.registry_id, B.c.first_run)).mappings()]
-    return History(digest, cards, links, blobs, runs.latest)
+    links: list[dict[str, Any]] = []
+    blobs: list[dict[str, Any]] = []
+    if digest is not None:
+        links = [dict(r, registry=names.get(r["registry_id"], "?")) for r in conn.execute(
+            select(L).where(or_(L.c.path_digest == digest, L.c.target_digest == digest))
+            .order_by(L.c.registry_id, L.c.repository, L.c.kind, L.c.tag, L.c.first_run)).mappings()]
+        blobs = [dict(r, registry=names.get(r["registry_id"], "?")) for r in conn.execute(
+            select(B).where(B.c.digest == digest).order_by(B.c.registry_id, B.c.first_run)).mappings()]
+    for r in tag_links or []:
+        r["registry"] = names.get(r["registry_id"], "?")
+    return History(digest, cards, links, blobs, runs.latest, tag, tag_links or [])
+
+
+def _tag_history(conn: Connection, repo: str, tag: str) -> History:
+    tag_links = [dict(r) for r in conn.execute(
+        select(L).where(L.c.repository == repo, L.c.tag == tag, L.c.kind.in_(["tag_current", "tag_index"]))
+        .order_by(L.c.registry_id, L.c.kind, L.c.first_run, L.c.path_digest)).mappings()]
+    about_tag = (F.c.repository == repo) & (F.c.tag == tag)
+    if not tag_links and conn.execute(select(F.c.id).where(about_tag).limit(1)).first() is None:
+        raise UnknownDigest(f"unknown tag {_clip(repo)}:{_clip(tag)}: no link or finding names it")
+    current = [r for r in tag_links if r["kind"] == "tag_current" and r["target_digest"]]
+    current = current or [r for r in tag_links if r["target_digest"]]  # no readable current link: its index
+    # the digest the tag names now, else the one it named last
+    current.sort(key=lambda r: (r["gone_run"] is None, r["gone_run"] or 0, r["first_run"]))
+    digest = current[-1]["target_digest"] if current else None
+    return _digest_history(conn, digest, about_tag, f"{repo}:{tag}", tag_links)
+
+
+def history_json(h: History) -> dict[str, Any]:
+    """``history --format json``: the same facts as the text, as data."""
+
+    def episode(r: dict[str, Any]) -> dict[str, Any]:
+        keep = ("registry", "repository", "kind", "tag", "path_digest", "target_digest", "state", "digest", "size",
+                "first_run", "gone_run")
+        return {k: r[k] for k in keep if k in r}
+
+    findings = []
+    for card in h.cards:
+        it = card.item
+        try:
+            detail = json.loads(it.detail)
+        except ValueError:
+            detail = it.detail
+        findings.append({
+            "key": it.key, "episode": it.episode, "kind": it.kind, "severity": it.severity,
+            "registry": it.registry, "repository": it.repository, "digest": it.digest, "tag": it.tag,
+            "parent_digest": it.parent_digest, "first_seen_run": it.first_run, "last_seen_run": it.last_seen_run,
+            "resolved_run": it.resolved_run, "hint": it.hint, "detail": detail,
+            "timeline": [{"run": s.run, "when": _iso(s.when), "event": s.tone, "text": s.text} for s in card.steps],
+            "on_disk": [{"run": c.run, "moment": c.moment, "changes": c.texts} for c in card.changes],
+        })
+    return {"digest": h.digest, "tag": h.tag, "latest_run": h.latest, "findings": findings,
+            "tag_links": [episode(r) for r in h.tag_links], "links": [episode(r) for r in h.links],
+            "blobs": [episode(r) for r in h.blobs]}
+
+
+def _iso(v: datetime | None) -> str | None:
+    from regindex.timespec import iso
+
+    return iso(v)
 
 
 def format_history(h: History, printable: Callable[[str], str] = str) -> str:
     """The timeline as terminal text (``printable`` makes storage names safe for a terminal)."""
-    out = [h.digest, ""]
+    out = [h.digest or "", ""]
+    if h.tag:
+        out = [f"{h.tag} → {h.digest or 'no digest (the tag has no readable current link)'}", ""]
+        out.append("Tag episodes:")
+        for r in h.tag_links:
+            label = "current link" if r["kind"] == "tag_current" else f"index entry {short(r['path_digest'])}"
+            target = r["target_digest"] or "(nothing readable)"
+            out.append(printable(f"  {r['registry']} · {label} → {target} ({r['state']}): {_episode_text(r)}"))
+        if not h.tag_links:
+            out.append("  none (no link of this tag was ever seen)")
+        out.append("")
     if h.cards:
         out.append(f"Findings naming it ({_plural(len(h.cards), 'problem')}):")
     else:
