@@ -354,6 +354,31 @@ def sql(query: str | None, query_file: str | None, params: tuple[tuple[str, str]
             out.flush()
 
 
+@cli.command()
+@db_option
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8001, show_default=True,
+              help="Port to listen on (0: any free port).")
+@core_errors
+def serve(db: str | None, config_path: str | None, host: str, port: int) -> None:
+    """Browse the database in Datasette (pip install '.[web]'), read-only, with every table, view and column
+    described, facets, and the post-mortem questions as canned queries. SQLite databases only."""
+    from regindex import serve as serve_mod
+
+    url = dbmod.resolve_url(_db(db, config_path))
+    if not dbmod.is_sqlite(url):
+        raise Failure("regindex serve opens SQLite databases (Datasette); for PostgreSQL use `regindex sql`")
+    with dbmod.reader(url):
+        pass  # the database exists and its schema is this code's
+    from sqlalchemy.engine import make_url
+
+    path = Path(make_url(url).database or "")
+    app = serve_mod.app(path)
+    click.echo(f"serving {path} read-only on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    serve_mod.run(app, host, port)
+
+
 # ---------------------------------------------------------------------------------------------
 # database
 
