@@ -470,15 +470,26 @@ def gc_preview(db: str | None, config_path: str | None, delete_untagged: bool, r
 @config_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write (default ./regindex-report.html); every finding goes to a CSV beside it.")
-@click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True,
+@click.option("--runs", type=click.IntRange(min=1, max=2**62), default=30, show_default=True,
               help="How many finished runs the trend covers.")
+@click.option("--since", metavar="DATE|DURATION",
+              help="The trend covers every finished run started since then (instead of --runs): 2026-11-30, "
+                   "2026-11-30T03:00Z, 7d.")
+@click.option("--until", metavar="DATE|DURATION",
+              help="Report on the last finished run started by then, as it was (an incident's window).")
 @core_errors
-def report(db: str | None, config_path: str | None, out: Path | None, runs: int) -> None:
+def report(db: str | None, config_path: str | None, out: Path | None, runs: int, since: str | None,
+           until: str | None) -> None:
     """Write the HTML trend report of the latest finished run (self-contained: no script, no network)."""
     from regindex import report as report_mod
+    from regindex.timespec import parse_when
 
+    start = parse_when(since, "--since") if since else None
+    end = parse_when(until, "--until") if until else None
+    if start and end and start > end:
+        raise Failure("--since is after --until")
     with dbmod.reader(_db(db, config_path)) as conn:
-        written = report_mod.write(conn, out or Path(report_mod.DEFAULT_OUT), runs)
+        written = report_mod.write(conn, out or Path(report_mod.DEFAULT_OUT), runs, since=start, until=end)
     click.echo(f"report: {written} (findings: {written.with_suffix('.csv')})")
 
 
