@@ -123,6 +123,7 @@ def test_table_fits_120_columns_with_short_digests_and_hints_with_v(story, invok
     verbose = invoke("findings", "--db", db_path, "--state", "all", "-v").output
     assert all(f["digest"] in verbose and f["key"] in verbose for f in full)  # ... full ones with -v
     assert "    hint: " in verbose and "team/app/api" in verbose
+    assert max(len(line) for line in verbose.splitlines()) <= 120  # hints wrap; a 71-character digest fits
 
 
 def test_runs_show_utc_times_and_open_errors(story, base, invoke, db_path, findings):

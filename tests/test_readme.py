@@ -104,6 +104,9 @@ def test_readme_command_examples_use_options_the_commands_have() -> None:
         opts = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
         used = [a.split("=")[0] for a in rest if a.startswith("-") and a != "-"]
         assert set(used) <= opts, (args, set(used) - opts)
+        path = args[: len(args) - len(rest)]
+        shown = CliRunner().invoke(cli, [*path, "--help"], catch_exceptions=False).output
+        assert all(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", shown) for o in used), (args, shown)
     # the commands table: options named in a command's row belong to it
     for row in re.findall(r"^\| `regindex ([a-z-]+)[^`]*` \|(.*)\|$", README, flags=re.M):
         name, cell = row

@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -286,7 +287,9 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
             for label, value in (("key", r["key"]), ("digest", r["digest"]), ("parent", r["parent_digest"]),
                                  ("hint", r["hint"])):
                 if value:
-                    click.echo(output._printable(f"    {label}: {value}"))
+                    text_ = output._printable(f"{label}: {value}")
+                    click.echo(textwrap.fill(text_, TABLE_WIDTH, initial_indent="    ", subsequent_indent="      ",
+                                             break_long_words=False, break_on_hyphens=False))
 
 
 RUN_COLUMNS = ("id", "started_at", "status", "duration_seconds", "registries", "repositories", "links", "blobs",

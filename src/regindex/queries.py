@@ -212,7 +212,7 @@ def _postgres(conn: Connection, q: str, params: dict[str, str], timeout: float |
     try:
         with raw.cursor() as setup:
             setup.execute("SELECT set_config('statement_timeout', %s, true)",
-                          (str(int(timeout * 1000)) if timeout else "0",))
+                          (str(max(1, round(timeout * 1000))) if timeout else "0",))
     except psycopg.Error as exc:
         raise _mapped(exc, timeout) from None
     streamed = _first_word(q) in _CURSOR_STATEMENTS
