@@ -63,6 +63,9 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
             "findings_resolved": "findings resolved in the run",
             "duration_seconds": "how long it took",
             "error": "why it failed or was partial",
+            "files_stat": "files and directories stat'ed or listed",
+            "files_read": "files read",
+            "files_skipped": "files skipped",
         },
     ),
     "registries": (
@@ -186,7 +189,34 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
             "first_run": "the run that opened this episode",
             "last_seen_run": "the last run that saw it",
             "resolved_run": "the run that no longer saw it (NULL while open)",
+            "policy": "the config rule that graded its severity (NULL: the built-in default)",
         },
+    ),
+    # Tables other branches add (issue 7: run phases; issue 8: repairs and acknowledgements): described here so
+    # that the metadata covers them once they land; entries for tables a database lacks are ignored.
+    "run_phases": (
+        "wall time of each phase of a run (crawl, load, manifests, verify, checks, history), summed over its "
+        "registries",
+        {"run_id": "the run (runs.id)", "phase": "crawl, load, manifests, verify, checks or history",
+         "position": "the phase's order in the run", "seconds": "wall time spent in it",
+         "items": "what the phase worked through (files, inventory changes, manifests, findings)"},
+    ),
+    "repair_actions": (
+        "one thing `regindex repair --apply` (or `--undo`) did or declined to do, with who and when",
+        {"batch": "the repair run it belongs to", "at": "when (UTC)", "os_user": "who ran it",
+         "based_on_run": "the scan whose findings it acted on", "finding_id": "the finding episode (findings.id)",
+         "finding_key": "the finding's stable key", "kind": "the finding kind",
+         "action": "quarantine, restore_revision_link or undo", "path": "relative to the registry's v2 root",
+         "quarantine_path": "where the quarantined directory went (absolute)",
+         "outcome": "done, skipped (the condition no longer held), refused or failed", "reason": "why",
+         "detail": "JSON: files moved, modes, directories created", "undone_by": "the undo action, if any"},
+    ),
+    "acknowledgements": (
+        "known, accepted findings: one episode acknowledged until a date, until it resolves, or until unack",
+        {"finding_id": "the finding episode (findings.id)", "finding_key": "the finding's stable key",
+         "reason": "why it is accepted", "until": "when the acknowledgement lapses (UTC; NULL: for good)",
+         "os_user": "who acknowledged it", "created_at": "when (UTC)", "ended_at": "when unack ended it",
+         "ended_by": "who ended it"},
     ),
     "current_repositories": ("the inventory as of each registry's latest scan, with the registry name", {
         "has_manifests": "it has a _manifests directory", "has_tags_dir": "it has _manifests/tags"}),
