@@ -213,7 +213,7 @@ def _progress() -> Callable[[str], None]:
 # reading
 
 
-FINDING_COLUMNS = ("kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
+FINDING_COLUMNS = ("key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
                    "first_seen_run", "last_seen_run", "resolved_run", "detail")
 TABLE_COLUMNS = ("state", "severity", "kind", "registry", "repository", "digest", "tag", "parent_digest",
                  "first_seen_run", "resolved_run")
@@ -404,3 +404,7 @@ def history_cmd(digest: str, db: str | None, config_path: str | None) -> None:
     with dbmod.reader(_db(db, config_path)) as conn:
         text_ = report_mod.format_history(report_mod.history(conn, digest), output._printable)
     click.echo(text_, nl=False)
+
+
+# "From finding to fix" commands (repair, repairs, ack, unack, incidents) live in their own module.
+from regindex import cli_fix  # noqa: E402,F401

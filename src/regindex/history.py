@@ -113,7 +113,7 @@ def state_of(first_run: int, episode: int, resolved_run: int | None, latest_run:
 
 
 FINDING_KEYS = (
-    "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state", "first_seen_run",
+    "key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state", "first_seen_run",
     "last_seen_run", "resolved_run", "detail",
 )
 STATES = ("open", "new", "persisting", "resolved")
@@ -164,7 +164,7 @@ def list_findings(
             detail["hint"] = r["hint"]  # the JSON keys are fixed; the repair hint travels with the evidence
         out.append(
             {
-                "kind": r["kind"], "severity": r["severity"], "registry": r["registry"],
+                "key": r["key"], "kind": r["kind"], "severity": r["severity"], "registry": r["registry"],
                 "repository": r["repository"], "digest": r["digest"], "tag": r["tag"],
                 "parent_digest": r["parent_digest"],
                 "state": state_of(r["first_run"], r["episode"], r["resolved_run"], latest),

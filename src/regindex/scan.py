@@ -199,7 +199,8 @@ def _scan(
         for result in crawled:
             name = result.registry.name
             role = "cache" if name in opts.caches else "authoritative"
-            rid = store.upsert_registry(conn, name, str(result.registry.v2), role, run_id)
+            # absolute: repair acts on this root later, maybe from another directory
+            rid = store.upsert_registry(conn, name, str(result.registry.v2.absolute()), role, run_id)
             emptied = _suddenly_empty(conn, rid, result)
             if emptied and not opts.allow_empty:
                 failures[name] = (

@@ -1,0 +1,128 @@
+"""Command line of "from finding to fix": repair, repairs (and, below, ack, unack, incidents).
+
+Registered on the ``regindex`` group by ``cli.py``; thin like it: parse, call the core, print.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import Connection
+
+from regindex import db as dbmod
+from regindex import output
+from regindex.cli import EXIT_FINDINGS, _db, cli, config_option, core_errors, db_option, format_option
+
+
+def _incident_findings() -> Callable[[Connection, str], list[int]] | None:
+    try:
+        from regindex import incidents  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # incidents land after repair
+        return None
+    return incidents.finding_ids  # type: ignore[no-any-return,unused-ignore]
+
+
+@cli.command()
+@db_option
+@config_option
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["orphan_layer_link", "orphan_index_child"]),
+              help="What to repair (repeatable; default orphan_layer_link, or every repairable kind with "
+                   "--finding/--incident).")
+@click.option("--registry", "registries", multiple=True, metavar="NAME", help="Only this registry (repeatable).")
+@click.option("--repository", "repositories", multiple=True, metavar="GLOB",
+              help="Only repositories matching this glob, e.g. 'team/*' (repeatable).")
+@click.option("--finding", "keys", multiple=True, metavar="KEY",
+              help="Only this finding (its key or 8+ leading hex digits; repeatable).")
+@click.option("--incident", "incidents", multiple=True, metavar="ID", help="Only this incident's findings.")
+@click.option("--apply", "do_apply", is_flag=True, help="Do it (without --apply: print what would be done).")
+@click.option("--quarantine", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where moved files go (default: regindex-quarantine beside the database).")
+@click.option("--undo", "undo_ref", metavar="ACTION|BATCH", default=None,
+              help="Put back what an action (id) or a batch did, refusing to overwrite anything new.")
+@core_errors
+def repair(db: str | None, config_path: str | None, kinds: tuple[str, ...], registries: tuple[str, ...],
+           repositories: tuple[str, ...], keys: tuple[str, ...], incidents: tuple[str, ...], do_apply: bool,
+           quarantine: Path | None, undo_ref: str | None) -> None:
+    """Repair what the findings prove safe to repair. A dry run unless --apply.
+
+    orphan_layer_link (default): move the orphan _layers/<alg>/<hex>/ directory into the quarantine (what the
+    reference scanner deletes). orphan_index_child (--kind orphan_index_child): write the child's revision link
+    again when its manifest and every blob it needs are present and valid; otherwise say which tags to push
+    again. Every step is checked on disk right before it is done; nothing is deleted; nothing under blobs/,
+    no manifest and no tag is touched. Exit status: 0, or 1 when an applied step failed.
+    """
+    from regindex import repair as rp
+
+    url = dbmod.resolve_url(_db(db, config_path))
+    if undo_ref is not None:
+        if do_apply or kinds or registries or repositories or keys or incidents:
+            raise click.UsageError("--undo takes no other selection")
+        engine = dbmod.open_writer(url)
+        try:
+            rows = rp.undo(engine, url, undo_ref.strip(), quarantine, echo=_echo_undo)
+        finally:
+            engine.dispose()
+        done = sum(1 for r in rows if r["outcome"] == rp.DONE)
+        click.echo(f"undo {undo_ref}: {done} put back, {len(rows) - done} not")
+        if any(r["outcome"] == rp.FAILED for r in rows):
+            sys.exit(EXIT_FINDINGS)
+        return
+    sel = rp.Selection(kinds, registries, repositories, keys, incidents)
+    if not do_apply:
+        with dbmod.reader(url) as conn:
+            steps = rp.plan(conn, sel, _incident_findings())
+        click.echo("dry run: nothing is changed (add --apply to do it)")
+        for s in steps:
+            _echo_lines(rp.describe(s, applied=False))
+        n = {o: sum(1 for s in steps if s.outcome == o) for o in (rp.WOULD, rp.SKIPPED, rp.REFUSED)}
+        click.echo(f"{n[rp.WOULD]} to do, {n[rp.SKIPPED]} skipped, {n[rp.REFUSED]} refused")
+        return
+    engine = dbmod.open_writer(url)
+    try:
+        batch = rp.apply(engine, url, sel, quarantine,
+                         echo=lambda s: _echo_lines(rp.describe(s, applied=True)),
+                         incident_findings=_incident_findings())
+    finally:
+        engine.dispose()
+    click.echo(f"batch {batch.id}: {batch.count(rp.DONE)} done, {batch.count(rp.SKIPPED)} skipped, "
+               f"{batch.count(rp.REFUSED)} refused, {batch.count(rp.FAILED)} failed")
+    if batch.count(rp.DONE):
+        if batch.quarantine:
+            click.echo(f"quarantine: {batch.quarantine / str(batch.id)} (manifest.json lists what moved from where)")
+        click.echo(f"undo with: regindex repair --undo {batch.id}; the next scan resolves what was repaired")
+    if batch.count(rp.FAILED):
+        sys.exit(EXIT_FINDINGS)
+
+
+def _echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(output._printable(line))
+
+
+def _echo_undo(r: dict[str, Any]) -> None:
+    text = f"{r['outcome']} undo of action {r['undoes']} ({r['action']}): {r['v2']}/{r['path']}"
+    if r["reason"]:
+        text += f": {r['reason']}"
+    click.echo(output._printable(text))
+
+
+@cli.command()
+@db_option
+@config_option
+@click.option("--batch", default=None, help="Only this batch.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@format_option
+@core_errors
+def repairs(db: str | None, config_path: str | None, batch: str | None, limit: int, fmt: str) -> None:
+    """List what `regindex repair --apply` and `--undo` did, newest first (who, when, path, outcome)."""
+    from regindex import repair as rp
+
+    with dbmod.reader(_db(db, config_path)) as conn:
+        rows = rp.list_actions(conn, limit, batch)
+    cols = rp.ACTION_COLUMNS if fmt != "table" else ("id", "batch", "at", "os_user", "action", "outcome",
+                                                    "registry", "repository", "path", "reason")
+    click.echo(output.render(rows, cols, fmt), nl=False)
