@@ -653,6 +653,7 @@ class Report:
     csv_name: str | None = None
     items: list[Item] = field(default_factory=list, repr=False)
     later_runs: list[dict[str, Any]] = field(default_factory=list)  # failed or unfinished runs after ``run``
+    repairs: list[dict[str, Any]] = field(default_factory=list)  # the latest repair actions (regindex repairs)
 
     @property
     def title(self) -> str:
@@ -754,7 +755,17 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
         by_kind=by_kind, by_registry=by_registry, charts=charts, window=window, sections=sections, run_log=log,
         kinds=dict(KINDS), limit=limit, failures=run_info.failures.get(latest, []), items=scope,
         later_runs=[run_info.by_id[i] for i in sorted(run_info.by_id, reverse=True) if i > latest],
+        repairs=_repairs(conn),
     )
+
+
+REPAIRS_SHOWN = 30
+
+
+def _repairs(conn: Connection) -> list[dict[str, Any]]:
+    from regindex.repair import list_actions
+
+    return list_actions(conn, REPAIRS_SHOWN)
 
 
 _STATE_ORDER = {"new": 0, "reopened": 0, "persisting": 1, "resolved": 2}
