@@ -94,6 +94,9 @@ def repair(db: str | None, config_path: str | None, kinds: tuple[str, ...], regi
         if batch.quarantine:
             click.echo(f"quarantine: {batch.quarantine / str(batch.id)} (manifest.json lists what moved from where)")
         click.echo(f"undo with: regindex repair --undo {batch.id}; the next scan resolves what was repaired")
+        if any(s.outcome == rp.DONE and s.action == rp.QUARANTINE for s in batch.steps):
+            click.echo("a registry with the in-memory blob-descriptor cache keeps serving moved links until it "
+                       "restarts: restart it before pushing again")
     if batch.count(rp.FAILED):
         sys.exit(EXIT_FINDINGS)
 
