@@ -179,7 +179,9 @@ def scan(
             f"repositories, {outcome.links} links, {outcome.blobs} blobs, {outcome.manifests_parsed} manifests "
             f"parsed, {outcome.inventory_changes} inventory changes; findings: {c.new} new "
             f"({c.reopened} re-opened), {c.persisting} persisting, {c.resolved} resolved; "
-            f"{outcome.open_errors} open errors ({outcome.duration_seconds:.1f}s)"
+            f"{outcome.open_errors} open errors"
+            + (f" ({outcome.acknowledged_errors} more acknowledged)" if outcome.acknowledged_errors else "")
+            + f" ({outcome.duration_seconds:.1f}s)"
         )
     for err in outcome.failures.values():
         click.echo(f"error: {err}", err=True)
@@ -214,9 +216,9 @@ def _progress() -> Callable[[str], None]:
 
 
 FINDING_COLUMNS = ("key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
-                   "first_seen_run", "last_seen_run", "resolved_run", "detail")
+                   "first_seen_run", "last_seen_run", "resolved_run", "detail", "ack")
 TABLE_COLUMNS = ("state", "severity", "kind", "registry", "repository", "digest", "tag", "parent_digest",
-                 "first_seen_run", "resolved_run")
+                 "first_seen_run", "resolved_run", "acked")
 
 
 @cli.command()
@@ -245,6 +247,8 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
         if unknown:
             raise Failure(f"unknown registry {unknown[0]!r}; registries: {', '.join(sorted(known)) or 'none yet'}")
         rows = list_findings(conn, state, kinds, registries, severities)
+    for r in rows:
+        r["acked"] = f"until {r['ack']['until'][:10]}" if r["ack"] and r["ack"]["until"] else ("yes" if r["ack"] else "")
     cols = FINDING_COLUMNS if fmt != "table" else TABLE_COLUMNS
     click.echo(output.render(rows, cols, fmt), nl=False)
 

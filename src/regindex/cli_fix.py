@@ -129,3 +129,72 @@ def repairs(db: str | None, config_path: str | None, batch: str | None, limit: i
     cols = rp.ACTION_COLUMNS if fmt != "table" else ("id", "batch", "at", "os_user", "action", "outcome",
                                                     "registry", "repository", "path", "reason")
     click.echo(output.render(rows, cols, fmt), nl=False)
+
+
+def _ack_selection(key: str | None, incident: str | None, kind: str | None, registry: str | None,
+                   repositories: tuple[str, ...]) -> Any:
+    from regindex.ack import AckSelection
+
+    return AckSelection(key, incident, kind, registry, repositories)
+
+
+@cli.command()
+@click.argument("key", required=False)
+@db_option
+@config_option
+@click.option("--incident", default=None, metavar="ID", help="Every open finding of this incident.")
+@click.option("--kind", default=None, help="Every open finding of this kind (with --registry).")
+@click.option("--registry", default=None, metavar="NAME", help="With --kind: in this registry.")
+@click.option("--repository", "repositories", multiple=True, metavar="GLOB",
+              help="With --kind/--registry: only repositories matching this glob (repeatable).")
+@click.option("--reason", required=True, help="Why it is accepted (shown in the report and in findings).")
+@click.option("--until", default=None, metavar="DATE",
+              help="Ends at the start of this day, UTC (YYYY-MM-DD) or at an ISO timestamp; default: until the "
+                   "finding resolves or `regindex unack`.")
+@core_errors
+def ack(key: str | None, db: str | None, config_path: str | None, incident: str | None, kind: str | None,
+        registry: str | None, repositories: tuple[str, ...], reason: str, until: str | None) -> None:
+    """Acknowledge open findings as known: KEY (or 8+ leading hex digits), --incident ID, or --kind K --registry R
+    [--repository GLOB]. They stay listed, marked, but no longer count for --fail-on, the open-error metrics or
+    the summary. It ends when it expires, when the finding resolves, or with `regindex unack`; a re-opened
+    finding is not acknowledged."""
+    from regindex import ack as ackmod
+    from regindex.repair import os_user
+
+    when = ackmod.parse_until(until)
+    engine = dbmod.open_writer(_db(db, config_path))
+    try:
+        with engine.begin() as conn:
+            rows = ackmod.select_findings(conn, _ack_selection(key, incident, kind, registry, repositories),
+                                          _incident_findings())
+            n = ackmod.acknowledge(conn, rows, reason, when, os_user())
+    finally:
+        engine.dispose()
+    click.echo(f"acknowledged {n} open finding{'s' if n != 1 else ''}"
+               + (f" until {when.isoformat(timespec='minutes')}" if when else " until it resolves"))
+
+
+@cli.command()
+@click.argument("key", required=False)
+@db_option
+@config_option
+@click.option("--incident", default=None, metavar="ID")
+@click.option("--kind", default=None)
+@click.option("--registry", default=None, metavar="NAME")
+@click.option("--repository", "repositories", multiple=True, metavar="GLOB")
+@core_errors
+def unack(key: str | None, db: str | None, config_path: str | None, incident: str | None, kind: str | None,
+          registry: str | None, repositories: tuple[str, ...]) -> None:
+    """End the acknowledgement of open findings, named as for `regindex ack`."""
+    from regindex import ack as ackmod
+    from regindex.repair import os_user
+
+    engine = dbmod.open_writer(_db(db, config_path))
+    try:
+        with engine.begin() as conn:
+            rows = ackmod.select_findings(conn, _ack_selection(key, incident, kind, registry, repositories),
+                                          _incident_findings())
+            n = ackmod.unacknowledge(conn, rows, os_user())
+    finally:
+        engine.dispose()
+    click.echo(f"ended {n} acknowledgement{'s' if n != 1 else ''}")

@@ -95,10 +95,15 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
     return counts
 
 
-def open_error_count(conn: Connection) -> int:
+def open_error_count(conn: Connection, acknowledged: bool = False) -> int:
+    """Open errors that are not acknowledged (what --fail-on counts), or with ``acknowledged`` the ones that are."""
+    from regindex.ack import acknowledged_exists
+
+    acked = acknowledged_exists(F.c.id)
     return int(
         conn.execute(
-            select(func.count()).select_from(F).where(F.c.resolved_run.is_(None), F.c.severity == "error")
+            select(func.count()).select_from(F).where(F.c.resolved_run.is_(None), F.c.severity == "error",
+                                                      acked if acknowledged else ~acked)
         ).scalar_one()
     )
 
@@ -114,7 +119,7 @@ def state_of(first_run: int, episode: int, resolved_run: int | None, latest_run:
 
 FINDING_KEYS = (
     "key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state", "first_seen_run",
-    "last_seen_run", "resolved_run", "detail",
+    "last_seen_run", "resolved_run", "detail", "ack",
 )
 STATES = ("open", "new", "persisting", "resolved")
 
@@ -157,6 +162,9 @@ def list_findings(
     if severities:
         q = q.where(F.c.severity.in_(list(severities)))
     q = q.order_by(F.c.registry, F.c.repository, F.c.kind, F.c.digest, F.c.tag, F.c.parent_digest, F.c.id)
+    from regindex.ack import active
+
+    acks = active(conn) if state != "resolved" else {}
     out = []
     for r in conn.execute(q).mappings():
         detail = json.loads(r["detail"])
@@ -170,6 +178,11 @@ def list_findings(
                 "state": state_of(r["first_run"], r["episode"], r["resolved_run"], latest),
                 "first_seen_run": r["first_run"], "last_seen_run": r["last_seen_run"],
                 "resolved_run": r["resolved_run"], "detail": detail, "hint": r["hint"],
+                "ack": _public_ack(acks.get(r["id"])),
             }
         )
     return out
+
+
+def _public_ack(a: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if a is None else {k: a[k] for k in ("by", "reason", "since", "until")}

@@ -336,7 +336,7 @@ def select_targets(conn: Connection, sel: Selection,
     if sel.keys:
         ids = set()
         for k in sel.keys:
-            ids.add(_resolve_key(conn, k))
+            ids.add(resolve_key(conn, k))
     if sel.incidents:
         if incident_findings is None:
             raise RepairError("--incident needs the incidents module")
@@ -370,7 +370,7 @@ def select_targets(conn: Connection, sel: Selection,
     return out
 
 
-def _resolve_key(conn: Connection, value: str) -> int:
+def resolve_key(conn: Connection, value: str) -> int:
     """The open episode of the finding whose key is ``value`` (or starts with it: 8 hex digits or more)."""
     v = value.strip().lower()
     if len(v) < 8 or any(c not in "0123456789abcdef" for c in v):

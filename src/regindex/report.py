@@ -150,6 +150,7 @@ class Item:
     state: str = ""  # new | reopened | persisting | resolved (relative to the report's run)
     age_runs: int = 0
     age_days: int = 0
+    ack: dict[str, Any] | None = None  # the active acknowledgement of an open finding (regindex ack)
 
     @property
     def anchor(self) -> str:
@@ -695,6 +696,12 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
         it.age_days = run_info.days(it.first_run, last)
         scope.append(it)
     scope.sort(key=lambda i: (_STATE_ORDER[i.state], _sort_key(i)))
+    from regindex.ack import active
+
+    acks = active(conn)
+    for it in scope:
+        if it.resolved_run is None:
+            it.ack = acks.get(it.id)
 
     counts = Counter[str]()
     kind_rows: dict[str, Counter[str]] = defaultdict(Counter)
@@ -706,7 +713,10 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
         reg_rows[it.registry][sec] += 1
         if it.state == "reopened":
             counts["reopened"] += 1
-        if sec != "resolved":
+        if sec != "resolved" and it.ack:
+            counts["acknowledged"] += 1  # listed and marked, but not counted as open
+            counts[f"acknowledged_{it.severity}"] += 1
+        elif sec != "resolved":
             counts["open"] += 1
             counts[f"open_{it.severity}"] += 1
             kind_rows[it.kind][f"open_{it.severity}"] += 1
@@ -769,7 +779,8 @@ def _repairs(conn: Connection) -> list[dict[str, Any]]:
 
 
 _STATE_ORDER = {"new": 0, "reopened": 0, "persisting": 1, "resolved": 2}
-_COUNT_KEYS = ("open", "new", "reopened", "persisting", "resolved", "open_error", "open_warning", "open_info")
+_COUNT_KEYS = ("open", "new", "reopened", "persisting", "resolved", "open_error", "open_warning", "open_info",
+               "acknowledged", "acknowledged_error")
 
 
 def _with_defaults(row: dict[str, Any]) -> dict[str, Any]:

@@ -61,7 +61,8 @@ class ScanOutcome:
     status: str  # complete | partial | failed
     failures: dict[str, str] = field(default_factory=dict)
     counts: history.HistoryCounts = field(default_factory=history.HistoryCounts)
-    open_errors: int = 0
+    open_errors: int = 0  # not acknowledged (what --fail-on counts)
+    acknowledged_errors: int = 0
     registries: int = 0
     repositories: int = 0
     links: int = 0
@@ -273,6 +274,7 @@ def _scan(
         )
         outcome.counts = history.apply(conn, run_id, found, set(scanned))
         outcome.open_errors = history.open_error_count(conn)
+        outcome.acknowledged_errors = history.open_error_count(conn, acknowledged=True)
         outcome.status = "partial" if failures else "complete"
         outcome.failures = failures
         outcome.registries = len(scanned)
