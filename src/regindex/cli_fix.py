@@ -18,12 +18,10 @@ from regindex import output
 from regindex.cli import EXIT_FINDINGS, _db, cli, config_option, core_errors, db_option, format_option
 
 
-def _incident_findings() -> Callable[[Connection, str], list[int]] | None:
-    try:
-        from regindex import incidents  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # incidents land after repair
-        return None
-    return incidents.finding_ids  # type: ignore[no-any-return,unused-ignore]
+def _incident_findings() -> Callable[[Connection, str], list[int]]:
+    from regindex import incidents
+
+    return incidents.finding_ids
 
 
 @cli.command()
@@ -198,3 +196,20 @@ def unack(key: str | None, db: str | None, config_path: str | None, incident: st
     finally:
         engine.dispose()
     click.echo(f"ended {n} acknowledgement{'s' if n != 1 else ''}")
+
+
+@cli.command()
+@db_option
+@config_option
+@click.option("--registry", "registries", multiple=True, metavar="NAME", help="Only this registry (repeatable).")
+@format_option
+@core_errors
+def incidents(db: str | None, config_path: str | None, registries: tuple[str, ...], fmt: str) -> None:
+    """Open findings grouped by cause (same registry, same run, same inventory change), most errors first, each
+    with its counts, the tags a pull of which fails, and the one command that repairs it."""
+    from regindex import incidents as inc
+
+    with dbmod.reader(_db(db, config_path)) as conn:
+        rows = [i.as_row() for i in inc.group(conn, registries=registries)]
+    click.echo(output.render(rows, inc.INCIDENT_COLUMNS if fmt != "table" else inc.TABLE_COLUMNS, fmt,
+                             max_width=110), nl=False)

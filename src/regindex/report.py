@@ -629,10 +629,24 @@ class Section:
     repos_more: int
     groups: list[tuple[str, list[tuple[str | None, list[Card]]]]]  # registry → repository → cards
     shown: int
+    under_incidents: int = 0  # findings of this state whose cards are under their incident (Do this first)
 
     @property
     def more(self) -> int:
-        return self.total - self.shown
+        return self.total - self.shown - self.under_incidents
+
+
+@dataclass
+class IncidentView:
+    """An incident in the report: its summary, and the cards of its findings (collapsed under it)."""
+
+    incident: Any  # regindex.incidents.Incident
+    cards: list[Card]
+    more: int  # findings of the incident not shown as cards (every one is in the CSV)
+
+
+INCIDENTS_SHOWN = 25  # incidents in "do this first"
+INCIDENT_CARDS = 20  # cards under each
 
 
 @dataclass
@@ -655,6 +669,8 @@ class Report:
     items: list[Item] = field(default_factory=list, repr=False)
     later_runs: list[dict[str, Any]] = field(default_factory=list)  # failed or unfinished runs after ``run``
     repairs: list[dict[str, Any]] = field(default_factory=list)  # the latest repair actions (regindex repairs)
+    incidents: list[IncidentView] = field(default_factory=list)  # "do this first", most errors first
+    incidents_more: int = 0
 
     @property
     def title(self) -> str:
@@ -746,11 +762,12 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
                    resolved_per_run),
     ]
 
+    views, under, incidents_more = _incident_views(conn, scope, run_info, registry_ids)
     sections = [
         _section(conn, "new", "New", "Opened in this run, re-opened problems included.", scope, limit, run_info,
-                 registry_ids),
+                 registry_ids, under),
         _section(conn, "persisting", "Persisting", "Open before this run and still open.", scope, limit, run_info,
-                 registry_ids),
+                 registry_ids, under),
         _section(conn, "resolved", "Resolved", "Open in the previous scan, gone in this one.", scope, limit,
                  run_info, registry_ids),
     ]
@@ -765,8 +782,26 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
         by_kind=by_kind, by_registry=by_registry, charts=charts, window=window, sections=sections, run_log=log,
         kinds=dict(KINDS), limit=limit, failures=run_info.failures.get(latest, []), items=scope,
         later_runs=[run_info.by_id[i] for i in sorted(run_info.by_id, reverse=True) if i > latest],
-        repairs=_repairs(conn),
+        repairs=_repairs(conn), incidents=views, incidents_more=incidents_more,
     )
+
+
+def _incident_views(conn: Connection, scope: Sequence[Item], runs: Runs,
+                    registry_ids: dict[str, int]) -> tuple[list[IncidentView], set[int], int]:
+    """The incidents of the open findings, most errors first; the findings of an incident of two or more are
+    shown (collapsed) under it instead of one by one in their section."""
+    from regindex import incidents as inc_mod
+
+    open_items = {it.id: it for it in scope if it.resolved_run is None}
+    groups = [g for g in inc_mod.group(conn, open_items) if g.errors or g.severity["warning"] or len(g.members) > 1]
+    views: list[IncidentView] = []
+    under: set[int] = set()
+    for g in groups[:INCIDENTS_SHOWN]:
+        members = sorted((open_items[m.id] for m in g.members if m.id in open_items), key=_sort_key)
+        shown = members[:INCIDENT_CARDS] if len(members) > 1 else []
+        under.update(m.id for m in shown)
+        views.append(IncidentView(g, _cards(conn, shown, runs, registry_ids), len(members) - len(shown)))
+    return views, under, max(0, len(groups) - INCIDENTS_SHOWN)
 
 
 REPAIRS_SHOWN = 30
@@ -790,7 +825,7 @@ def _with_defaults(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _section(conn: Connection, state: str, title: str, blurb: str, scope: Sequence[Item], limit: int,
-             runs: Runs, registry_ids: dict[str, int]) -> Section:
+             runs: Runs, registry_ids: dict[str, int], under: Collection[int] = ()) -> Section:
     mine = [i for i in scope if i.section == state]  # already in report order: severity, then age
     groups: dict[tuple[str, str | None], RepoGroup] = {}
     severity: Counter[str] = Counter()
@@ -803,7 +838,7 @@ def _section(conn: Connection, state: str, title: str, blurb: str, scope: Sequen
         g.kinds[it.kind] += 1
         severity[it.severity] += 1
     ranked = sorted(groups.values(), key=lambda g: (-g.severity["error"], -g.total, g.registry, g.repository or ""))
-    shown = mine[:limit]
+    shown = [i for i in mine if i.id not in under][:limit]
     cards = _cards(conn, shown, runs, registry_ids)
     nested: dict[str, dict[str | None, list[Card]]] = defaultdict(lambda: defaultdict(list))
     # registry by registry, repository by repository (registry-wide findings last), most severe first
@@ -814,7 +849,7 @@ def _section(conn: Connection, state: str, title: str, blurb: str, scope: Sequen
         nested[card.item.registry][card.item.repository].append(card)
     tree = [(reg, list(repos.items())) for reg, repos in nested.items()]
     return Section(state, title, blurb, len(mine), severity, ranked[:GROUP_LIMIT], max(0, len(ranked) - GROUP_LIMIT),
-                   tree, len(shown))
+                   tree, len(shown), sum(1 for i in mine if i.id in under))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -951,6 +986,7 @@ def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DE
     report.csv_name = csv_path.name
     shown = {card.item.id for s in report.sections for _reg, repos in s.groups for _repo, cards in repos
              for card in cards}
+    shown |= {card.item.id for v in report.incidents for card in v.cards}
     write_csv(conn, report.items, csv_path, shown)
     _atomic_write(out, render_report(report))
     return out
