@@ -683,7 +683,7 @@ def _load_items(conn: Connection, since: int) -> list[Item]:
     return [Item(*r) for r in conn.execute(q)]
 
 
-def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT) -> Report:
+def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT, fold: bool = True) -> Report:
     """Everything the report shows, about the latest finished run and the ``runs`` finished runs up to it."""
     run_info = Runs(conn)
     latest = run_info.latest
@@ -762,7 +762,8 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
                    resolved_per_run),
     ]
 
-    views, under, incidents_more = _incident_views(conn, scope, run_info, registry_ids)
+    # fold=False: the page as it was before incidents (benchmarks/bench_incidents.py compares the two)
+    views, under, incidents_more = _incident_views(conn, scope, run_info, registry_ids) if fold else ([], set(), 0)
     sections = [
         _section(conn, "new", "New", "Opened in this run, re-opened problems included.", scope, limit, run_info,
                  registry_ids, under),
@@ -789,7 +790,7 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
 def _incident_views(conn: Connection, scope: Sequence[Item], runs: Runs,
                     registry_ids: dict[str, int]) -> tuple[list[IncidentView], set[int], int]:
     """The incidents of the open findings, most errors first; the findings of an incident of two or more are
-    shown (collapsed) under it instead of one by one in their section."""
+    shown (collapsed, the first INCIDENT_CARDS) under it instead of one by one in their section."""
     from regindex import incidents as inc_mod
 
     open_items = {it.id: it for it in scope if it.resolved_run is None}
@@ -799,7 +800,8 @@ def _incident_views(conn: Connection, scope: Sequence[Item], runs: Runs,
     for g in groups[:INCIDENTS_SHOWN]:
         members = sorted((open_items[m.id] for m in g.members if m.id in open_items), key=_sort_key)
         shown = members[:INCIDENT_CARDS] if len(members) > 1 else []
-        under.update(m.id for m in shown)
+        if shown:
+            under.update(m.id for m in members)  # all of them: the incident stands for them (the CSV lists each)
         views.append(IncidentView(g, _cards(conn, shown, runs, registry_ids), len(members) - len(shown)))
     return views, under, max(0, len(groups) - INCIDENTS_SHOWN)
 
