@@ -140,6 +140,7 @@ def scan(
         verify_content=bool(verify_content if verify_content is not None else settings.verify_content),
         stale_upload_hours=stale_upload_hours or settings.stale_upload_hours or 168.0,
         allow_empty=allow_empty,
+        severity_rules=tuple(settings.severity),
     )
     metrics_path = metrics_path or (Path(settings.metrics) if settings.metrics else None)
     report_dir = report_dir or (Path(settings.report_dir) if settings.report_dir else None)
@@ -216,7 +217,7 @@ def _progress() -> Callable[[str], None]:
 
 
 FINDING_COLUMNS = ("key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
-                   "first_seen_run", "last_seen_run", "resolved_run", "detail", "ack")
+                   "first_seen_run", "last_seen_run", "resolved_run", "detail", "ack", "policy")
 TABLE_COLUMNS = ("state", "severity", "kind", "registry", "repository", "digest", "tag", "parent_digest",
                  "first_seen_run", "resolved_run", "acked")
 

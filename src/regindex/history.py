@@ -56,11 +56,11 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
             update(F)
             .where(F.c.id == bindparam("_id"))
             .values(last_seen_run=run_id, severity=bindparam("_sev"), detail=bindparam("_detail"),
-                    hint=bindparam("_hint"))
+                    hint=bindparam("_hint"), policy=bindparam("_policy"))
         )
         rows = [
             {"_id": open_rows[k].id, "_sev": current[k].severity, "_detail": current[k].detail_json(),
-             "_hint": current[k].hint}
+             "_hint": current[k].hint, "_policy": current[k].policy}
             for k in persisting
         ]
         for part in chunks(rows):
@@ -80,7 +80,7 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
                 "key": k, "episode": episode, "kind": f.kind, "severity": f.severity, "registry": f.registry,
                 "repository": f.repository, "digest": f.digest, "tag": f.tag, "parent_digest": f.parent_digest,
                 "detail": f.detail_json(), "hint": f.hint, "first_run": run_id, "last_seen_run": run_id,
-                "resolved_run": None,
+                "resolved_run": None, "policy": f.policy,
             }
         )
         if f.severity == "error":
@@ -119,7 +119,7 @@ def state_of(first_run: int, episode: int, resolved_run: int | None, latest_run:
 
 FINDING_KEYS = (
     "key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state", "first_seen_run",
-    "last_seen_run", "resolved_run", "detail", "ack",
+    "last_seen_run", "resolved_run", "detail", "ack", "policy",
 )
 STATES = ("open", "new", "persisting", "resolved")
 
@@ -178,7 +178,7 @@ def list_findings(
                 "state": state_of(r["first_run"], r["episode"], r["resolved_run"], latest),
                 "first_seen_run": r["first_run"], "last_seen_run": r["last_seen_run"],
                 "resolved_run": r["resolved_run"], "detail": detail, "hint": r["hint"],
-                "ack": _public_ack(acks.get(r["id"])),
+                "ack": _public_ack(acks.get(r["id"])), "policy": r["policy"],
             }
         )
     return out

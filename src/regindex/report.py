@@ -151,6 +151,7 @@ class Item:
     age_runs: int = 0
     age_days: int = 0
     ack: dict[str, Any] | None = None  # the active acknowledgement of an open finding (regindex ack)
+    policy: str | None = None  # the severity rule of the config file that graded it (None: built-in)
 
     @property
     def anchor(self) -> str:
@@ -173,8 +174,9 @@ def _with_detail(conn: Connection, items: Sequence[Item]) -> None:
     """Fill in the evidence and hint of these findings (kept out of the big read: most are never shown)."""
     by_id = {i.id: i for i in items}
     for part in chunks(sorted(by_id), 1000):
-        for fid, detail, hint in conn.execute(select(F.c.id, F.c.detail, F.c.hint).where(F.c.id.in_(list(part)))):
-            by_id[fid].detail, by_id[fid].hint = detail, hint
+        for fid, detail, hint, policy in conn.execute(
+                select(F.c.id, F.c.detail, F.c.hint, F.c.policy).where(F.c.id.in_(list(part)))):
+            by_id[fid].detail, by_id[fid].hint, by_id[fid].policy = detail, hint, policy
 
 
 def _sort_key(it: Item) -> tuple[Any, ...]:

@@ -46,12 +46,15 @@ class ScanOptions:
     allow_empty: bool = False
     max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
     now: datetime | None = None  # for tests: the clock of stale_upload
+    severity_rules: tuple[Any, ...] = ()  # regindex.policy.Rule, from the config file's [[severity]] tables
 
     def for_record(self) -> dict[str, Any]:
         d = asdict(self)
         d["base"] = str(self.base)
         d["caches"] = sorted(self.caches)
         d.pop("now")
+        if not d["severity_rules"]:
+            d.pop("severity_rules")
         return d
 
 
@@ -272,6 +275,9 @@ def _scan(
             conn, list(scanned.values()),
             checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now),
         )
+        from regindex.policy import grade
+
+        grade(found, opts.severity_rules)
         outcome.counts = history.apply(conn, run_id, found, set(scanned))
         outcome.open_errors = history.open_error_count(conn)
         outcome.acknowledged_errors = history.open_error_count(conn, acknowledged=True)
