@@ -412,3 +412,10 @@ def test_repair_and_undo_on_postgres(tmp_path, invoke):
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_quarantine_inside_the_storage_is_refused(gc_damaged, base, db_path, invoke):
+    before = snapshot(base)
+    r = invoke("repair", "--db", db_path, "--apply", "--quarantine", base / R / "docker/registry/v2/q", expect=2)
+    assert "inside the storage of a registry" in r.output
+    assert snapshot(base) == before

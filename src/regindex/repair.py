@@ -642,6 +642,8 @@ def apply(engine: Engine, db_url: str, sel: Selection, quarantine: Path | None,
         with engine.connect() as conn:
             targets = select_targets(conn, sel, incident_findings)
             run = latest_run(conn)
+            roots = [Path(r) for r in conn.execute(select(G.c.root)).scalars()]
+        _outside_storage(qdir, roots)
         batch = new_batch_id()
         batch_dir = qdir / batch
         steps: list[Step] = []
@@ -675,6 +677,16 @@ def apply(engine: Engine, db_url: str, sel: Selection, quarantine: Path | None,
             steps.append(step)
             echo(step)
         return Batch(batch, qdir if manifest else None, steps, applied=True)
+
+
+def _outside_storage(qdir: Path, roots: Sequence[Path]) -> None:
+    """A quarantine inside a registry's storage would be crawled (and served): refuse it."""
+    q = qdir.resolve()
+    for root in roots:
+        storage = root.resolve()
+        if q == storage or storage in q.parents:
+            raise RepairError(f"quarantine {qdir} is inside the storage of a registry ({root}): choose another "
+                              "--quarantine")
 
 
 def _prepare_quarantine(qdir: Path) -> None:
