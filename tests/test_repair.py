@@ -419,3 +419,16 @@ def test_quarantine_inside_the_storage_is_refused(gc_damaged, base, db_path, inv
     r = invoke("repair", "--db", db_path, "--apply", "--quarantine", base / R / "docker/registry/v2/q", expect=2)
     assert "inside the storage of a registry" in r.output
     assert snapshot(base) == before
+
+
+def test_restore_refuses_blob_data_that_is_a_symlink(base, db_path, invoke, tmp_path):
+    world = build_world(base)
+    child = world.api.children[0]
+    world.w.remove_revision("team/app/api", child.digest)
+    invoke("scan", base, "--db", db_path, "-q", expect=1)
+    data = base / R / "docker/registry/v2/blobs/sha256" / child.config[7:9] / child.config[7:] / "data"
+    elsewhere = tmp_path / "config-elsewhere"
+    data.rename(elsewhere)
+    data.symlink_to(elsewhere)
+    out = invoke("repair", "--db", db_path, "--kind", "orphan_index_child").output  # the dry run goes on
+    assert "refused" in out and "push again: team/app/api:v1" in out and "0 to do" in out

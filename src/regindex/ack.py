@@ -110,8 +110,8 @@ def select_findings(conn: Connection, sel: AckSelection,
     elif sel.incident is not None:
         if incident_findings is None:
             raise AckError("--incident needs the incidents module")
-        ids = incident_findings(conn, sel.incident)
-        rows = [r for r in conn.execute(q) if r.id in set(ids)]
+        ids = set(incident_findings(conn, sel.incident))
+        rows = [r for r in conn.execute(q) if r.id in ids]
     else:
         if not (sel.kind and sel.registry):
             raise AckError("--kind and --registry go together (an acknowledgement never spans every registry)")

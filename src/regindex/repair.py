@@ -419,13 +419,15 @@ def check_layer(t: Target) -> Step:
         return _not(step, SKIPPED, "the link directory is gone (already removed?)")
     except Unsafe as exc:
         return _not(step, REFUSED, str(exc))
+    except OSError as exc:
+        return _not(step, REFUSED, f"cannot read it: {exc.strerror or exc}")
     parsed = parse_link(raw)
     step.detail["link_bytes"] = raw.decode("ascii", "replace") if parsed.state.value == "ok" else parsed.preview
     try:
         path_data = _exists(t.v2, _blob_rel(t.digest))
         target = parsed.target if parsed.state.value == "ok" else None
         target_data = _exists(t.v2, _blob_rel(target)) if target else False
-    except Unsafe as exc:
+    except (Unsafe, OSError) as exc:
         return _not(step, REFUSED, f"cannot tell whether the blob data is there: {exc}")
     same_alg = target is not None and target.split(":")[0] == t.digest.split(":")[0]
     orphan = (target is not None and not target_data) or (not path_data and (target is None or same_alg))
@@ -492,6 +494,8 @@ def check_child(t: Target) -> Step:
         return _not(step, SKIPPED, f"{Path(exc.filename or '').name or 'a file'} it needs is gone: {push_again}")
     except Unsafe as exc:
         return _not(step, REFUSED, str(exc))
+    except OSError as exc:  # a symlink where data should be (O_NOFOLLOW), permissions: never followed, never forced
+        return _not(step, REFUSED, f"cannot read what it needs ({exc.strerror or exc}): {push_again}")
     step.detail.update(blobs=len(blobs), tags=tags)
     if gone or bad:
         what = []
