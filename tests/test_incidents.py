@@ -90,3 +90,27 @@ def test_report_opens_with_incidents_and_folds_their_cards(base, scan, invoke, d
     assert 'class="finding ' not in new  # folded under the incident, not repeated
     assert 'data-under-incidents="24"' in new  # 18 under the GC incident, 6 unreferenced blobs under theirs
     assert html.count('data-finding="') == len(set(re.findall(r'data-finding="(\d+)"', html)))
+
+
+def test_report_csv_names_each_open_finding_s_incident(base, scan, invoke, db_path, tmp_path):
+    import csv
+
+    world = build_world(base)
+    scan()
+    CASES["gc_delete_untagged"](world)
+    scan()
+    invoke("ack", "--kind", "orphan_layer_link", "--registry", R, "--repository", "team/app/web", "--db", db_path,
+           "--reason", "known")
+    out = tmp_path / "r.html"
+    invoke("report", "--db", db_path, "--out", out)
+    import io
+
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text(encoding="utf-8"))))
+    by_incident = {i["id"]: set(i["finding_keys"]) for i in incidents(invoke, db_path)}
+    open_rows = [r for r in rows if r["state"] != "resolved"]
+    assert open_rows and all(r["incident"] in by_incident for r in open_rows)
+    gc = next(i for i in incidents(invoke, db_path) if i["family"] == "gc")
+    assert sum(1 for r in open_rows if r["incident"] == gc["id"]) == gc["findings"] == 18
+    assert {r["acknowledged"].split(":")[1].strip() for r in open_rows
+            if r["kind"] == "orphan_layer_link" and r["repository"] == "team/app/web"} == {"known"}
+    assert all(r["policy"] == "" for r in rows)

@@ -152,6 +152,14 @@ class Item:
     age_days: int = 0
     ack: dict[str, Any] | None = None  # the active acknowledgement of an open finding (regindex ack)
     policy: str | None = None  # the severity rule of the config file that graded it (None: built-in)
+    incident: str | None = None  # the id of its incident (regindex incidents), for open findings
+
+    @property
+    def acknowledged(self) -> str:
+        if not self.ack:
+            return ""
+        until = f" (until {self.ack['until']})" if self.ack.get("until") else ""
+        return f"{self.ack['by']}: {self.ack['reason']}{until}"
 
     @property
     def anchor(self) -> str:
@@ -796,9 +804,14 @@ def _incident_views(conn: Connection, scope: Sequence[Item], runs: Runs,
     from regindex import incidents as inc_mod
 
     open_items = {it.id: it for it in scope if it.resolved_run is None}
-    groups = [g for g in inc_mod.group(conn, open_items) if g.errors or g.severity["warning"] or len(g.members) > 1]
+    every = inc_mod.group(conn, open_items)
+    groups = [g for g in every if g.errors or g.severity["warning"] or len(g.members) > 1]
     views: list[IncidentView] = []
     under: set[int] = set()
+    for g in every:
+        for m in g.members:
+            if m.id in open_items:
+                open_items[m.id].incident = g.id
     for g in groups[:INCIDENTS_SHOWN]:
         members = sorted((open_items[m.id] for m in g.members if m.id in open_items), key=_sort_key)
         shown = members[:INCIDENT_CARDS] if len(members) > 1 else []
@@ -945,7 +958,7 @@ def render(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT
 
 CSV_COLUMNS = ("state", "severity", "kind", "registry", "repository", "digest", "tag", "parent_digest",
                "first_run", "last_seen_run", "resolved_run", "episode", "age_runs", "age_days", "hint", "detail",
-               "anchor")
+               "policy", "acknowledged", "incident", "anchor")
 
 
 def _csv_cell(v: Any) -> Any:
