@@ -228,9 +228,12 @@ def _describe(conn: Connection, incidents: list[Incident], child_data_kept: dict
             if can:
                 steps.append(f"restores the revision links of the {_plural(can, 'child', 'children')} whose "
                              "manifest and blobs were all kept")
-            push = f"push again: {', '.join(inc.tags[:20])}" if inc.tags else ""
-            if len(inc.tags) > 20:
-                push += f" (+{len(inc.tags) - 20} more)"
+            if len(inc.tags) == 1:
+                push = f"push again: {inc.tags[0]}"
+            elif inc.tags:
+                push = f"push again the {len(inc.tags)} tags whose pulls fail ({inc.tags[0]}, …)"
+            else:
+                push = ""
             if steps:
                 inc.command = f"regindex repair --incident {inc.id} --apply"
                 inc.next_step = " and ".join(steps) + " (without --apply: a dry run)" + (f"; then {push}" if push
