@@ -298,12 +298,12 @@ def test_quarantine_on_another_filesystem_is_copied_fsynced_then_removed(gc_dama
 
 
 def test_same_filesystem_rename_failure_is_recorded_not_raised(gc_damaged, db_path, invoke, monkeypatch):
-    from regindex import repair as rp
+    from regindex import safefs
 
     def refuse(*_a, **_k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(rp, "_rename", refuse)
+    monkeypatch.setattr(safefs, "rename", refuse)
     r = invoke("repair", "--db", db_path, "--apply", expect=1)
     assert "0 done, 0 skipped, 0 refused, 12 failed" in r.output and "Traceback" not in r.output
     rows = json.loads(invoke("repairs", "--db", db_path, "--format", "json").output)

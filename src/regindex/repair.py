@@ -23,8 +23,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -38,6 +37,22 @@ from regindex.errors import RepairError
 from regindex.layout import LinkKind, link_path, parse_link
 from regindex.manifests import KIND_IMAGE, parse_manifest
 from regindex.models import Finding, RepairAction, Registry, table
+from regindex.safefs import (
+    DIR_FLAGS,
+    MAX_LINK_FILE,
+    Unsafe,
+    describe_files,
+    fsync_dir,
+    flat_files,
+    hash_at,
+    lstat_at,
+    makedirs,
+    move_dir,
+    opened_dir,
+    parts_of,
+    read_at,
+    rename,
+)
 from regindex.store import as_utc, utcnow
 
 F = table(Finding)
@@ -54,200 +69,10 @@ WOULD, DONE, SKIPPED, REFUSED, FAILED = "would", "done", "skipped", "refused", "
 READY = "ready"
 QUARANTINE_DIRNAME = "regindex-quarantine"
 MANIFEST_NAME = "manifest.json"
-MAX_LINK_FILE = 64 * 1024  # a layer directory holds one small link file; anything bigger is not moved blindly
 MAX_MANIFEST = 64 * 1024 * 1024
 GC_NOTE = ("a later `garbage-collect --delete-untagged` removes this revision link again while the child has no "
            "tag of its own (tag it, or run garbage-collect without --delete-untagged)")
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0)
-_FILE_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Filesystem primitives: nothing is followed, everything is relative to a directory descriptor
-
-
-class Unsafe(Exception):
-    """A path component is a symlink or not what it should be: the action is refused, nothing is touched."""
-
-
-def _parts(rel: str | PurePosixPath) -> list[str]:
-    parts = list(PurePosixPath(rel).parts)
-    if not parts or any(p in ("", ".", "..") or "\0" in p for p in parts):
-        raise Unsafe(f"not a path inside the storage root: {rel!r}")
-    return parts
-
-
-def _open_dir(root: Path, parts: Sequence[str]) -> int:
-    """A descriptor of ``root/parts...``; each component is opened without following a symlink.
-
-    FileNotFoundError when a component is missing, Unsafe when one is a symlink or not a directory."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        done: list[str] = []
-        for p in parts:
-            try:
-                nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-                    raise Unsafe(f"{'/'.join([*done, p])} is a symlink or not a directory (never followed)") from None
-                raise
-            os.close(fd)
-            fd = nfd
-            done.append(p)
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-@contextmanager
-def _dir(root: Path, parts: Sequence[str]) -> Iterator[int]:
-    fd = _open_dir(root, parts)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _lstat_at(root: Path, rel: str | PurePosixPath) -> os.stat_result | None:
-    """lstat of ``root/rel`` without following any symlink on the way; None when it (or a parent) is missing.
-    Unsafe when a parent is a symlink: whether it exists cannot be told without following it."""
-    parts = _parts(rel)
-    try:
-        with _dir(root, parts[:-1]) as fd:
-            return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def _read_at(dir_fd: int, name: str, limit: int) -> bytes:
-    fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Unsafe(f"{name} is not a regular file")
-        if st.st_size > limit:
-            raise Unsafe(f"{name} is {st.st_size} bytes, more than the {limit} this action reads")
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise Unsafe(f"{name} grew past {limit} bytes while being read")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _hash_at(dir_fd: int, name: str, alg: str) -> tuple[str, int]:
-    """(digest, size) of a regular file, streamed."""
-    fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Unsafe(f"{name} is not a regular file")
-        h, size = hashlib.new(alg), 0
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            h.update(chunk)
-            size += len(chunk)
-        return f"{alg}:{h.hexdigest()}", size
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path | int) -> None:
-    fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        if not isinstance(path, int):
-            os.close(fd)
-
-
-def _rename(src: str, dst: str, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
-    os.rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
-
-
-def _flat_files(dir_fd: int) -> list[tuple[str, os.stat_result]]:
-    """The entries of a directory repair may move: regular files only (a layer directory holds its link)."""
-    out = []
-    for name in sorted(os.listdir(dir_fd)):
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode):
-            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-            raise Unsafe(f"{name} in it is {what}: not moved")
-        out.append((name, st))
-    return out
-
-
-def _describe_files(dir_fd: int) -> list[dict[str, Any]]:
-    files = []
-    for name, st in _flat_files(dir_fd):
-        data = _read_at(dir_fd, name, MAX_LINK_FILE)
-        files.append({"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                      "mode": oct(stat.S_IMODE(st.st_mode))})
-    return files
-
-
-def _move_dir(src_parent_fd: int, name: str, dst_parent_fd: int, dst_name: str) -> str:
-    """Move directory ``name`` (flat, regular files only) to ``dst_name``: one rename on the same filesystem;
-    across filesystems copy, fsync, verify, then remove the source. Returns "rename" or "copy"."""
-    try:
-        os.stat(dst_name, dir_fd=dst_parent_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        pass
-    else:
-        raise Unsafe(f"{dst_name} already exists at the destination: not overwritten")
-    try:
-        _rename(name, dst_name, src_dir_fd=src_parent_fd, dst_dir_fd=dst_parent_fd)
-        os.fsync(src_parent_fd)
-        os.fsync(dst_parent_fd)
-        return "rename"
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-    src_fd = os.open(name, _DIR_FLAGS, dir_fd=src_parent_fd)
-    try:
-        files = _flat_files(src_fd)
-        os.mkdir(dst_name, stat.S_IMODE(os.fstat(src_fd).st_mode), dir_fd=dst_parent_fd)
-        dst_fd = os.open(dst_name, _DIR_FLAGS, dir_fd=dst_parent_fd)
-        try:
-            for fname, st in files:
-                data = _read_at(src_fd, fname, MAX_LINK_FILE)
-                out = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-                              stat.S_IMODE(st.st_mode), dir_fd=dst_fd)
-                try:
-                    os.write(out, data)
-                    os.fchmod(out, stat.S_IMODE(st.st_mode))
-                    os.fsync(out)
-                finally:
-                    os.close(out)
-                os.utime(fname, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_fd)
-                if _read_at(dst_fd, fname, MAX_LINK_FILE) != data:
-                    raise OSError(errno.EIO, f"copy of {fname} does not read back the same")
-            os.fsync(dst_fd)
-        finally:
-            os.close(dst_fd)
-        os.fsync(dst_parent_fd)
-        for fname, _st in files:
-            os.unlink(fname, dir_fd=src_fd)
-    finally:
-        os.close(src_fd)
-    os.rmdir(name, dir_fd=src_parent_fd)
-    os.fsync(src_parent_fd)
-    return "copy"
-
-
-def _makedirs(root: Path, parts: Sequence[str], mode: int) -> None:
-    """mkdir -p inside a quarantine directory regindex owns."""
-    path = root.joinpath(*parts)
-    path.mkdir(mode=mode, parents=True, exist_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,7 +216,7 @@ def resolve_key(conn: Connection, value: str) -> int:
 
 def _exists(v2: Path, rel: str | PurePosixPath) -> bool:
     """Whether something is at ``rel`` (a symlink counts: it is not followed, and not called missing)."""
-    return _lstat_at(v2, rel) is not None
+    return lstat_at(v2, rel) is not None
 
 
 def _blob_rel(digest: str) -> PurePosixPath:
@@ -403,18 +228,18 @@ def check_layer(t: Target) -> Step:
     link file is there and regular, and the blob data it would serve is gone (the orphan_layer_links view)."""
     rel_dir = str(link_path(LinkKind.LAYER, t.repository, t.digest, None).parent)
     step = Step(t, QUARANTINE, rel_dir, READY)
-    parts = _parts(rel_dir)
+    parts = parts_of(rel_dir)
     try:
-        with _dir(t.v2, parts) as fd:
-            files = _flat_files(fd)
+        with opened_dir(t.v2, parts) as fd:
+            files = flat_files(fd)
             names = [n for n, _st in files]
             if "link" not in names:
                 return _not(step, SKIPPED, "the link file is gone (already removed?)")
             if names != ["link"]:
                 return _not(step, REFUSED, f"the directory holds more than its link ({', '.join(names)}): look at "
                                            "it by hand")
-            raw = _read_at(fd, "link", MAX_LINK_FILE)
-            step.detail["files"] = _describe_files(fd)
+            raw = read_at(fd, "link", MAX_LINK_FILE)
+            step.detail["files"] = describe_files(fd)
     except FileNotFoundError:
         return _not(step, SKIPPED, "the link directory is gone (already removed?)")
     except Unsafe as exc:
@@ -455,15 +280,15 @@ def check_child(t: Target) -> Step:
         if _exists(t.v2, rel):
             return _not(step, SKIPPED, "a revision link for the child exists again")
         index_rel = link_path(LinkKind.REVISION, t.repository, t.parent_digest or "", None)
-        iparts = _parts(index_rel)
-        with _dir(t.v2, iparts[:-1]) as ifd:
-            if parse_link(_read_at(ifd, "link", MAX_LINK_FILE)).target != t.parent_digest:
+        iparts = parts_of(index_rel)
+        with opened_dir(t.v2, iparts[:-1]) as ifd:
+            if parse_link(read_at(ifd, "link", MAX_LINK_FILE)).target != t.parent_digest:
                 return _not(step, SKIPPED, "the index's own revision link is gone or changed")
             ist = os.stat("link", dir_fd=ifd, follow_symlinks=False)
         alg = t.digest.split(":")[0]
-        bparts = _parts(_blob_rel(t.digest))
-        with _dir(t.v2, bparts[:-1]) as bfd:
-            raw = _read_at(bfd, "data", MAX_MANIFEST)
+        bparts = parts_of(_blob_rel(t.digest))
+        with opened_dir(t.v2, bparts[:-1]) as bfd:
+            raw = read_at(bfd, "data", MAX_MANIFEST)
         if f"{alg}:{hashlib.new(alg, raw).hexdigest()}" != t.digest:
             return _not(step, REFUSED, f"the child's manifest data does not hash to its digest: {push_again}")
         pm = parse_manifest(raw)
@@ -473,20 +298,20 @@ def check_child(t: Target) -> Step:
         blobs = [r for r in pm.refs if r.role in ("config", "layer") and not r.foreign]
         gone, bad, unlinked = [], [], []
         for ref in blobs:
-            st = _lstat_at(t.v2, _blob_rel(ref.digest))
+            st = lstat_at(t.v2, _blob_rel(ref.digest))
             if st is None:
                 gone.append(ref.digest)
                 continue
-            dparts = _parts(_blob_rel(ref.digest))
-            with _dir(t.v2, dparts[:-1]) as dfd:
-                got, size = _hash_at(dfd, "data", ref.digest.split(":")[0])
+            dparts = parts_of(_blob_rel(ref.digest))
+            with opened_dir(t.v2, dparts[:-1]) as dfd:
+                got, size = hash_at(dfd, "data", ref.digest.split(":")[0])
             if got != ref.digest or (ref.size is not None and size != ref.size):
                 bad.append(ref.digest)
             lrel = link_path(LinkKind.LAYER, t.repository, ref.digest, None)
-            lparts = _parts(lrel)
+            lparts = parts_of(lrel)
             try:
-                with _dir(t.v2, lparts[:-1]) as lfd:
-                    if parse_link(_read_at(lfd, "link", MAX_LINK_FILE)).target != ref.digest:
+                with opened_dir(t.v2, lparts[:-1]) as lfd:
+                    if parse_link(read_at(lfd, "link", MAX_LINK_FILE)).target != ref.digest:
                         unlinked.append(ref.digest)
             except FileNotFoundError:
                 unlinked.append(ref.digest)
@@ -561,25 +386,25 @@ class _Manifest:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
 
 def _do_quarantine(step: Step, batch_dir: Path) -> None:
     t = step.target
-    parts = _parts(step.path)
+    parts = parts_of(step.path)
     dest_parts = [t.registry, *parts]
-    _makedirs(batch_dir, dest_parts[:-1], 0o700)
-    with _dir(t.v2, parts[:-1]) as src_fd, _dir(batch_dir, dest_parts[:-1]) as dst_fd:
-        step.detail["moved_by"] = _move_dir(src_fd, parts[-1], dst_fd, parts[-1])
+    makedirs(batch_dir, dest_parts[:-1], 0o700)
+    with opened_dir(t.v2, parts[:-1]) as src_fd, opened_dir(batch_dir, dest_parts[:-1]) as dst_fd:
+        step.detail["moved_by"] = move_dir(src_fd, parts[-1], dst_fd, parts[-1])
     step.quarantine_path = str(batch_dir.joinpath(*dest_parts))
 
 
 def _do_restore(step: Step) -> None:
     t = step.target
-    parts = _parts(step.path)  # repositories/<repo>/_manifests/revisions/<alg>/<hex>/link
+    parts = parts_of(step.path)  # repositories/<repo>/_manifests/revisions/<alg>/<hex>/link
     revisions = parts[:-3]
     created: list[str] = []
-    with _dir(t.v2, revisions) as rfd:
+    with opened_dir(t.v2, revisions) as rfd:
         dir_mode = stat.S_IMODE(os.fstat(rfd).st_mode)
         st_parent = os.fstat(rfd)
         cur = os.dup(rfd)
@@ -592,7 +417,7 @@ def _do_restore(step: Step) -> None:
                     created.append("/".join(parts[: len(revisions) + i + 1]))
                 except FileExistsError:
                     pass
-                nfd = os.open(name, _DIR_FLAGS, dir_fd=cur)
+                nfd = os.open(name, DIR_FLAGS, dir_fd=cur)
                 os.close(cur)
                 cur = nfd
             mode = int(step.detail["mode"], 8)
@@ -773,47 +598,47 @@ def undo(engine: Engine, db_url: str, ref: str, quarantine: Path | None,
 
 def _undo_quarantine(r: dict[str, Any]) -> None:
     v2 = Path(r["root"])
-    parts = _parts(r["path"])
+    parts = parts_of(r["path"])
     qpath = Path(r["quarantine_path"] or "")
     if not qpath.is_absolute():
         raise RepairError("the action has no quarantine path")
-    if _lstat_at(v2, r["path"]) is not None:
+    if lstat_at(v2, r["path"]) is not None:
         raise RepairError(f"{r['path']} appeared again since the repair (a push re-created it): not overwritten")
     expected = {f["name"]: f for f in json.loads(r["detail"] or "{}").get("files", [])}
-    with _dir(qpath.parent, []) as qparent_fd:
-        qfd = os.open(qpath.name, _DIR_FLAGS, dir_fd=qparent_fd)
+    with opened_dir(qpath.parent, []) as qparent_fd:
+        qfd = os.open(qpath.name, DIR_FLAGS, dir_fd=qparent_fd)
         try:
-            now = {f["name"]: f for f in _describe_files(qfd)}
+            now = {f["name"]: f for f in describe_files(qfd)}
         finally:
             os.close(qfd)
         if {k: v["sha256"] for k, v in now.items()} != {k: v["sha256"] for k, v in expected.items()}:
             raise RepairError(f"the quarantined copy in {qpath} changed since it was moved: not put back")
-        with _dir(v2, parts[:-1]) as dst_fd:
-            _move_dir(qparent_fd, qpath.name, dst_fd, parts[-1])
+        with opened_dir(v2, parts[:-1]) as dst_fd:
+            move_dir(qparent_fd, qpath.name, dst_fd, parts[-1])
 
 
 def _undo_restore(r: dict[str, Any], undo_dir: Path) -> str:
     v2 = Path(r["root"])
-    parts = _parts(r["path"])
+    parts = parts_of(r["path"])
     detail = json.loads(r["detail"] or "{}")
-    with _dir(v2, parts[:-1]) as fd:
-        if _read_at(fd, "link", MAX_LINK_FILE) != (r["digest"] or "").encode():
+    with opened_dir(v2, parts[:-1]) as fd:
+        if read_at(fd, "link", MAX_LINK_FILE) != (r["digest"] or "").encode():
             raise RepairError(f"{r['path']} changed since it was written: not undone")
         _prepare_quarantine(undo_dir.parent)
         dest_parts = [r["registry"], *parts]
-        _makedirs(undo_dir, dest_parts[:-1], 0o700)
-        with _dir(undo_dir, dest_parts[:-1]) as qfd:
+        makedirs(undo_dir, dest_parts[:-1], 0o700)
+        with opened_dir(undo_dir, dest_parts[:-1]) as qfd:
             try:
                 os.stat("link", dir_fd=qfd, follow_symlinks=False)
                 raise RepairError(f"{undo_dir} already holds that link")
             except FileNotFoundError:
                 pass
             try:
-                _rename("link", "link", src_dir_fd=fd, dst_dir_fd=qfd)
+                rename("link", "link", src_dir_fd=fd, dst_dir_fd=qfd)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
-                data = _read_at(fd, "link", MAX_LINK_FILE)
+                data = read_at(fd, "link", MAX_LINK_FILE)
                 st = os.stat("link", dir_fd=fd, follow_symlinks=False)
                 out = os.open("link", os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IMODE(st.st_mode), dir_fd=qfd)
                 try:
@@ -825,8 +650,8 @@ def _undo_restore(r: dict[str, Any], undo_dir: Path) -> str:
             os.fsync(qfd)
         os.fsync(fd)
     for d in sorted(detail.get("created_dirs", []), key=len, reverse=True):
-        dparts = _parts(d)
-        with _dir(v2, dparts[:-1]) as pfd:
+        dparts = parts_of(d)
+        with opened_dir(v2, dparts[:-1]) as pfd:
             try:
                 os.rmdir(dparts[-1], dir_fd=pfd)  # only if still empty: anything that appeared since stays
             except OSError as exc:
