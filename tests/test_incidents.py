@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from .test_checks import CASES, R, build_world
+from .test_postgres import pg_url  # noqa: F401  (fixture)
 
 
 def incidents(invoke, db_path, *extra):
@@ -114,3 +117,20 @@ def test_report_csv_names_each_open_finding_s_incident(base, scan, invoke, db_pa
     assert {r["acknowledged"].split(":")[1].strip() for r in open_rows
             if r["kind"] == "orphan_layer_link" and r["repository"] == "team/app/web"} == {"known"}
     assert all(r["policy"] == "" for r in rows)
+
+
+@pytest.mark.postgres
+def test_incidents_on_postgres_match_sqlite(pg_url, base, invoke, tmp_path):
+    world = build_world(base)
+    invoke("scan", base, "--db", pg_url, "-q")
+    lite = tmp_path / "lite.db"
+    invoke("scan", base, "--db", lite, "-q")
+    CASES["gc_delete_untagged"](world)
+    invoke("scan", base, "--db", pg_url, "-q", expect=1)
+    invoke("scan", base, "--db", lite, "-q", expect=1)
+    pg, sq = incidents(invoke, pg_url), incidents(invoke, lite)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "started_at"} for r in rows]  # noqa: E731
+    assert strip(pg) == strip(sq) and pg[0]["errors"] == 18
+    out = tmp_path / "r.html"
+    invoke("report", "--db", pg_url, "--out", out)
+    assert f'data-incident="{pg[0]["id"]}"' in out.read_text()
