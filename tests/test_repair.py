@@ -142,7 +142,9 @@ def test_dry_run_changes_nothing_and_says_exactly_what_it_would_do(gc_damaged, b
     v2 = (base / R / "docker" / "registry" / "v2").absolute()
     for f in orphans:
         hex_ = f["digest"].split(":")[1]
-        assert f"would move {v2}/repositories/{f['repository']}/_layers/sha256/{hex_}/ -> " in out
+        rel = f"repositories/{f['repository']}/_layers/sha256/{hex_}"
+        q = db_path.parent.absolute() / "regindex-quarantine"
+        assert f"would move {v2}/{rel}/ -> {q}/<batch>/{R}/{rel}/  [{R}/{f['repository']}]" in out
     assert out.splitlines()[0].startswith("dry run")
     assert f"{len(orphans)} to do, 0 skipped, 0 refused" in out
     r = create_engine(f"sqlite:///{db_path}")

@@ -350,6 +350,8 @@ def demo(directory: Path | None, force: bool) -> None:
     result = run_demo(directory, force=force, echo=click.echo)
     click.echo(f"database: {result.db_path}")
     click.echo(f"try:      regindex findings --db {result.db_path} --state new")
+    click.echo(f"          regindex incidents --db {result.db_path}")
+    click.echo(f"          regindex repair --db {result.db_path}    (a dry run: prints what --apply would do)")
     if result.report_path:
         click.echo(f"report:   {result.report_path}")
 

@@ -71,8 +71,12 @@ def repair(db: str | None, config_path: str | None, kinds: tuple[str, ...], regi
         return
     sel = rp.Selection(kinds, registries, repositories, keys, incidents)
     if not do_apply:
+        try:
+            qdir: Path | None = quarantine or rp.default_quarantine(url)
+        except rp.RepairError:
+            qdir = None  # PostgreSQL without --quarantine: --apply will ask for one
         with dbmod.reader(url) as conn:
-            steps = rp.plan(conn, sel, _incident_findings())
+            steps = rp.plan(conn, sel, _incident_findings(), qdir)
         click.echo("dry run: nothing is changed (add --apply to do it)")
         for s in steps:
             _echo_lines(rp.describe(s, applied=False))

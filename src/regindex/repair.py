@@ -347,8 +347,10 @@ CHECKS: dict[str, Callable[[Target], Step]] = {LAYER: check_layer, CHILD: check_
 
 
 def plan(conn: Connection, sel: Selection,
-         incident_findings: Callable[[Connection, str], list[int]] | None = None) -> list[Step]:
-    """The dry run: what ``--apply`` would do now, each step checked on disk."""
+         incident_findings: Callable[[Connection, str], list[int]] | None = None,
+         quarantine: Path | None = None) -> list[Step]:
+    """The dry run: what ``--apply`` would do now, each step checked on disk (``quarantine``: where moved
+    directories would go; the batch id is only made by ``--apply``)."""
     steps, seen = [], set()
     for t in select_targets(conn, sel, incident_findings):
         step = CHECKS[t.kind](t)
@@ -358,6 +360,8 @@ def plan(conn: Connection, sel: Selection,
             if where in seen:
                 step.reason = "the same path as a step above"
         seen.add(where)
+        if step.outcome == WOULD and step.action == QUARANTINE and quarantine is not None:
+            step.quarantine_path = str(quarantine.absolute() / "<batch>" / t.registry / step.path)
         steps.append(step)
     return steps
 
