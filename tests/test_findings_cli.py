@@ -175,3 +175,23 @@ def test_postgres_findings_runs_history(pg_url, base, invoke):  # noqa: F811
     assert runs[0]["started_at"].endswith("Z") and runs[0]["open_errors"] == len(fs("--severity", "error"))
     data = json.loads(invoke("history", "library/base:latest", "--db", pg_url, "--format", "json").output)
     assert [f["kind"] for f in data["findings"] if f["tag"] == "latest"] == ["dangling_tag"]
+
+
+def test_runs_keep_the_open_errors_each_summary_printed(story, base, invoke, db_path, findings, tmp_path):
+    """A later policy re-grade or acknowledgement does not rewrite what an earlier run's summary said."""
+    printed = []
+    for _ in range(2):
+        r = invoke("scan", base, "--db", db_path, expect=1)
+        printed.append(int(re.search(r"(\d+) open errors", r.output).group(1)))
+    err = next(f for f in findings("--severity", "error") if f["kind"] == "dangling_tag")
+    invoke("ack", err["key"], "--db", db_path, "--reason", "known")
+    cfg = tmp_path / "policy.toml"
+    cfg.write_text('[[severity]]\nkind = "orphan_layer_link"\nseverity = "info"\n')
+    r = invoke("scan", base, "--db", db_path, "--config", cfg, expect=None)
+    printed.append(int(re.search(r"(\d+) open errors", r.output).group(1)))
+    assert printed[2] < printed[1]  # the ack and the re-grade took effect ...
+    runs = json.loads(invoke("runs", "--db", db_path, "--format", "json").output)
+    by_id = {x["id"]: x["open_errors"] for x in runs}
+    latest = max(by_id)
+    # ... and each run still shows what its own summary line printed
+    assert [by_id[latest - 2], by_id[latest - 1], by_id[latest]] == printed

@@ -266,8 +266,9 @@ def list_findings(conn: Connection, query: FindingQuery | None = None, **kwargs:
 
 
 def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
-    """Runs, newest first, with ISO 8601 UTC times and ``open_errors``: error findings open as of each finished
-    run (counted from the findings, with their latest severity), the number the scan's summary line prints."""
+    """Runs, newest first, with ISO 8601 UTC times and ``open_errors``: the unacknowledged open errors the scan's
+    summary line printed (stored by the run; runs recorded before that column existed are recounted from the
+    findings, with their latest severity)."""
     import json
 
     from regindex.models import Run
@@ -276,7 +277,7 @@ def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
 
     R = table(Run)
     rows = [dict(r) for r in conn.execute(select(R).order_by(R.c.id.desc()).limit(limit)).mappings()]
-    finished = [r["id"] for r in rows if r["status"] in ("complete", "partial")]
+    finished = [r["id"] for r in rows if r["status"] in ("complete", "partial") and r["open_errors"] is None]
     errors: dict[int, int] = {}
     for part in chunks(finished, 500):
         q = (
@@ -288,7 +289,10 @@ def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
         errors.update({rid: int(n) for rid, n in conn.execute(q)})
     for r in rows:
         r["started_at"], r["finished_at"] = iso(as_utc(r["started_at"])), iso(as_utc(r["finished_at"]))
-        r["open_errors"] = errors.get(r["id"], 0) if r["status"] in ("complete", "partial") else None
+        if r["status"] not in ("complete", "partial"):
+            r["open_errors"] = None
+        elif r["open_errors"] is None:
+            r["open_errors"] = errors.get(r["id"], 0)
         if r["duration_seconds"] is not None:
             r["duration_seconds"] = round(r["duration_seconds"], 2)
         if r.get("options"):
