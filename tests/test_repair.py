@@ -434,3 +434,27 @@ def test_restore_refuses_blob_data_that_is_a_symlink(base, db_path, invoke, tmp_
     data.symlink_to(elsewhere)
     out = invoke("repair", "--db", db_path, "--kind", "orphan_index_child").output  # the dry run goes on
     assert "refused" in out and "push again: team/app/api:v1" in out and "0 to do" in out
+
+
+@pytest.mark.parametrize("where", ["unwritable", "proc", "under_a_file"])
+def test_a_quarantine_that_cannot_be_written_is_one_line_before_any_step(gc_damaged, base, db_path, invoke,
+                                                                          tmp_path, where):
+    if where == "unwritable":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a mode 0555 directory")
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        q = ro / "q"
+    elif where == "proc":
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc")
+        q = Path("/proc/regindex-quarantine")
+    else:
+        (tmp_path / "afile").write_text("x")
+        q = tmp_path / "afile" / "q"
+    before = snapshot(base)
+    r = invoke("repair", "--db", db_path, "--apply", "--quarantine", q, expect=2)
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: quarantine {q}"), r.output
+    assert snapshot(base) == before
+    assert json.loads(invoke("repairs", "--db", db_path, "--format", "json").output) == []  # no step was tried
