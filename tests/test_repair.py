@@ -193,7 +193,7 @@ def test_filters(gc_damaged, db_path, invoke, findings):
     r = invoke("repair", "--db", db_path, "--registry", "nope", expect=2)
     assert "unknown registry 'nope'" in r.output
     r = invoke("repair", "--db", db_path, "--finding", "zz", expect=2)
-    assert "at least 8 hex digits" in r.output
+    assert "first 8 hex digits" in r.output
     r = invoke("repair", "--db", db_path, "--finding", "0" * 12, expect=2)
     assert "no open finding" in r.output
     child = findings("--kind", "orphan_index_child")[0]["key"]

@@ -199,8 +199,8 @@ def resolve_key(conn: Connection, value: str) -> int:
     """The open episode of the finding whose key is ``value`` (or starts with it: 8 hex digits or more)."""
     v = value.strip().lower()
     if len(v) < 8 or any(c not in "0123456789abcdef" for c in v):
-        raise RepairError(f"--finding {value!r}: give a finding key (at least 8 hex digits; `findings --format json`"
-                          " shows them)")
+        raise RepairError(f"{value!r} is not a finding key: give at least its first 8 hex digits (`findings -v` "
+                          "and `findings --format json` show keys)")
     rows = list(conn.execute(select(F.c.id, F.c.key).where(F.c.resolved_run.is_(None), F.c.key.like(v + "%"))))
     keys = {r.key for r in rows}
     if not rows:
