@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from regindex import db as dbmod
 from regindex import output
-from regindex.cli import EXIT_FINDINGS, _db, cli, config_option, core_errors, db_option, format_option
+from regindex.cli import EXIT_FINDINGS, Failure, _db, cli, config_option, core_errors, db_option, format_option
 
 
 def _incident_findings() -> Callable[[Connection, str], list[int]]:
@@ -214,6 +214,11 @@ def incidents(db: str | None, config_path: str | None, registries: tuple[str, ..
     from regindex import incidents as inc
 
     with dbmod.reader(_db(db, config_path)) as conn:
+        known = set(conn.exec_driver_sql("SELECT name FROM registries").scalars())
+        unknown = [r for r in registries if r not in known]
+        if unknown:
+            raise Failure(
+                f"unknown registry {unknown[0]!r}; registries: {', '.join(sorted(known)) or 'none yet'}")
         rows = [i.as_row() for i in inc.group(conn, registries=registries)]
     click.echo(output.render(rows, inc.INCIDENT_COLUMNS if fmt != "table" else inc.TABLE_COLUMNS, fmt,
                              max_width=110), nl=False)
