@@ -195,3 +195,18 @@ def test_runs_keep_the_open_errors_each_summary_printed(story, base, invoke, db_
     latest = max(by_id)
     # ... and each run still shows what its own summary line printed
     assert [by_id[latest - 2], by_id[latest - 1], by_id[latest]] == printed
+
+
+def test_tag_also_finds_what_breaks_the_pull_of_that_tag(base, scan, findings):
+    """`findings --tag v2` after an API DELETE of a child of the v2 index: the orphan child breaks that pull."""
+    world = build_world(base)
+    child = world.web.children[1].digest
+    world.w.delete_revision_link("team/app/web", child)
+    world.w.remove_tag_current("library/base", "latest")
+    scan()
+    (f,) = findings("--tag", "v2")
+    assert (f["kind"], f["repository"], f["digest"]) == ("orphan_index_child", "team/app/web", child)
+    assert [x["kind"] for x in findings("--tag", "latest")] == ["dangling_tag"]  # its own tag, as before
+    assert len(findings("--tag", "v2", "--tag", "latest")) == 2
+    assert len(findings("--tag", "v2", "--tag", "latest", "--limit", "1")) == 1
+    assert findings("--tag", "v1") == []
