@@ -245,7 +245,7 @@ def list_findings(conn: Connection, query: FindingQuery | None = None, **kwargs:
     from regindex.ack import active
 
     acks = active(conn) if q_.state not in ("resolved", "resolved-ever") else {}
-    out = []
+    out: list[dict[str, Any]] = []
     for r in conn.execute(q).mappings():
         if q_.limit is not None and len(out) >= q_.limit:
             break
