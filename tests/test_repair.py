@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -172,6 +173,11 @@ def test_apply_moves_records_and_the_next_scan_resolves(gc_damaged, base, db_pat
     assert len(rows) == len(orphans)
     assert {(r["action"], r["outcome"], r["batch"]) for r in rows} == {("quarantine", "done", batch_dir.name)}
     assert all(r["os_user"] and r["at"] and len(r["finding_key"]) == 64 for r in rows)
+    table = invoke("repairs", "--db", db_path).output.splitlines()  # the table names the finding too, UTC ISO
+    assert table[0].split()[:5] == ["id", "batch", "at", "os_user", "finding"]
+    shown = {line.split()[4]: line.split()[2] for line in table[2:]}
+    assert set(shown) == {r["finding_key"][:12] for r in rows}
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", at) for at in shown.values())
     # the scan after the repair resolves exactly those findings; the orphan children stay
     invoke("scan", base, "--db", db_path, "-q", expect=1)
     assert findings("--kind", "orphan_layer_link") == []

@@ -123,12 +123,16 @@ def _echo_undo(r: dict[str, Any]) -> None:
 @format_option
 @core_errors
 def repairs(db: str | None, config_path: str | None, batch: str | None, limit: int, fmt: str) -> None:
-    """List what `regindex repair --apply` and `--undo` did, newest first (who, when, path, outcome)."""
+    """List what `regindex repair --apply` and `--undo` did, newest first (who, when, which finding, path,
+    outcome)."""
     from regindex import repair as rp
+    from regindex.timespec import iso
 
     with dbmod.reader(_db(db, config_path)) as conn:
         rows = rp.list_actions(conn, limit, batch)
-    cols = rp.ACTION_COLUMNS if fmt != "table" else ("id", "batch", "at", "os_user", "action", "outcome",
+    if fmt == "table":  # the finding's short key (as `findings -v` and `repair --finding` take it), UTC to the second
+        rows = [{**r, "at": iso(r["at"]), "finding": (r["finding_key"] or "")[:12]} for r in rows]
+    cols = rp.ACTION_COLUMNS if fmt != "table" else ("id", "batch", "at", "os_user", "finding", "action", "outcome",
                                                     "registry", "repository", "path", "reason")
     click.echo(output.render(rows, cols, fmt), nl=False)
 
