@@ -139,6 +139,11 @@ def test_runs_show_utc_times_and_open_errors(story, base, invoke, db_path, findi
     assert "open_errors" in table[0].split() and table[2].split()[1].endswith("Z")
 
 
+def test_history_of_a_malformed_digest_says_so(story, invoke, db_path):
+    r = invoke("history", "sha256:zz", "--db", db_path, expect=2)
+    assert r.output.strip() == "Error: not a digest or digest prefix: 'sha256:zz'"  # not "unknown tag sha256:zz"
+
+
 def test_history_of_a_tag_and_as_json(story, invoke, db_path):
     text_ = invoke("history", f"{LONG_REPO}:{LONG_TAG}", "--db", db_path).output
     assert text_.startswith(f"{LONG_REPO}:{LONG_TAG} → sha256:") and "dangling_tag" in text_
