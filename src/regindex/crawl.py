@@ -18,13 +18,12 @@ from regindex.errors import StorageError
 from regindex.layout import (
     DIGEST_HEX_LEN,
     MAX_LINK_BYTES,
-    MAX_REPO_NAME,
     V2_SUFFIX,
     LinkKind,
     LinkState,
     is_hex_for,
     parse_link,
-    valid_repo_component,
+    valid_repository_name,
     valid_tag,
 )
 
@@ -281,6 +280,8 @@ class _Walker:
         names = {e.name for e in entries}
         is_repo = bool(prefix) and "_layers" in names  # the catalog's own rule
         if is_repo:
+            if not valid_repository_name(prefix):
+                self.anomaly(path, "name the registry would refuse")
             self.visit_repository(path, prefix, names)
         for entry in entries:
             if entry.name.startswith("_"):
@@ -292,10 +293,7 @@ class _Walker:
                 continue
             if not entry.is_dir(follow_symlinks=False):
                 continue  # stray files between repositories are ignored by the registry too
-            name = f"{prefix}/{entry.name}" if prefix else entry.name
-            if not valid_repo_component(entry.name) or len(name) > MAX_REPO_NAME:
-                self.anomaly(entry.path, "name the registry would refuse")
-            self.walk_repositories(entry.path, name)
+            self.walk_repositories(entry.path, f"{prefix}/{entry.name}" if prefix else entry.name)
 
     def visit_repository(self, path: str, repo: str, names: set[str]) -> None:
         self.structural_dir(os.path.join(path, "_layers"))
