@@ -18,7 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, text
 
-from regindex.layout import BlobDataPath, LinkKind, link_path, path_for
+from regindex import serving
+from regindex.layout import EMPTY_DIGESTS, BlobDataPath, LinkKind, link_path, path_for
 from regindex.store import as_utc
 
 ERROR, WARNING, INFO = "error", "warning", "info"
@@ -41,7 +42,6 @@ KINDS: dict[str, str] = {
     "storage_anomaly": "something in the tree regindex did not index (symlink, odd name, stray entry)",
 }
 
-EMPTY_DIGESTS = [f"{alg}:{hashlib.new(alg, b'').hexdigest()}" for alg in ("sha256", "sha384", "sha512")]
 
 
 @dataclass
@@ -428,7 +428,7 @@ def empty_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
              WHERE b.registry_id IN :regs AND b.gone_run IS NULL AND b.size = 0 AND b.digest NOT IN :empty"""
     stmt_rows = ctx.conn.execute(
         text(sql).bindparams(bindparam("regs", expanding=True), bindparam("empty", expanding=True)),
-        {"regs": list(ctx.regs), "empty": EMPTY_DIGESTS},
+        {"regs": list(ctx.regs), "empty": list(EMPTY_DIGESTS)},
     ).mappings()
     for r in list(stmt_rows):
         yield from _per_linking_repo(
@@ -506,70 +506,36 @@ def digest_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
         )
 
 
-# A revision garbage-collect enumerates: its link parses and its data exists (2.8 skips the others silently).
-_ENUMERATED_REVISION = """EXISTS (SELECT 1 FROM links e JOIN blobs eb ON eb.registry_id = e.registry_id
-    AND eb.digest = e.target_digest AND eb.gone_run IS NULL
-    WHERE e.registry_id = {reg} AND e.gone_run IS NULL AND e.repository = {repo} AND e.kind = 'revision'
-      AND e.state = 'ok')"""
+_BLOCKER_HINTS = {
+    "invalid_name": "garbage-collect aborts on a repository name the registry refuses: rename or remove it.",
+    "no_tags_dir": "{aborts} aborts on a repository with revisions but no _manifests/tags directory: create the "
+    "empty directory.",
+    "invalid_manifest": "garbage-collect reads this manifest to mark its blobs and aborts on it: push the image "
+    "again or remove the revision directory.",
+}
 
 
 def gc_blocker(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
-    """What makes registry 2.8's garbage-collect abort with nothing deleted (the same rules as gc-preview)."""
-    every, untagged = "every garbage-collect run", "garbage-collect --delete-untagged"
-    # A revision link that does not parse: every run reads every revision link.
-    sql = """SELECT l.registry_id, g.name AS registry, l.repository, l.kind, l.path_digest, l.tag, l.state
-             FROM links l JOIN registries g ON g.id = l.registry_id
-             WHERE l.registry_id IN :regs AND l.gone_run IS NULL AND l.state IN ('empty', 'whitespace', 'garbage',
-               'unreadable')
-               AND (l.kind = 'revision' OR (l.kind = 'tag_current' AND """ + _ENUMERATED_REVISION.format(
-        reg="l.registry_id", repo="l.repository") + "))"
-    for r in _q(ctx.conn, sql, ctx.regs):
-        path = _rel(r["kind"], r["repository"], r["path_digest"], r["tag"])
-        when = every if r["kind"] == "revision" else untagged
-        yield FindingRow(
-            "gc_blocker", WARNING, r["registry"], r["repository"], r["path_digest"], tag=r["tag"],
-            detail={"link": path, "state": r["state"], "aborts": when},
-            hint=f"{when} aborts on {path} and deletes nothing: fix or remove the link first.",
-            subject=r["kind"],
-        )
-    # Marked manifest data that does not parse: a run without --delete-untagged reads every revision's data.
-    sql = """SELECT DISTINCT s.registry_id, s.registry, s.repository, s.digest, s.parse_error
-             FROM manifest_serving s
-             WHERE s.registry_id IN :regs AND s.via = 'revision' AND s.status IN ('unparsable', 'data_empty')"""
-    for r in _q(ctx.conn, sql, ctx.regs):
-        yield FindingRow(
-            "gc_blocker", WARNING, r["registry"], r["repository"], r["digest"],
-            detail={"revision_link": _rel("revision", r["repository"], r["digest"]),
-                    "parse_error": r["parse_error"] or "empty", "aborts": "garbage-collect without --delete-untagged"},
-            hint="garbage-collect reads this manifest to mark its blobs and aborts on it: push the image again or "
-            "remove the revision directory.",
-            subject="invalid_manifest",
-        )
-    # A repository with enumerated revisions but no _manifests/tags: the tag lookup of --delete-untagged fails.
-    sql = """SELECT p.registry_id, g.name AS registry, p.name AS repository FROM repositories p
-             JOIN registries g ON g.id = p.registry_id
-             WHERE p.registry_id IN :regs AND p.gone_run IS NULL AND NOT p.has_tags_dir AND """ + \
-        _ENUMERATED_REVISION.format(reg="p.registry_id", repo="p.name")
-    for r in _q(ctx.conn, sql, ctx.regs):
-        yield FindingRow(
-            "gc_blocker", WARNING, r["registry"], r["repository"], None,
-            detail={"missing": f"repositories/{r['repository']}/_manifests/tags", "aborts": untagged},
-            hint=f"{untagged} aborts on a repository with revisions but no _manifests/tags directory: create the "
-            "empty directory.",
-            subject="no_tags_dir",
-        )
-    # A repository name the reference grammar refuses: garbage-collect stops at it.
-    from regindex.gc import valid_repository_name
-
-    sql = """SELECT g.name AS registry, p.name AS repository FROM repositories p
-             JOIN registries g ON g.id = p.registry_id WHERE p.registry_id IN :regs AND p.gone_run IS NULL"""
-    for r in _q(ctx.conn, sql, ctx.regs):
-        if not valid_repository_name(r["repository"]):
+    """What makes registry 2.8's garbage-collect abort with nothing deleted: the blockers of
+    :func:`regindex.serving.mark`, the mark phase gc-preview runs, in either mode."""
+    for reg in _q(ctx.conn, "SELECT id, name FROM registries WHERE id IN :regs ORDER BY name", ctx.regs):
+        name = reg["name"]
+        inv = serving.load(ctx.conn, reg["id"], name)
+        for b, aborts in serving.blockers(inv):
+            if b.what == "invalid_name":
+                detail: dict[str, Any] = {"repository": b.path}
+            elif b.what == "no_tags_dir":
+                detail = {"missing": b.path}
+            elif b.what == "invalid_manifest":
+                detail = {"revision_link": b.path, "parse_error": b.error}
+            else:
+                detail = {"link": b.path, "state": b.state}
+            hint = _BLOCKER_HINTS.get(b.what, "{aborts} aborts on {path} and deletes nothing: fix or remove the "
+                                      "link first.")
             yield FindingRow(
-                "gc_blocker", WARNING, r["registry"], r["repository"], None,
-                detail={"repository": f"repositories/{r['repository']}", "aborts": every},
-                hint="garbage-collect aborts on a repository name the registry refuses: rename or remove it.",
-                subject="invalid_name",
+                "gc_blocker", WARNING, name, b.repository, b.digest, tag=b.tag,
+                detail={**detail, "aborts": aborts, "reason": b.reason},
+                hint=hint.format(aborts=aborts, path=b.path), subject=b.what,
             )
 
 

@@ -318,7 +318,7 @@ def _parse_manifests(
     A manifest's parse is stored once per (digest, size), ever. Its bytes are read again only when the blob's
     size or mtime changed since they were last hashed: every read is hashed, so a same-size rewrite of a
     known manifest is a digest mismatch, and bytes that are not the digest's content never replace the
-    parse of the genuine content (another registry may hold it).
+    parse of the genuine content (another registry may hold it): their parse is stored under their own hash.
     """
     blobs = {b.digest: b for b in result.blobs}
     verified = store.load_verifications(conn, registry_id)
@@ -363,7 +363,15 @@ def _parse_manifests(
             genuine = computed is None or computed == digest
             hashes.append((digest, blob.size, blob.mtime, computed, None if genuine else pm.error))
             if not genuine:
-                continue  # evidence lives in blob_verifications; the manifest row is the genuine content's
+                # The evidence lives in blob_verifications and the (digest, size) row stays the genuine
+                # content's. These bytes are what the registry serves and garbage-collect reads and marks, so
+                # their parse is kept under the digest they do hash to (regindex.serving looks it up there).
+                assert computed is not None
+                if (computed, blob.size) not in known:
+                    new.append((computed, blob.size, pm))
+                    known.add((computed, blob.size))
+                    queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
+                continue
             if key in known:
                 already.append(key)
                 continue
