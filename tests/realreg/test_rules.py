@@ -126,6 +126,17 @@ def test_revision_link_naming_what_the_repository_does_not_link(scenario, pristi
     assert world.repos[BASE].manifests[world.named["base"]].config in o.deleted.blobs
 
 
+@pytest.mark.parametrize("tags_dir", [True, False], ids=["tags", "no-tags-dir"])
+@pytest.mark.parametrize("target", ["elsewhere", "nowhere"])
+def test_revision_link_naming_what_the_repository_does_not_link_api(env, target, tags_dir):  # noqa: F811
+    """GET by digest: 200 with another repository's manifest (misdirected_link), or 404 when the digest names no
+    data (dangling_revision); without _manifests/tags nothing answers by tag, and that is no error."""
+    _misdirect(target, tags_dir)(env.reg, env.world)
+    out = agree(env, {} if tags_dir else {BASE: {"latest", "3.19"}})
+    assert (BASE, env.n["base"], "manifest_digest") in out.failure_keys
+    assert ("misdirected_link" if target == "elsewhere" else "dangling_revision") in out.error_kinds
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 3. repository names: a copy of library/base under a name the reference grammar may or may not accept
 
