@@ -234,3 +234,13 @@ def link_path(kind: LinkKind, repository: str, digest: str | None, tag: str | No
     if kind is LinkKind.TAG_CURRENT:
         return path_for(TagCurrentLinkPath(repository, tag or ""))
     return path_for(TagIndexLinkPath(repository, tag or "", digest or ""))
+
+
+def link_file(kind: LinkKind | str, repository: str, digest: str | None = None, tag: str | None = None) -> str:
+    """``link_path`` as text (evidence and hints name files relative to the v2 root)."""
+    return str(link_path(LinkKind(kind), repository, digest, tag))
+
+
+def blob_file(digest: str) -> str:
+    """The data file of a blob, relative to the v2 root."""
+    return str(path_for(BlobDataPath(digest)))

@@ -25,7 +25,7 @@ from regindex.layout import (
     LinkKind,
     LinkState,
     is_empty_digest,
-    link_path,
+    link_file,
     names_other_content,
     valid_repository_name,
 )
@@ -319,11 +319,11 @@ class Blocker:
     @property
     def path(self) -> str:
         if self.what in (VIA_REVISION, VIA_LAYER, LinkKind.TAG_CURRENT.value):
-            return str(link_path(LinkKind(self.what), self.repository, self.digest, self.tag))
+            return link_file(self.what, self.repository, self.digest, self.tag)
         if self.what == "no_tags_dir":
             return f"repositories/{self.repository}/_manifests/tags"
         if self.what == "invalid_manifest":
-            return str(link_path(LinkKind.REVISION, self.repository, self.digest, None))
+            return link_file(LinkKind.REVISION, self.repository, self.digest)
         return f"repositories/{self.repository}"
 
     @property
