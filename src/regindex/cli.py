@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from regindex import __version__, output
 from regindex import config as config_mod
 from regindex import db as dbmod
-from regindex.errors import RegindexError
+from regindex.errors import RegindexError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,7 +39,7 @@ def core_errors(fn: F) -> F:
         except RegindexError as exc:
             raise Failure(str(exc)) from None
         except SQLAlchemyError as exc:
-            raise Failure(f"database error: {dbmod._one_line(exc)}") from None
+            raise Failure(f"database error: {one_line(exc)}") from None
         except OSError as exc:
             raise Failure(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
         except KeyboardInterrupt:
@@ -204,7 +204,7 @@ def _report_anyway(engine: Any, report_dir: Path) -> None:
 
 def _progress() -> Callable[[str], None]:
     def show(msg: str) -> None:
-        click.echo(f"\r\033[K{output._printable(msg)[:100]}", nl=False, err=True)
+        click.echo(f"\r\033[K{output.printable(msg)[:100]}", nl=False, err=True)
 
     return show
 
@@ -402,5 +402,5 @@ def history_cmd(digest: str, db: str | None, config_path: str | None) -> None:
     from regindex import report as report_mod
 
     with dbmod.reader(_db(db, config_path)) as conn:
-        text_ = report_mod.format_history(report_mod.history(conn, digest), output._printable)
+        text_ = report_mod.format_history(report_mod.history(conn, digest), output.printable)
     click.echo(text_, nl=False)

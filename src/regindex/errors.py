@@ -39,3 +39,9 @@ class ReportError(RegindexError):
 
 class UnknownDigest(ReportError):
     """``regindex history``: the digest (or prefix) names nothing in the database, or more than one digest."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a driver error's own message, not SQLAlchemy's wrapping)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

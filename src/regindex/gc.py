@@ -407,4 +407,4 @@ def render(preds: Sequence[Prediction], fmt: str) -> str:
     table = output.render(rows(preds), COLUMNS, fmt, max_width=240)  # abort reasons are read whole
     if fmt == "csv":
         return table
-    return "".join(output._printable(summary(p)) + "\n" for p in preds) + "\n" + table
+    return "".join(output.printable(summary(p)) + "\n" for p in preds) + "\n" + table

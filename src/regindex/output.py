@@ -31,7 +31,7 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, max
         for r in rows:
             w.writerow([csv_safe(_cell(r.get(c))) for c in columns])
         return buf.getvalue()
-    cells = [[_trim(_printable(_cell(r.get(c))), max_width) for c in columns] for r in rows]
+    cells = [[_trim(printable(_cell(r.get(c))), max_width) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
@@ -47,7 +47,7 @@ def csv_safe(v: Any) -> Any:
     return v
 
 
-def _printable(s: str) -> str:
+def printable(s: str) -> str:
     """Storage names are hostile: never send control characters to a terminal."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in s)
 

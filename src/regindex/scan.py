@@ -31,7 +31,7 @@ from regindex.crawl import (
     hash_blob,
     read_blob,
 )
-from regindex.errors import ConfigError, LockError, RegindexError, ScanAborted, StorageError
+from regindex.errors import ConfigError, LockError, RegindexError, ScanAborted, StorageError, one_line
 from regindex.manifests import KIND_UNKNOWN, ParsedManifest, parse_manifest
 
 Progress = Callable[[str], None]
@@ -127,14 +127,14 @@ def _run(engine: Engine, opts: ScanOptions, progress: Progress | None) -> ScanOu
         elif isinstance(exc, RegindexError):
             message = str(exc)
         else:
-            message = f"{type(exc).__name__}: {_one_line(exc)}"
+            message = f"{type(exc).__name__}: {one_line(exc)}"
         _mark_failed(engine, run_id, started, message)
         if isinstance(exc, RegindexError):
             raise
         if isinstance(exc, KeyboardInterrupt):
             raise ScanAborted(f"run {run_id} interrupted, nothing changed") from None
         if isinstance(exc, SQLAlchemyError):
-            raise ScanAborted(f"run {run_id} failed, nothing changed: database error: {_one_line(exc)}") from exc
+            raise ScanAborted(f"run {run_id} failed, nothing changed: database error: {one_line(exc)}") from exc
         if os.environ.get("REGINDEX_DEBUG"):
             raise
         raise ScanAborted(
@@ -155,11 +155,6 @@ def _mark_failed(engine: Engine, run_id: int, started: datetime, message: str) -
             time.sleep(0.2 * (attempt + 1))
         except KeyboardInterrupt:
             return  # a second interrupt: give up; the next scan marks the run failed (fail_stale_runs)
-
-
-def _one_line(exc: BaseException) -> str:
-    s = str(getattr(exc, "orig", None) or exc).strip()
-    return s.splitlines()[0] if s else type(exc).__name__
 
 
 def _say(progress: Progress | None, msg: str) -> None:
