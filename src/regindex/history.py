@@ -25,7 +25,6 @@ class HistoryCounts:
     reopened: int = 0
     persisting: int = 0
     resolved: int = 0
-    open_errors: int = 0
     new_errors: int = 0
 
 
@@ -91,7 +90,6 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
     counts.new = len(fresh)
     counts.persisting = len(persisting)
     counts.resolved = len(resolved)
-    counts.open_errors = sum(1 for f in current.values() if f.severity == "error")
     return counts
 
 
@@ -112,13 +110,6 @@ def state_of(first_run: int, episode: int, resolved_run: int | None, latest_run:
     return "persisting"
 
 
-FINDING_KEYS = (
-    "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state", "first_seen_run",
-    "last_seen_run", "resolved_run", "detail",
-)
-STATES = ("open", "new", "persisting", "resolved")
-
-
 def latest_run(conn: Connection) -> int | None:
     from regindex.models import Run
 
@@ -133,7 +124,9 @@ def list_findings(
     registries: Collection[str] = (),
     severities: Collection[str] = (),
 ) -> list[dict[str, Any]]:
-    """Findings as dicts with exactly FINDING_KEYS (+ hint), ``state`` relative to the latest finished run.
+    """Findings as dicts (kind, severity, registry, repository, digest, tag, parent_digest, state,
+    first_seen_run, last_seen_run, resolved_run, detail with the hint in it), ``state`` relative to the latest
+    finished run.
 
     ``state``: open (new, re-opened and persisting), new (opened in the latest run, re-opened included),
     persisting, resolved (every resolved episode), all.
