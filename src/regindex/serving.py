@@ -179,7 +179,6 @@ def load(conn: Connection, registry_id: int, name: str) -> Inventory:
         )
     }
     # The parses of the bytes on disk: (digest, size) of genuine data, (computed, size) of the rest.
-    wanted = {(content[d].computed if d in content else d, s) for d, s in blobs.items()}
     manifests: dict[tuple[str, int], Manifest] = {}
     ids: dict[int, tuple[str, int]] = {}
     on_disk = """SELECT m.id FROM manifests m JOIN blobs b ON b.digest = m.digest AND b.size = m.size
@@ -193,9 +192,8 @@ def load(conn: Connection, registry_id: int, name: str) -> Inventory:
         p,
     ):
         key = (row.digest, int(row.size))
-        if key in wanted:
-            manifests[key] = Manifest(row.kind, row.media_type, row.parse_error)
-            ids[row.id] = key
+        manifests[key] = Manifest(row.kind, row.media_type, row.parse_error)
+        ids[row.id] = key
     refs: dict[tuple[str, int], list[tuple[str, str, bool]]] = {}
     for row in conn.execute(
         text(f"""SELECT r.manifest_id, r.role, r.digest, r.is_foreign FROM manifest_refs r
