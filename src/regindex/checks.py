@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, text
 
 from regindex import serving
-from regindex.layout import EMPTY_DIGESTS, blob_file, link_file
+from regindex.layout import EMPTY_DIGESTS, blob_file, link_file, names_other_content
 from regindex.store import as_utc
 
 ERROR, WARNING, INFO = "error", "warning", "info"
@@ -404,7 +404,7 @@ def _linking_repos(ctx: _Context, registry_id: int, digest: str) -> list[tuple[s
     link is its own finding)."""
     return sorted({
         (repo, kind) for repo, kind, path in ctx.linkers(registry_id, digest)
-        if path == digest or path[:7] != digest[:7]
+        if not names_other_content(path, digest)
     })
 
 
