@@ -66,10 +66,9 @@ def declared_size_only(v2: Path, world: h.World, repo: str, handle: str) -> None
 
 
 @pytest.mark.parametrize("delete_untagged", [False, True], ids=["plain", "delete-untagged"])
-def test_overwrite_naming_another_layer_gc(scenario, pristine, delete_untagged) -> None:
+def test_overwrite_naming_another_layer_gc(scenario, delete_untagged) -> None:
     """garbage-collect reads the bytes on disk: the layer they no longer name is swept when nothing else marks
     it (plain GC marks the untagged child through its revision link)."""
-    _, world = pristine
     dropped: list[str] = []
     o = scenario(lambda reg, w: dropped.append(other_layer_same_size(reg.v2, w, API, "api_arm64")),
                  delete_untagged=delete_untagged, copy=False)
@@ -183,7 +182,7 @@ def test_repository_name_api(pristine, tmp_path, name) -> None:  # noqa: F811
     base = world.repos[BASE]
     with h.Registry(storage) as reg:
         tag_status, _, _ = reg.request("GET", f"/v2/{name}/manifests/latest", {"Accept": h.MANIFEST_ACCEPT})
-        digest_status, _, body = reg.request("GET", f"/v2/{name}/manifests/{base.tags['latest']}",
+        digest_status, _, _ = reg.request("GET", f"/v2/{name}/manifests/{base.tags['latest']}",
                                              {"Accept": h.MANIFEST_ACCEPT})
         blob_status, _, _ = reg.request("GET", f"/v2/{name}/blobs/{base.layers()[0]}")
         listed = reg.tags(name)
