@@ -7,6 +7,7 @@ whole registry crawl fail (``StorageError``): a partial view must never look lik
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from regindex.layout import (
     V2_SUFFIX,
     LinkKind,
     LinkState,
+    blob_file,
     is_hex_for,
     parse_link,
     valid_repository_name,
@@ -443,9 +445,7 @@ class BlobTooLarge(Exception):
 
 def read_blob(v2: Path, digest: str, cap: int = DEFAULT_MAX_MANIFEST_BYTES) -> bytes | None:
     """Whole blob data, never truncated: ``None`` when missing, ``BlobTooLarge`` above ``cap``."""
-    alg, hex_ = digest.split(":", 1)
-    path = os.path.join(v2, "blobs", alg, hex_[:2], hex_, "data")
-    fd = _open_data(path)
+    fd = _open_data(os.path.join(v2, blob_file(digest)))
     if fd is None:
         return None
     try:
@@ -471,8 +471,6 @@ def read_blob(v2: Path, digest: str, cap: int = DEFAULT_MAX_MANIFEST_BYTES) -> b
 
 def digest_of(digest: str, data: bytes) -> str:
     """The digest of ``data`` with ``digest``'s algorithm."""
-    import hashlib
-
     alg = digest.split(":", 1)[0]
     return f"{alg}:{hashlib.new(alg, data).hexdigest()}"
 
@@ -480,12 +478,8 @@ def digest_of(digest: str, data: bytes) -> str:
 def hash_blob(v2: Path, digest: str, alg: str | None = None) -> str | None:
     """Hash blob data, streaming, with the digest's algorithm (or ``alg``: how a sha512 ``_layers`` alias of
     sha256 content is checked). ``None`` when missing."""
-    import hashlib
-
-    own, hex_ = digest.split(":", 1)
-    alg = alg or own
-    path = os.path.join(v2, "blobs", own, hex_[:2], hex_, "data")
-    fd = _open_data(path)
+    alg = alg or digest.split(":", 1)[0]
+    fd = _open_data(os.path.join(v2, blob_file(digest)))
     if fd is None:
         return None
     h = hashlib.new(alg)
