@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, text
 
-from regindex import serving
+from regindex import rules
 from regindex.layout import EMPTY_DIGESTS, blob_file, link_file, names_other_content
 from regindex.store import as_utc
 
@@ -523,11 +523,11 @@ _BLOCKER_HINTS = {
 @check("something that makes registry garbage-collect abort")
 def gc_blocker(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     """What makes registry 2.8's garbage-collect abort with nothing deleted: the blockers of
-    :func:`regindex.serving.mark`, the mark phase gc-preview runs, in either mode."""
+    :func:`regindex.rules.mark`, the mark phase gc-preview runs, in either mode."""
     for reg in _q(ctx.conn, "SELECT id, name FROM registries WHERE id IN :regs ORDER BY name", ctx.regs):
         name = reg["name"]
-        inv = serving.load(ctx.conn, reg["id"], name)
-        for b, aborts in serving.blockers(inv):
+        inv = rules.load(ctx.conn, reg["id"], name)
+        for b, aborts in rules.blockers(inv):
             if b.what == "invalid_name":
                 detail: dict[str, Any] = {"repository": b.path}
             elif b.what == "no_tags_dir":

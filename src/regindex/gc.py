@@ -4,14 +4,14 @@ The model follows distribution 2.8's ``MarkAndSweep`` (``registry/storage/garbag
 goes through (``linkedblobstore.go``, ``tagstore.go``, ``manifeststore.go``, ``vacuum.go``):
 
 mark
-    :func:`regindex.serving.mark`, the one statement of the mark phase (and of what aborts it): which
+    :func:`regindex.rules.mark`, the one statement of the mark phase (and of what aborts it): which
     revisions the walk reads, skips silently or schedules for deletion, and which digests it marks.
 sweep
     Each scheduled manifest loses its tag index entries (``tags/*/index/<T>``) and its revision directory
     (a revision directory that is not there stops the run with exit 1, after what was already removed). Then
     every blob whose digest is not marked loses its directory. ``_layers`` links are never touched.
 
-Breakage is found by evaluating the registry's serving rules (:mod:`regindex.serving`) on the current state and
+Breakage is found by evaluating the registry's serving rules (:mod:`regindex.rules`) on the current state and
 on the predicted post-GC state: a pull that works now and fails afterwards is predicted breakage.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from regindex import output, serving
+from regindex import output, rules
 from regindex.errors import ConfigError
-from regindex.serving import Inventory, Mark, Repo, digest_key
+from regindex.rules import Inventory, Mark, Repo, digest_key
 
 # Outcomes of a garbage-collect run.
 COMPLETES = "completes"  # exit 0
@@ -156,7 +156,7 @@ def _sweep(inv: Inventory, marked: Mark, pred: Prediction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Why a request fails on a state (serving's rules, in words), before and after the sweep
+# Why a request fails on a state (the registry's rules, in words), before and after the sweep
 
 
 def _missing(what: str, digest: str, target: str, swept: set[str]) -> str:
@@ -181,45 +181,45 @@ class _Server:
         return self.memo[key]
 
     def _manifest(self, repo: Repo, digest: str) -> str | None:
-        served = serving.manifest(self.inv, repo, digest)
+        served = rules.manifest(self.inv, repo, digest)
         if served is None:
             gone = (repo.name, digest) in self.gone_revisions
             return "revision directory removed" if gone else "no revision link"
-        via = "revision" if served.via == serving.VIA_REVISION else "_layers"
+        via = "revision" if served.via == rules.VIA_REVISION else "_layers"
         link, status = served.link, served.status
-        if status == serving.SERVED:
+        if status == rules.SERVED:
             return None
-        if status == serving.CORRUPT_LINK or link.target is None:
+        if status == rules.CORRUPT_LINK or link.target is None:
             return f"{via} link is {link.state}"
-        if status == serving.MISDIRECTED:
+        if status == rules.MISDIRECTED:
             return f"{via} link names {link.target}"
-        if status == serving.DATA_MISSING:
+        if status == rules.DATA_MISSING:
             return _missing("manifest data", digest, link.target, self.gone_blobs)
-        if status == serving.DIGEST_MISMATCH:
+        if status == rules.DIGEST_MISMATCH:
             return "manifest data is not its digest's content"
         return "manifest data does not parse"
 
     def blob(self, repo: Repo, digest: str) -> str | None:
         repo = self.inv.repos[repo.name]
-        status = serving.blob(self.inv, repo, digest)
+        status = rules.blob(self.inv, repo, digest)
         link = repo.layers.get(digest)
-        if status == serving.SERVED:
+        if status == rules.SERVED:
             return None
-        if status == serving.NOT_LINKED or link is None:
+        if status == rules.NOT_LINKED or link is None:
             return "no _layers link"
-        if status == serving.CORRUPT_LINK or link.target is None:
+        if status == rules.CORRUPT_LINK or link.target is None:
             return f"_layers link is {link.state}"
-        if status == serving.MISDIRECTED:
+        if status == rules.MISDIRECTED:
             return f"_layers link names {link.target}"
-        if status == serving.DATA_MISSING:
+        if status == rules.DATA_MISSING:
             return _missing("blob data", digest, link.target, self.gone_blobs)
         return "blob data is empty"
 
     def tag(self, repo: Repo, tag: str) -> str | None:
         link = repo.tags.get(tag)
-        if link is None or link.state == serving.ABSENT:
+        if link is None or link.state == rules.ABSENT:
             return "no current link"
-        if link.state != serving.OK or link.target is None:
+        if link.state != rules.OK or link.target is None:
             return f"current link is {link.state}"
         problem = self.manifest(repo, link.target)
         return None if problem is None else f"{link.target}: {problem}"
@@ -240,7 +240,7 @@ class _Server:
         self.memo[key] = "index nested too deeply (or a cycle)"
         problem = None if depth <= MAX_DEPTH else self.memo[key]
         if problem is None:
-            served = serving.manifest(self.inv, self.inv.repos[repo.name], digest)
+            served = rules.manifest(self.inv, self.inv.repos[repo.name], digest)
             target = served.link.target if served else None
             m = self.inv.manifest_data(target) if target else None
             for role, ref, foreign in m.refs if m else ():
@@ -300,7 +300,7 @@ def _breakage(inv: Inventory, pred: Prediction) -> None:
 
 def predict_inventory(inv: Inventory, delete_untagged: bool) -> Prediction:
     pred = Prediction(inv.registry, delete_untagged)
-    marked = serving.mark(inv, delete_untagged)
+    marked = rules.mark(inv, delete_untagged)
     pred.skipped = [Skipped(s.repository, s.digest, s.why) for s in marked.skipped]
     pred.marked = len(marked.marked)
     pred.scheduled = len(marked.scheduled)
@@ -350,7 +350,7 @@ def predict(
     if not known:
         raise ConfigError("no scanned registry in the database: run `regindex scan` first")
     wanted = [n for n in known if not registries or n in registries]
-    return [predict_inventory(serving.load(conn, known[n], n), delete_untagged) for n in wanted]
+    return [predict_inventory(rules.load(conn, known[n], n), delete_untagged) for n in wanted]
 
 
 # ---------------------------------------------------------------------------------------------

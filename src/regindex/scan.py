@@ -379,7 +379,7 @@ def _parse_manifests(
             if not genuine:
                 # The evidence lives in blob_verifications and the (digest, size) row stays the genuine
                 # content's. These bytes are what the registry serves and garbage-collect reads and marks, so
-                # their parse is kept under the digest they do hash to (regindex.serving looks it up there).
+                # their parse is kept under the digest they do hash to (regindex.rules looks it up there).
                 assert computed is not None
                 if (computed, blob.size) not in known:
                     new.append((computed, blob.size, pm))

@@ -2,7 +2,7 @@
 and what makes ``garbage-collect`` abort. Every other statement of them is pinned to this one.
 
 * The SQL views ``manifest_serving`` and ``tag_serving`` (migrations) say the same as :func:`manifest` and
-  :func:`tag`; ``tests/test_serving_parity.py`` evaluates both over every damaged tree the tests build, on
+  :func:`tag`; ``tests/test_rules_parity.py`` evaluates both over every damaged tree the tests build, on
   SQLite and PostgreSQL, and fails when they drift.
 * ``gc-preview`` (:mod:`regindex.gc`) runs :func:`mark`, then sweeps, and compares :func:`manifest`,
   :func:`tag` and :func:`blob` on the tree before and after.

@@ -1,8 +1,8 @@
-"""The SQL views are pinned to regindex.serving: both are evaluated over every damaged tree the check and
+"""The SQL views are pinned to regindex.rules: both are evaluated over every damaged tree the check and
 gc-preview tests build (plus the variants registry 2.8.2 judged in tests/realreg/test_rules.py) and must say
 the same thing about every manifest request and every tag, on SQLite and on PostgreSQL.
 
-A rule changes in one function (serving) and one view (a new migration); this test fails if they drift.
+A rule changes in one function (regindex.rules) and one view (a new migration); this test fails if they drift.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from regindex import demo, serving
+from regindex import demo, rules
 from regindex.layout import BlobDataPath
 
 from . import test_gc
@@ -122,7 +122,7 @@ def damaged_trees(base: Path, invoke: Callable[..., Any], db: str, nightly: bool
     return len(worlds)
 
 
-def assert_views_agree_with_serving(url: str, registries: int, every_status: bool = True) -> set[str]:
+def assert_views_agree_with_rules(url: str, registries: int, every_status: bool = True) -> set[str]:
     """Compare; returns every status seen (manifests and tags)."""
     engine = create_engine(url)
     with engine.connect() as conn:
@@ -131,14 +131,14 @@ def assert_views_agree_with_serving(url: str, registries: int, every_status: boo
         py_manifests: list[tuple[str, ...]] = []
         py_tags: list[tuple[str, ...]] = []
         for reg_id, name in regs:
-            inv = serving.load(conn, reg_id, name)
+            inv = rules.load(conn, reg_id, name)
             for repo in inv.repos.values():
                 for d in set(repo.revisions) | set(repo.layers):
-                    served = serving.manifest(inv, repo, d)
+                    served = rules.manifest(inv, repo, d)
                     if served is not None:
                         py_manifests.append((name, repo.name, d, served.via, served.status))
                 for t in repo.tags:
-                    py_tags.append((name, repo.name, t, serving.tag(inv, repo, t)))
+                    py_tags.append((name, repo.name, t, rules.tag(inv, repo, t)))
         sql_manifests = [tuple(r) for r in conn.execute(text(
             "SELECT registry, repository, digest, via, status FROM manifest_serving"))]
         sql_tags = [tuple(r) for r in conn.execute(text(
@@ -151,34 +151,34 @@ def assert_views_agree_with_serving(url: str, registries: int, every_status: boo
         return seen
     # the cases reach every status both sides know (a status no case produces is a status nobody pins)
     assert {s for *_, s in py_manifests} == {
-        serving.SERVED, serving.CORRUPT_LINK, serving.DATA_MISSING, serving.DATA_EMPTY, serving.UNPARSABLE,
-        serving.DIGEST_MISMATCH, serving.MISDIRECTED, serving.NOT_PARSED}
-    assert {s for *_, s in py_tags} >= {serving.SERVED, serving.NO_CURRENT_LINK, serving.CORRUPT_LINK,
-                                        serving.TARGET_NOT_LINKED, serving.DATA_MISSING}
+        rules.SERVED, rules.CORRUPT_LINK, rules.DATA_MISSING, rules.DATA_EMPTY, rules.UNPARSABLE,
+        rules.DIGEST_MISMATCH, rules.MISDIRECTED, rules.NOT_PARSED}
+    assert {s for *_, s in py_tags} >= {rules.SERVED, rules.NO_CURRENT_LINK, rules.CORRUPT_LINK,
+                                        rules.TARGET_NOT_LINKED, rules.DATA_MISSING}
     return seen
 
 
 @pytest.mark.parametrize("nightly", [False, True], ids=["first-scan", "nightly"])
-def test_views_agree_with_serving_on_sqlite(base, invoke, db_path, nightly):
+def test_views_agree_with_rules_on_sqlite(base, invoke, db_path, nightly):
     n = damaged_trees(base, invoke, str(db_path), nightly)
-    assert_views_agree_with_serving(f"sqlite:///{db_path}", n)
+    assert_views_agree_with_rules(f"sqlite:///{db_path}", n)
 
 
-def test_views_agree_with_serving_on_the_demo_nights(base, invoke, db_path):
+def test_views_agree_with_rules_on_the_demo_nights(base, invoke, db_path):
     """The demo's generated registries (a private one after GC and tag cleanup, two pull-through caches), after
     each of its two nights."""
     rng = random.Random(5)
     state = demo.build_night1(base, rng)
     invoke("scan", base, "--db", db_path, "-q", "--fail-on", "never")
-    night1 = assert_views_agree_with_serving(f"sqlite:///{db_path}", 3, every_status=False)
-    assert night1 >= {serving.SERVED, serving.NO_CURRENT_LINK, serving.DATA_MISSING}
+    night1 = assert_views_agree_with_rules(f"sqlite:///{db_path}", 3, every_status=False)
+    assert night1 >= {rules.SERVED, rules.NO_CURRENT_LINK, rules.DATA_MISSING}
     demo.apply_night2(state, rng)
     invoke("scan", base, "--db", db_path, "-q", "--fail-on", "never")
-    night2 = assert_views_agree_with_serving(f"sqlite:///{db_path}", 3, every_status=False)
-    assert serving.SERVED in night2 and serving.NO_CURRENT_LINK not in night2  # the canary tag was cleaned up
+    night2 = assert_views_agree_with_rules(f"sqlite:///{db_path}", 3, every_status=False)
+    assert rules.SERVED in night2 and rules.NO_CURRENT_LINK not in night2  # the canary tag was cleaned up
 
 
 @pytest.mark.postgres
-def test_views_agree_with_serving_on_postgresql(base, invoke, pg_url):  # noqa: F811
+def test_views_agree_with_rules_on_postgresql(base, invoke, pg_url):  # noqa: F811
     n = damaged_trees(base, invoke, pg_url, nightly=True)
-    assert_views_agree_with_serving(pg_url, n)
+    assert_views_agree_with_rules(pg_url, n)
