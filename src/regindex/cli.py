@@ -94,7 +94,8 @@ format_option = click.option(
 )
 
 
-def _db(db: str | None, config_path: str | None = None) -> str | None:
+def resolve_db(db: str | None, config_path: str | None = None) -> str | None:
+    """The database a command opens: ``--db``, else the config file's (else db's default)."""
     return db or config_mod.load(config_path).db
 
 
@@ -148,6 +149,7 @@ def scan(
         verify_content=bool(verify_content if verify_content is not None else settings.verify_content),
         stale_upload_hours=stale_upload_hours or settings.stale_upload_hours or 168.0,
         allow_empty=allow_empty,
+        severity_rules=tuple(settings.severity),
     )
     metrics_path = metrics_path or (Path(settings.metrics) if settings.metrics else None)
     report_dir = report_dir or (Path(settings.report_dir) if settings.report_dir else None)
@@ -187,7 +189,9 @@ def scan(
             f"repositories, {outcome.links} links, {outcome.blobs} blobs, {outcome.manifests_parsed} manifests "
             f"parsed, {outcome.inventory_changes} inventory changes; findings: {c.new} new "
             f"({c.reopened} re-opened), {c.persisting} persisting, {c.resolved} resolved; "
-            f"{outcome.open_errors} open errors ({outcome.duration_seconds:.1f}s)"
+            f"{outcome.open_errors} open errors"
+            + (f" ({outcome.acknowledged_errors} more acknowledged)" if outcome.acknowledged_errors else "")
+            + f" ({outcome.duration_seconds:.1f}s)"
         )
     for err in outcome.failures.values():
         click.echo(f"error: {err}", err=True)
@@ -222,9 +226,9 @@ def _progress() -> Callable[[str], None]:
 
 
 FINDING_COLUMNS = ("key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
-                   "first_seen_run", "last_seen_run", "resolved_run", "detail")
+                   "first_seen_run", "last_seen_run", "resolved_run", "detail", "ack", "policy")
 TABLE_COLUMNS = ("severity", "state", "kind", "registry", "repository", "tag", "digest", "parent_digest",
-                 "first_seen_run")
+                 "first_seen_run", "acked")
 TABLE_HEADERS = {"parent_digest": "parent", "first_seen_run": "first", "resolved_run": "resolved"}
 TABLE_WIDTH = 120
 
@@ -267,7 +271,7 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
     query = FindingQuery(state=state, kinds=kinds, registries=registries, severities=severities,
                          repositories=repositories, digest=digest, tags=tags, run=run,
                          since=parse_when(since, "--since") if since else None, limit=limit)
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         known = set(conn.exec_driver_sql("SELECT name FROM registries").scalars())
         unknown = [r for r in registries if r not in known]
         if unknown:
@@ -277,7 +281,8 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
         click.echo(output.render(rows, FINDING_COLUMNS, fmt), nl=False)
         return
     cols = TABLE_COLUMNS + (("resolved_run",) if state in ("resolved", "resolved-ever", "all") else ())
-    shown = [dict(r, digest=output.short_digest(r["digest"]), parent_digest=output.short_digest(r["parent_digest"]))
+    shown = [dict(r, digest=output.short_digest(r["digest"]), parent_digest=output.short_digest(r["parent_digest"]),
+                  acked=(f"until {r['ack']['until'][:10]}" if r["ack"]["until"] else "yes") if r["ack"] else "")
              for r in rows]
     lines = output.fit_table(shown, cols, TABLE_WIDTH, ("repository", "tag", "registry"), TABLE_HEADERS)
     click.echo("\n".join(lines[:2]))
@@ -308,7 +313,7 @@ def runs(db: str | None, config_path: str | None, limit: int, fmt: str) -> None:
     as of each run."""
     from regindex.history import list_runs
 
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         rows = list_runs(conn, limit)
     cols = RUN_COLUMNS + (("finished_at", "base", "options") if fmt != "table" else ())
     click.echo(output.render(rows, cols, fmt), nl=False)
@@ -350,7 +355,7 @@ def sql(query: str | None, query_file: str | None, params: tuple[tuple[str, str]
     fmt = chosen.pop() if chosen else "table"
     text_ = queries.read_query(query, query_file, click.get_binary_stream("stdin"))
     out = click.get_text_stream("stdout")
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         with queries.stream_readonly(conn, text_, dict(params), timeout) as result:
             output.write_stream(out, result.columns, result.rows, fmt, headers=not no_headers,
                                 json_columns=queries.JSON_COLUMNS, detect_json=json_cols)
@@ -369,7 +374,7 @@ def serve(db: str | None, config_path: str | None, host: str, port: int) -> None
     described, facets, and the post-mortem questions as canned queries. SQLite databases only."""
     from regindex import serve as serve_mod
 
-    url = dbmod.resolve_url(_db(db, config_path))
+    url = dbmod.resolve_url(resolve_db(db, config_path))
     if not dbmod.is_sqlite(url):
         raise Failure("regindex serve opens SQLite databases (Datasette); for PostgreSQL use `regindex sql`")
     with dbmod.reader(url):
@@ -397,7 +402,7 @@ def db_group() -> None:
 @core_errors
 def upgrade(db: str | None, config_path: str | None) -> None:
     """Create or upgrade the schema to this version of regindex."""
-    engine = dbmod.open_writer(_db(db, config_path))
+    engine = dbmod.open_writer(resolve_db(db, config_path))
     with engine.connect() as conn:
         click.echo(f"schema at {dbmod.current_revision(conn)} (head)")
     engine.dispose()
@@ -409,7 +414,7 @@ def upgrade(db: str | None, config_path: str | None) -> None:
 @core_errors
 def current(db: str | None, config_path: str | None) -> None:
     """Print the schema revision of the database and of this code."""
-    url = dbmod.resolve_url(_db(db, config_path))
+    url = dbmod.resolve_url(resolve_db(db, config_path))
     engine = dbmod.make_engine(url, readonly=True)
     try:
         with engine.connect() as conn:
@@ -440,6 +445,8 @@ def demo(directory: Path | None, force: bool) -> None:
     result = run_demo(directory, force=force, echo=click.echo)
     click.echo(f"database: {result.db_path}")
     click.echo(f"try:      regindex findings --db {result.db_path} --state new")
+    click.echo(f"          regindex incidents --db {result.db_path}")
+    click.echo(f"          regindex repair --db {result.db_path}    (a dry run: prints what --apply would do)")
     if result.report_path:
         click.echo(f"report:   {result.report_path}")
 
@@ -461,7 +468,7 @@ def gc_preview(db: str | None, config_path: str | None, delete_untagged: bool, r
     something, 2 bad input."""
     from regindex import gc
 
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         preds = gc.predict(conn, delete_untagged, registries)
     click.echo(gc.render(preds, fmt), nl=False)
     if any(p.outcome != gc.COMPLETES or p.breakage for p in preds):
@@ -491,7 +498,7 @@ def report(db: str | None, config_path: str | None, out: Path | None, runs: int,
     end = parse_when(until, "--until") if until else None
     if start and end and start > end:
         raise Failure("--since is after --until")
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         written = report_mod.write(conn, out or Path(report_mod.DEFAULT_OUT), runs, since=start, until=end)
     click.echo(f"report: {written} (findings: {written.with_suffix('.csv')})")
 
@@ -511,9 +518,13 @@ def history_cmd(digest: str, db: str | None, config_path: str | None, fmt: str) 
 
     from regindex import report as report_mod
 
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         h = report_mod.history(conn, digest)
     if fmt == "json":
         click.echo(json.dumps(report_mod.history_json(h), indent=2, default=output.json_default))
     else:
         click.echo(report_mod.format_history(h, output.printable), nl=False)
+
+
+# "From finding to fix" commands (repair, repairs, ack, unack, incidents) live in their own module.
+from regindex import cli_fix  # noqa: E402,F401

@@ -41,6 +41,10 @@ class UnknownDigest(ReportError):
     """``regindex history``: the digest (or prefix) names nothing in the database, or more than one digest."""
 
 
+class RepairError(RegindexError):
+    """``regindex repair`` / ``ack``: bad selection, no quarantine directory, nothing to undo, a refused undo."""
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an exception's message (a driver error's own message, not SQLAlchemy's wrapping)."""
     text = str(getattr(exc, "orig", None) or exc).strip()
