@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from regindex import db as dbmod
-from regindex import report
+from regindex import render, report
 from regindex.sample import StorageWriter
 from regindex.scan import ScanOptions, run_scan
 
@@ -83,7 +83,7 @@ def main() -> None:
             for fold in (False, True):
                 rep = report.collect(conn, fold=fold)
                 out = d / f"report-{'after' if fold else 'before'}.html"
-                out.write_text(report.render_report(rep), encoding="utf-8")
+                out.write_text(render.render_report(rep), encoding="utf-8")
                 sizes.append(out.stat().st_size)
                 heights.append(height(out, d))
             from regindex.incidents import group

@@ -5,7 +5,7 @@
 Builds two SQLite databases directly through SQLAlchemy Core inserts (no scan): 90 nightly runs (a few
 partial, one failed), four registries, N open findings plus a share of resolved episodes, and for each
 finding the inventory episodes a post-mortem looks up (the link that vanished in the run the finding
-appeared, and its blob data). Times ``report.render`` (collect + template) over all 90 runs on both, prints
+appeared, and its blob data). Times ``render.render`` (collect + template) over all 90 runs on both, prints
 both times and the ratio large/baseline, then the CSV write. Rendering is about linear in the findings; the
 per-finding sections are capped, so the page size is not.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 from sqlalchemy import insert
 
 from regindex import db as dbmod
-from regindex import report
+from regindex import render
 from regindex.checks import KINDS
 from regindex.models import Blob, Finding, Link, Registry, Run, RunRegistry, table
 
@@ -117,7 +117,7 @@ def timed_render(path: Path, runs: int, repeat: int = 3) -> tuple[float, int]:
     for _ in range(repeat):
         with dbmod.reader(str(path)) as conn:
             t0 = time.perf_counter()
-            html = report.render(conn, runs=runs)
+            html = render.render(conn, runs=runs)
             best = min(best, time.perf_counter() - t0)
             size = len(html.encode())
     return best, size

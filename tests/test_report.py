@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 
-from regindex import report
+from regindex import charts, episodes, render
 from regindex.cli import cli
 from regindex.sample import StorageWriter
 
@@ -442,7 +442,7 @@ def test_cap_on_finding_sections(story: Story, tmp_path: Path) -> None:
     from regindex import db as dbmod
 
     with dbmod.reader(str(story.db)) as conn:
-        out = report.write(conn, tmp_path / "capped.html", limit=1)
+        out = render.write(conn, tmp_path / "capped.html", limit=1)
     page = Page(out.read_text(encoding="utf-8"))
     for state in ("new", "persisting", "resolved"):
         sec = page.one("section", id=state)
@@ -466,11 +466,11 @@ def test_cap_on_finding_sections(story: Story, tmp_path: Path) -> None:
 
 def test_render_does_not_scale_with_queries_per_run(story: Story) -> None:
     """The trend is computed in one pass: it equals the per-run count for every run of the window."""
-    items = [report.Item(*r) for r in story.sql(
+    items = [episodes.Item(*r) for r in story.sql(
         "SELECT id, key, episode, kind, severity, registry, repository, digest, tag, parent_digest, "
         "first_run, last_seen_run, resolved_run FROM findings")]
     runs = [r for (r,) in story.sql("SELECT id FROM runs WHERE status IN ('complete', 'partial') ORDER BY id")]
-    open_by_kind, new, resolved = report.trend(items, runs)
+    open_by_kind, new, resolved = charts.trend(items, runs)
     for i, run in enumerate(runs):
         assert sum(v[i] for v in open_by_kind.values()) == sum(
             1 for it in items if it.first_run <= run and (it.resolved_run is None or it.resolved_run > run))
@@ -559,7 +559,7 @@ def test_report_needs_a_finished_scan(tmp_path: Path) -> None:
 
 
 def test_templates_load_through_importlib_resources() -> None:
-    env = report.environment()
+    env = render.environment()
     assert env.undefined.__name__ == "StrictUndefined"
     assert env.get_template("report.html.j2").is_up_to_date
     assert env.autoescape("report.html.j2") is True and env.autoescape("index.html.j2") is True

@@ -175,9 +175,9 @@ def scan(
 
             metrics.write(metrics_path, metrics.render(conn, outcome.run_id))
     if report_dir:
-        from regindex import report
+        from regindex import render
 
-        written = report.write_dated(engine, report_dir)
+        written = render.write_dated(engine, report_dir)
         if not quiet:
             click.echo(f"report: {written}")
     engine.dispose()
@@ -205,11 +205,11 @@ def scan(
 
 
 def _report_anyway(engine: Any, report_dir: Path) -> None:
-    from regindex import report
+    from regindex import render
     from regindex.errors import ReportError
 
     try:
-        report.write_dated(engine, report_dir)
+        render.write_dated(engine, report_dir)
     except ReportError:
         pass  # no finished scan yet: nothing to show
 
@@ -492,7 +492,7 @@ def gc_preview(db: str | None, config_path: str | None, delete_untagged: bool, r
 def report(db: str | None, config_path: str | None, out: Path | None, runs: int, since: str | None,
            until: str | None) -> None:
     """Write the HTML trend report of the latest finished run (self-contained: no script, no network)."""
-    from regindex import report as report_mod
+    from regindex import render
     from regindex.timespec import parse_when
 
     start = parse_when(since, "--since") if since else None
@@ -500,7 +500,7 @@ def report(db: str | None, config_path: str | None, out: Path | None, runs: int,
     if start and end and start > end:
         raise Failure("--since is after --until")
     with dbmod.reader(resolve_db(db, config_path)) as conn:
-        written = report_mod.write(conn, out or Path(report_mod.DEFAULT_OUT), runs, since=start, until=end)
+        written = render.write(conn, out or Path(render.DEFAULT_OUT), runs, since=start, until=end)
     click.echo(f"report: {written} (findings: {written.with_suffix('.csv')})")
 
 
@@ -517,14 +517,14 @@ def history_cmd(digest: str, db: str | None, config_path: str | None, fmt: str) 
     and blob episodes (for a tag: the digests it named, and the history of the one it names now)."""
     import json
 
-    from regindex import report as report_mod
+    from regindex import timeline
 
     with dbmod.reader(resolve_db(db, config_path)) as conn:
-        h = report_mod.history(conn, digest)
+        t = timeline.lookup(conn, digest)
     if fmt == "json":
-        click.echo(json.dumps(report_mod.history_json(h), indent=2, default=output.json_default))
+        click.echo(json.dumps(timeline.as_json(t), indent=2, default=output.json_default))
     else:
-        click.echo(report_mod.format_history(h, output.printable), nl=False)
+        click.echo(output.format_timeline(t, output.printable), nl=False)
 
 
 # "From finding to fix" commands (repair, repairs, ack, unack, incidents) live in their own module.

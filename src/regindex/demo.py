@@ -123,13 +123,9 @@ def run_demo(directory: Path, force: bool = False, echo: Callable[[str], None] =
         c = second.counts
         echo(f"night 2: run {second.run_id}: {c.new} new, {c.persisting} persisting, {c.resolved} resolved, "
              f"{second.open_errors} open errors")
-        report_path: Path | None = None
-        try:
-            from regindex import report
-        except ImportError:
-            report = None  # type: ignore[assignment]
-        if report is not None and hasattr(report, "write_dated"):
-            report_path = Path(report.write_dated(engine, directory / "reports"))
+        from regindex import render
+
+        report_path: Path | None = Path(render.write_dated(engine, directory / "reports"))
     finally:
         engine.dispose()
     return DemoResult(storage, db_path, report_path)

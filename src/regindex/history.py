@@ -20,6 +20,7 @@ from regindex.models import Finding, table
 from regindex.store import chunks
 
 F = table(Finding)
+FINISHED = ("complete", "partial")  # the run statuses that changed findings: states are relative to these
 
 
 @dataclass
@@ -123,10 +124,12 @@ SEVERITY_ORDER = ("error", "warning", "info")
 
 
 def latest_run(conn: Connection) -> int | None:
+    """The latest finished run: what finding states are relative to by default (episodes.Runs.latest is the
+    same over the runs it loaded)."""
     from regindex.models import Run
 
     R = table(Run)
-    return conn.execute(select(func.max(R.c.id)).where(R.c.status.in_(["complete", "partial"]))).scalar()
+    return conn.execute(select(func.max(R.c.id)).where(R.c.status.in_(FINISHED))).scalar()
 
 
 @dataclass
@@ -174,7 +177,7 @@ def selected_run(conn: Connection, run: int | None) -> int | None:
     status = conn.execute(select(R.c.status).where(R.c.id == run)).scalar()
     if status is None:
         raise ConfigError(f"--run {run}: no such run (see `regindex runs`)")
-    if status not in ("complete", "partial"):
+    if status not in FINISHED:
         raise ConfigError(f"--run {run}: that run is {status} and changed no finding; pick a complete or partial run")
     return run
 
@@ -282,7 +285,7 @@ def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
 
     R = table(Run)
     rows = [dict(r) for r in conn.execute(select(R).order_by(R.c.id.desc()).limit(limit)).mappings()]
-    finished = [r["id"] for r in rows if r["status"] in ("complete", "partial") and r["open_errors"] is None]
+    finished = [r["id"] for r in rows if r["status"] in FINISHED and r["open_errors"] is None]
     errors: dict[int, int] = {}
     for part in chunks(finished, 500):
         q = (
@@ -294,7 +297,7 @@ def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
         errors.update({rid: int(n) for rid, n in conn.execute(q)})
     for r in rows:
         r["started_at"], r["finished_at"] = iso(as_utc(r["started_at"])), iso(as_utc(r["finished_at"]))
-        if r["status"] not in ("complete", "partial"):
+        if r["status"] not in FINISHED:
             r["open_errors"] = None
         elif r["open_errors"] is None:
             r["open_errors"] = errors.get(r["id"], 0)

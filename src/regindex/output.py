@@ -8,8 +8,11 @@ import decimal
 import io
 import itertools
 import json
-from collections.abc import Collection, Iterable, Sequence
-from typing import IO, Any
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from regindex.timeline import Timeline
 
 FORMATS = ("table", "json", "csv")
 STREAM_FORMATS = ("table", "json", "nl", "csv", "tsv")
@@ -166,3 +169,81 @@ def write_stream(
         out.write(line([_trim(printable(_cell(v)), max_width) for v in row]))
         count += 1
     return count
+
+
+def clip(value: str, limit: int = 140) -> str:
+    """A storage value cut short for a one-line message."""
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
+def when_text(when: dt.datetime | None) -> str:
+    """A run's time in messages and hover text."""
+    return when.strftime("%Y-%m-%d %H:%M UTC") if when else "unknown time"
+
+
+def fmt_when(v: dt.datetime | None) -> str:
+    """A time in a table cell (the report, the history timeline): ``—`` when unknown."""
+    return v.strftime("%Y-%m-%d %H:%M UTC") if v else "—"
+
+
+def format_timeline(h: Timeline, printable: Callable[[str], str] = str) -> str:
+    """``regindex history``: the timeline as terminal text (``printable`` makes storage names safe for a terminal)."""
+    from regindex.episodes import PARENT_ROLE
+    from regindex.postmortem import LINK_NAMES, plural, short
+
+    out = [h.digest or "", ""]
+    if h.tag:
+        out = [f"{h.tag} → {h.digest or 'no digest (the tag has no readable current link)'}", ""]
+        out.append("Tag episodes:")
+        for r in h.tag_links:
+            label = "current link" if r["kind"] == "tag_current" else f"index entry {short(r['path_digest'])}"
+            target = r["target_digest"] or "(nothing readable)"
+            out.append(printable(f"  {r['registry']} · {label} → {target} ({r['state']}): {_episode_text(r)}"))
+        if not h.tag_links:
+            out.append("  none (no link of this tag was ever seen)")
+        out.append("")
+    if h.cards:
+        out.append(f"Findings naming it ({plural(len(h.cards), 'problem')}):")
+    else:
+        out.append("No finding names it.")
+    for card in h.cards:
+        it = card.item
+        where = " / ".join(x for x in (it.registry, it.repository) if x)
+        extra = []
+        if it.tag:
+            extra.append(f"tag {it.tag}")
+        if it.digest and it.digest != h.digest:
+            extra.append(f"digest {it.digest}")
+        if it.parent_digest and it.parent_digest != h.digest:
+            extra.append(f"{PARENT_ROLE.get(it.kind, 'parent')} {it.parent_digest}")
+        elif it.parent_digest == h.digest:
+            extra.append(f"as the {PARENT_ROLE.get(it.kind, 'parent')}")
+        state = "open" if it.resolved_run is None else f"resolved in run {it.resolved_run}"
+        out.append("")
+        head = f"  {it.kind} ({it.severity}, {state}) · {where}"
+        out.append(printable(head + (f" · {', '.join(extra)}" if extra else "")))
+        for s in card.steps:
+            out.append(printable(f"    run {s.run:<5} {fmt_when(s.when):<21} {s.text}"))
+        for ch in card.changes:
+            for t in ch.texts:
+                out.append(printable(f"    on disk, run {ch.run} ({ch.moment}): {t}"))
+        if it.hint:
+            out.append(printable(f"    hint: {it.hint}"))
+    out.append("")
+    out.append("Inventory episodes:")
+    if not h.links and not h.blobs:
+        out.append("  none (no link or blob data with this digest was ever seen)")
+    for r in h.links:
+        label = LINK_NAMES.get(r["kind"], r["kind"]) + (f" of tag {r['tag']}" if r["tag"] else "")
+        via = "path" if r["path_digest"] == h.digest else f"target of {short(r['path_digest'])}"
+        out.append(printable(f"  {r['registry']} · {r['repository']} · {label} ({r['state']}, by {via}): "
+                             f"{_episode_text(r)}"))
+    for r in h.blobs:
+        out.append(printable(f"  {r['registry']} · blob data ({r['size']:,} bytes): {_episode_text(r)}"))
+    return "\n".join(out) + "\n"
+
+
+def _episode_text(r: dict[str, Any]) -> str:
+    if r["gone_run"] is None:
+        return f"present since run {r['first_run']}"
+    return f"present from run {r['first_run']}, gone in run {r['gone_run']}"
