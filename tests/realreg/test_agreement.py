@@ -2,7 +2,7 @@
 finding, and every open ``error`` finding explains a failing request (no false negatives, no false positives).
 
 One world is built and pushed per module; each test damages a private copy of its storage the way production
-does, scans it with ``regindex scan`` (through the CLI) and asks the real registry (``harness.probe``).
+does, scans it with ``regindex scan`` (through the CLI) and asks the real registry (``probe.probe``).
 
 Matching rules (the registry is the judge):
 - ``manifest_digest`` / ``blob`` failure in repo R for digest D: an open error finding on (registry, R, D);
@@ -27,7 +27,10 @@ from click.testing import CliRunner
 
 from regindex.cli import cli
 
-from . import harness as h
+from . import damage as dm
+from . import images as im
+from . import probe as pb
+from . import registry as rg
 
 pytestmark = pytest.mark.realreg
 
@@ -39,18 +42,18 @@ API, WEB, BASE = "team/app/api", "team/app/web", "library/base"
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """One world, built and pushed once per module; every test damages a copy (clone_storage)."""
-    h.require_registry()
+    rg.require_registry()
     top = tmp_path_factory.mktemp("agreement")
     root = top / "base" / REG
-    with h.Registry(root) as reg:
-        world = h.build_world(reg, seed=1, layout_dir=top / "layout")
+    with rg.Registry(root) as reg:
+        world = im.build_world(reg, seed=1, layout_dir=top / "layout")
     return root, world
 
 
 @dataclasses.dataclass
 class Env:
-    reg: h.Registry
-    world: h.World
+    reg: rg.Registry
+    world: im.World
     base: Path  # the scan BASE: holds BASE/private/docker/registry/v2
     db: Path  # scanned once, after the damage
     history_db: Path  # scanned before the damage too (the nightly case: findings come from a second run)
@@ -69,8 +72,8 @@ class Env:
 def env(pristine, tmp_path):
     root, world = pristine
     base = tmp_path / "base"
-    h.clone_storage(root, base / REG)
-    with h.Registry(base / REG) as reg:
+    rg.clone_storage(root, base / REG)
+    with rg.Registry(base / REG) as reg:
         e = Env(reg, world, base, tmp_path / "regindex.db", tmp_path / "history.db")
         # A first run over the untouched copy: agree() compares the second run's findings with a first-ever run.
         assert scan(e, e.history_db) == []
@@ -78,18 +81,18 @@ def env(pristine, tmp_path):
 
 
 # =============================================================================================== helpers
-def config_of(world: h.World, repo: str, manifest: str) -> str:
+def config_of(world: im.World, repo: str, manifest: str) -> str:
     cfg = world.repos[repo].manifests[manifest].config
     assert cfg is not None
     return cfg
 
 
-def own_layer(world: h.World, repo: str, manifest: str) -> str:
+def own_layer(world: im.World, repo: str, manifest: str) -> str:
     """The last layer of an image (never the shared base layer in build_world)."""
     return world.repos[repo].manifests[manifest].layers[-1]
 
 
-def reachable(world: h.World, repo: str, digest: str) -> set[str]:
+def reachable(world: im.World, repo: str, digest: str) -> set[str]:
     """``digest`` and every manifest, config and layer below it in ``repo``."""
     rc = world.repos[repo]
     out: set[str] = set()
@@ -120,11 +123,11 @@ def expected_after(env: Env, removed_tags: dict[str, set[str]]) -> dict:
         exp[repo]["tags"] = tags
         exp[repo]["manifests"] = {
             d: s for d, s in exp[repo]["manifests"].items()
-            if d in reach or h.revision_link_path(env.v2, repo, d).exists()
+            if d in reach or dm.revision_link_path(env.v2, repo, d).exists()
         }
         exp[repo]["blobs"] = {
             d: s for d, s in exp[repo]["blobs"].items()
-            if d in reach or h.layer_link_path(env.v2, repo, d).exists()
+            if d in reach or dm.layer_link_path(env.v2, repo, d).exists()
         }
     return exp
 
@@ -144,7 +147,7 @@ def scan(env: Env, db: Path) -> list[dict]:
     return rows
 
 
-def explains(f: dict, fail: h.Failure, world: h.World) -> bool:
+def explains(f: dict, fail: pb.Failure, world: im.World) -> bool:
     if f["registry"] != REG or f["repository"] != fail.repository:
         return False
     if fail.kind in ("manifest_digest", "blob"):
@@ -170,7 +173,7 @@ def _fmt_finding(f: dict) -> str:
 
 @dataclasses.dataclass
 class Outcome:
-    failures: list[h.Failure]
+    failures: list[pb.Failure]
     findings: list[dict]
 
     @property
@@ -183,7 +186,7 @@ class Outcome:
 
     @property
     def failure_keys(self) -> set[tuple[str, str, str]]:
-        return h.failure_keys(self.failures)
+        return pb.failure_keys(self.failures)
 
 
 def agree(env: Env, removed_tags: dict[str, set[str]] | None = None) -> Outcome:
@@ -192,7 +195,7 @@ def agree(env: Env, removed_tags: dict[str, set[str]] | None = None) -> Outcome:
     findings = scan(env, env.db)
     second_run = scan(env, env.history_db)
     exp = expected_after(env, removed_tags or {})
-    out = Outcome(h.probe(env.reg, exp), findings)
+    out = Outcome(pb.probe(env.reg, exp), findings)
     failures, errors = out.failures, out.errors
     unexplained = [fl for fl in failures if not any(explains(f, fl, env.world) for f in errors)]
     false_pos = [f for f in errors if not any(explains(f, fl, env.world) for fl in failures)]
@@ -235,11 +238,11 @@ def test_harmless_leftovers_are_not_errors(env):
     """Things pulls never read: a misdirected and a garbage tag index link, a stale upload, unlinked blob data.
     No failure, so no error (warnings and info are fine)."""
     n = env.n
-    h.write_link(h.tag_index_link_path(env.v2, BASE, "latest", n["base"]), n["api_index"])
-    h.write_link(h.tag_index_link_path(env.v2, WEB, "legacy", n["web_legacy"]), h.GARBAGE)
-    h.add_upload(env.v2, API, "6f1c0a52-3b8e-4d0e-9a43-2f0d1b9c7e11", "2020-01-01T00:00:00.123456789Z", b"x" * 10)
+    dm.write_link(dm.tag_index_link_path(env.v2, BASE, "latest", n["base"]), n["api_index"])
+    dm.write_link(dm.tag_index_link_path(env.v2, WEB, "legacy", n["web_legacy"]), dm.GARBAGE)
+    dm.add_upload(env.v2, API, "6f1c0a52-3b8e-4d0e-9a43-2f0d1b9c7e11", "2020-01-01T00:00:00.123456789Z", b"x" * 10)
     stray = b"no link names me"
-    p = h.blob_data_path(env.v2, h.sha256_digest(stray))
+    p = dm.blob_data_path(env.v2, rg.sha256_digest(stray))
     p.parent.mkdir(parents=True)
     p.write_bytes(stray)
     out = agree(env)
@@ -255,7 +258,7 @@ def test_gc_delete_untagged_on_untouched_tree(env):
     r = env.reg.garbage_collect(delete_untagged=True)
     assert r.returncode == 0, r.stderr
     out = agree(env)
-    assert out.failure_keys == h.predict_gc_delete_untagged(env.world)
+    assert out.failure_keys == pb.predict_gc_delete_untagged(env.world)
     assert out.error_kinds == {"orphan_index_child", "orphan_layer_link"}
 
 
@@ -263,7 +266,7 @@ def test_gc_delete_untagged_on_untouched_tree(env):
     "repo,tag", [(WEB, "v2"), (API, "v1-amd64")], ids=["untag-docker-list", "untag-index-child"]
 )
 def test_tag_removal_then_gc_delete_untagged(env, repo, tag):
-    h.remove_tag(env.v2, repo, tag)
+    dm.remove_tag(env.v2, repo, tag)
     r = env.reg.garbage_collect(delete_untagged=True)
     assert r.returncode == 0, r.stderr
     out = agree(env, {repo: {tag}})
@@ -279,7 +282,7 @@ def test_tag_removal_then_gc_delete_untagged(env, repo, tag):
 def test_api_delete_of_child_named_by_index(env, repo, handle, untags):
     assert env.reg.delete_manifest(repo, env.n[handle]) == 202
     for t in untags:  # DELETE also untags every tag naming the manifest
-        assert not h.tag_current_link_path(env.v2, repo, t).exists()
+        assert not dm.tag_current_link_path(env.v2, repo, t).exists()
     out = agree(env, {repo: untags})
     assert (repo, env.n[handle], "manifest_digest") in out.failure_keys
     assert out.error_kinds == {"orphan_index_child"}
@@ -301,7 +304,7 @@ def test_api_delete_of_tagged_index(env, gc):
 
 def test_repository_without_tags_dir(env):
     """No _manifests/tags: tags/list 404, every manifest still served by digest; only a GC blocker."""
-    h.remove_tags_dir(env.v2, BASE)
+    dm.remove_tags_dir(env.v2, BASE)
     out = agree(env, {BASE: {"latest", "3.19"}})
     assert out.failures == [] and out.errors == []
     assert {f["kind"] for f in out.findings} == {"gc_blocker"}
@@ -315,11 +318,11 @@ def test_damaged_layer_after_gc_still_linked_where_no_manifest_is_served(env, da
     assert r.returncode == 0, r.stderr
     d = env.n["base_layer_amd64"]
     if damage == "half":
-        h.truncate_blob_half(env.v2, d)
+        dm.truncate_blob_half(env.v2, d)
     elif damage == "zero":
-        h.truncate_blob(env.v2, d, 0)
+        dm.truncate_blob(env.v2, d, 0)
     else:
-        p = h.blob_data_path(env.v2, d)
+        p = dm.blob_data_path(env.v2, d)
         p.write_bytes(p.read_bytes() + b"\0")
     out = agree(env)
     assert (WEB, d, "blob") in out.failure_keys
@@ -342,7 +345,7 @@ def _target(env: Env, which: str) -> str:
 
 def test_shared_layer_blob_data_removed(env):
     shared = env.n["base_layer_amd64"]
-    h.remove_blob_data(env.v2, shared)
+    dm.remove_blob_data(env.v2, shared)
     out = agree(env)
     assert {(r, d) for r, d, k in out.failure_keys if k == "blob"} == {
         (repo, shared) for repo in env.world.repos_with_blob(shared)
@@ -354,7 +357,7 @@ def test_shared_layer_blob_data_removed(env):
                                          (API, "api_amd64")])
 def test_child_revision_link_without_data(env, repo, handle):
     d = env.n[handle]
-    h.remove_blob_data(env.v2, d)
+    dm.remove_blob_data(env.v2, d)
     out = agree(env)
     assert (repo, d, "manifest_digest") in out.failure_keys
     assert {"dangling_revision", "orphan_index_child"} <= out.error_kinds
@@ -364,7 +367,7 @@ def test_child_revision_link_without_data(env, repo, handle):
     "which", ["shared_layer", "own_layer", "config", "tagged_manifest", "index", "child_manifest"]
 )
 def test_zero_byte_blob(env, which):
-    h.truncate_blob(env.v2, _target(env, which), 0)
+    dm.truncate_blob(env.v2, _target(env, which), 0)
     out = agree(env)
     assert out.failures
     assert "empty_blob" in out.error_kinds
@@ -372,7 +375,7 @@ def test_zero_byte_blob(env, which):
 
 @pytest.mark.parametrize("which", ["shared_layer", "own_layer", "config"])
 def test_half_truncated_layer_or_config_blob(env, which):
-    h.truncate_blob_half(env.v2, _target(env, which))
+    dm.truncate_blob_half(env.v2, _target(env, which))
     out = agree(env)
     assert out.failures
     assert out.error_kinds == {"size_mismatch"}
@@ -382,7 +385,7 @@ def test_half_truncated_layer_or_config_blob(env, which):
     "which", ["tagged_manifest", "index", "docker_list", "child_manifest", "docker_child_manifest"]
 )
 def test_half_truncated_manifest_blob(env, which):
-    h.truncate_blob_half(env.v2, _target(env, which))
+    dm.truncate_blob_half(env.v2, _target(env, which))
     out = agree(env)
     assert out.failures
     assert "truncated_manifest" in out.error_kinds
@@ -392,7 +395,7 @@ def test_longer_child_manifest_blob(env):
     """Child manifest data with a byte appended (still valid JSON): 200 with the long body; the index declares
     the size, so regindex sees it without hashing."""
     d = env.n["api_arm64"]
-    p = h.blob_data_path(env.v2, d)
+    p = dm.blob_data_path(env.v2, d)
     p.write_bytes(p.read_bytes() + b"\n")
     out = agree(env)
     assert (API, d, "manifest_digest") in out.failure_keys
@@ -401,7 +404,7 @@ def test_longer_child_manifest_blob(env):
 
 def _swap_space_for_tab(v2: Path, digest: str) -> None:
     """Same size, still valid JSON, other bytes."""
-    p = h.blob_data_path(v2, digest)
+    p = dm.blob_data_path(v2, digest)
     data = p.read_bytes()
     i = data.index(b" ")
     p.write_bytes(data[:i] + b"\t" + data[i + 1:])
@@ -414,21 +417,21 @@ def test_same_size_corruption_with_verify_content(env, which):
     if which.endswith("manifest"):
         _swap_space_for_tab(env.v2, d)
     else:
-        h.flip_blob_byte(env.v2, d, offset=h.blob_data_path(env.v2, d).stat().st_size // 2)
+        dm.flip_blob_byte(env.v2, d, offset=dm.blob_data_path(env.v2, d).stat().st_size // 2)
     out = agree(env)
     assert out.failures
     assert "digest_mismatch" in out.error_kinds
 
 
 def test_same_size_manifest_corruption_without_verify_content(env):
-    h.flip_blob_byte(env.v2, env.n["base"], offset=0)  # '{' -> not JSON: 500 by digest and by tag
+    dm.flip_blob_byte(env.v2, env.n["base"], offset=0)  # '{' -> not JSON: 500 by digest and by tag
     out = agree(env)
     assert out.failures
 
 
 # -- link files that do not parse: garbage, empty, trailing newline
 def _bad(content: str, digest: str) -> bytes:
-    return {"garbage": h.GARBAGE, "empty": h.EMPTY, "newline": h.newline_link(digest)}[content]
+    return {"garbage": dm.GARBAGE, "empty": dm.EMPTY, "newline": dm.newline_link(digest)}[content]
 
 
 CONTENTS = ["garbage", "empty", "newline"]
@@ -440,7 +443,7 @@ CONTENTS = ["garbage", "empty", "newline"]
 )
 def test_corrupt_layer_link(env, repo, which, content):
     d = config_of(env.world, WEB, env.n["web_legacy"]) if which == "config" else _target(env, which)
-    h.corrupt_layer_link(env.v2, repo, d, _bad(content, d))
+    dm.corrupt_layer_link(env.v2, repo, d, _bad(content, d))
     out = agree(env)
     assert (repo, d, "blob") in out.failure_keys
     assert out.error_kinds == {"corrupt_link"}
@@ -453,7 +456,7 @@ def test_corrupt_layer_link(env, repo, which, content):
 )
 def test_corrupt_revision_link(env, repo, handle, content):
     d = env.n[handle]
-    h.corrupt_revision_link(env.v2, repo, d, _bad(content, d))
+    dm.corrupt_revision_link(env.v2, repo, d, _bad(content, d))
     out = agree(env)
     assert (repo, d, "manifest_digest") in out.failure_keys
     assert "corrupt_link" in out.error_kinds
@@ -466,7 +469,7 @@ def test_corrupt_revision_link(env, repo, handle, content):
 )
 def test_corrupt_tag_current_link(env, repo, tag, content):
     d = env.world.repos[repo].tags[tag]
-    h.corrupt_tag_link(env.v2, repo, tag, _bad(content, d))
+    dm.corrupt_tag_link(env.v2, repo, tag, _bad(content, d))
     out = agree(env)
     assert (repo, tag, "manifest_tag") in out.failure_keys
     assert out.error_kinds == {"corrupt_link", "dangling_tag"}
@@ -477,16 +480,16 @@ def test_corrupt_tag_current_link(env, repo, tag, content):
 @pytest.mark.parametrize("repo,tag", [(BASE, "3.19"), (API, "v1-amd64")])
 def test_tag_without_current_link(env, how, repo, tag):
     if how == "link_file":
-        h.remove_tag_current_link(env.v2, repo, tag)
+        dm.remove_tag_current_link(env.v2, repo, tag)
     else:
-        shutil.rmtree(h.tag_dir(env.v2, repo, tag) / "current")
+        shutil.rmtree(dm.tag_dir(env.v2, repo, tag) / "current")
     out = agree(env)
     assert (repo, tag, "manifest_tag") in out.failure_keys
     assert out.error_kinds == {"dangling_tag"}
 
 
 def test_index_revision_link_removed_while_tagged(env):
-    h.remove_revision_link(env.v2, API, env.n["api_index"])
+    dm.remove_revision_link(env.v2, API, env.n["api_index"])
     out = agree(env)
     assert {(API, "v1", "manifest_tag"), (API, "latest", "manifest_tag")} <= out.failure_keys
     assert out.error_kinds == {"dangling_tag"}
@@ -494,8 +497,8 @@ def test_index_revision_link_removed_while_tagged(env):
 
 @pytest.mark.parametrize("target", ["other_repo_manifest", "unknown_digest"])
 def test_tag_names_a_manifest_the_repository_does_not_link(env, target):
-    other = env.n["api_amd64"] if target == "other_repo_manifest" else h.sha256_digest(b"no such manifest")
-    h.point_tag(env.v2, BASE, "3.19", other)
+    other = env.n["api_amd64"] if target == "other_repo_manifest" else rg.sha256_digest(b"no such manifest")
+    dm.point_tag(env.v2, BASE, "3.19", other)
     out = agree(env)
     assert (BASE, "3.19", "manifest_tag") in out.failure_keys
     assert out.error_kinds == {"dangling_tag"}
@@ -514,7 +517,7 @@ def test_tag_names_a_manifest_the_repository_does_not_link(env, target):
 )
 def test_misdirected_revision_link(env, repo, handle, other):
     d = env.n[handle]
-    h.point_revision_link(env.v2, repo, d, env.n[other])
+    dm.point_revision_link(env.v2, repo, d, env.n[other])
     out = agree(env)
     assert (repo, d, "manifest_digest") in out.failure_keys
     assert "misdirected_link" in out.error_kinds
@@ -528,7 +531,7 @@ def test_misdirected_revision_link(env, repo, handle, other):
 def test_misdirected_layer_link(env, repo, which, other):
     d = _target(env, which)
     other_d = config_of(env.world, BASE, env.n["base"]) if other == "config" else _target(env, other)
-    h.point_layer_link(env.v2, repo, d, other_d)
+    dm.point_layer_link(env.v2, repo, d, other_d)
     out = agree(env)
     assert (repo, d, "blob") in out.failure_keys
     assert out.error_kinds == {"misdirected_link"}
@@ -542,7 +545,7 @@ def test_misdirected_layer_link(env, repo, which, other):
 )
 def test_removed_layer_link_of_served_blob(env, how, repo, which):
     d = _target(env, which)
-    (h.remove_layer_link_dir if how == "dir" else h.remove_layer_link)(env.v2, repo, d)
+    (dm.remove_layer_link_dir if how == "dir" else dm.remove_layer_link)(env.v2, repo, d)
     out = agree(env)
     assert (repo, d, "blob") in out.failure_keys
     assert out.error_kinds == {"unlinked_blob_ref"}
@@ -555,8 +558,8 @@ def test_removed_layer_link_of_served_blob(env, how, repo, which):
 def test_manifest_served_through_layers_link_fallback(env, how, repo, handle):
     """No revision link file, but a _layers link for the manifest digest: the registry serves it from there."""
     d = env.n[handle]
-    (h.remove_revision_link if how == "link_file" else h.remove_revision)(env.v2, repo, d)
-    h.write_layer_link(env.v2, repo, d, d)
+    (dm.remove_revision_link if how == "link_file" else dm.remove_revision)(env.v2, repo, d)
+    dm.write_layer_link(env.v2, repo, d, d)
     out = agree(env)
     assert out.failures == []
     assert out.errors == []
@@ -566,14 +569,14 @@ def test_manifest_served_through_layers_link_fallback(env, how, repo, handle):
 def test_child_layers_link_fallback_broken(env, how):
     """Revision link file removed, _layers link for the child present but broken: the fallback fails."""
     d = env.n["api_arm64"]
-    h.remove_revision_link(env.v2, API, d)
+    dm.remove_revision_link(env.v2, API, d)
     if how == "misdirected":
-        h.write_layer_link(env.v2, API, d, env.n["api_amd64"])
+        dm.write_layer_link(env.v2, API, d, env.n["api_amd64"])
     elif how == "garbage":
-        h.write_layer_link(env.v2, API, d, h.GARBAGE)
+        dm.write_layer_link(env.v2, API, d, dm.GARBAGE)
     else:
-        h.write_layer_link(env.v2, API, d, d)
-        h.remove_blob_data(env.v2, d)
+        dm.write_layer_link(env.v2, API, d, d)
+        dm.remove_blob_data(env.v2, d)
     out = agree(env)
     assert (API, d, "manifest_digest") in out.failure_keys
     assert "orphan_index_child" in out.error_kinds
@@ -583,9 +586,9 @@ def test_sha512_layers_alias_is_served(env):
     """A _layers/sha512/<hex> link holding the sha256 digest of the same content is served, with content whose
     sha512 is the path digest: no error."""
     layer = env.n["base_layer_amd64"]
-    data = h.blob_data_path(env.v2, layer).read_bytes()
+    data = dm.blob_data_path(env.v2, layer).read_bytes()
     alias = "sha512:" + hashlib.sha512(data).hexdigest()
-    h.write_layer_link(env.v2, BASE, alias, layer)
+    dm.write_layer_link(env.v2, BASE, alias, layer)
     out = agree(env)
     assert out.failures == [] and out.errors == []
     status, _, body = env.reg.request("GET", f"/v2/{BASE}/blobs/{alias}")

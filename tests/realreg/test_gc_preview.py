@@ -21,7 +21,10 @@ from click.testing import CliRunner
 
 from regindex.cli import cli
 
-from . import harness as h
+from . import damage as dm
+from . import images as im
+from . import probe as pb
+from . import registry as rg
 
 pytestmark = pytest.mark.realreg
 
@@ -32,11 +35,11 @@ PROBE_KIND = {"manifest_digest": "manifest_digest", "manifest_tag": "manifest_ta
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, h.World]:
-    h.require_registry()
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, im.World]:
+    rg.require_registry()
     base = tmp_path_factory.mktemp("gc-pristine")
-    with h.Registry(base / "root") as reg:
-        world = h.build_world(reg, seed=1, layout_dir=base / "layout")
+    with rg.Registry(base / "root") as reg:
+        world = im.build_world(reg, seed=1, layout_dir=base / "layout")
     return base / "root", world
 
 
@@ -123,7 +126,7 @@ class Outcome:
             assert [int(x) for x in m.groups()] == [p["marked"], len(p["blobs"]), p["scheduled"]]
 
 
-Damage = Callable[[h.Registry, h.World], None]
+Damage = Callable[[rg.Registry, im.World], None]
 
 
 def aborts_in(aborts: str, delete_untagged: bool) -> bool:
@@ -133,7 +136,7 @@ def aborts_in(aborts: str, delete_untagged: bool) -> bool:
 
 
 @pytest.fixture
-def scenario(pristine: tuple[Path, h.World], tmp_path: Path) -> Iterator[Callable[..., Outcome]]:
+def scenario(pristine: tuple[Path, im.World], tmp_path: Path) -> Iterator[Callable[..., Outcome]]:
     root, world = pristine
     runner = CliRunner()
 
@@ -141,13 +144,13 @@ def scenario(pristine: tuple[Path, h.World], tmp_path: Path) -> Iterator[Callabl
             expected: dict[str, Any] | None = None) -> Outcome:
         """``expected``: what the probes ask for (default: the world)."""
         asked = expected or world.expected()
-        storage = h.clone_storage(root, tmp_path / "root")
+        storage = rg.clone_storage(root, tmp_path / "root")
         db = tmp_path / "regindex.db"
-        with h.Registry(storage) as reg:
+        with rg.Registry(storage) as reg:
             if damage:
                 damage(reg, world)
                 reg.restart()
-            before = h.failure_keys(h.probe(reg, asked, copy=copy)) if probe else set()
+            before = pb.failure_keys(pb.probe(reg, asked, copy=copy)) if probe else set()
             scanned = runner.invoke(cli, ["scan", str(storage), "--db", str(db), "-q"], catch_exceptions=False)
             assert scanned.exit_code in (0, 1), scanned.output
             args = ["gc-preview", "--db", str(db), "--format", "json"]
@@ -159,7 +162,7 @@ def scenario(pristine: tuple[Path, h.World], tmp_path: Path) -> Iterator[Callabl
             snap0 = Snapshot.of(reg.v2)
             gc = reg.garbage_collect(delete_untagged=delete_untagged)
             snap1 = Snapshot.of(reg.v2)
-            after = h.failure_keys(h.probe(reg, asked, copy=copy)) if probe else set()
+            after = pb.failure_keys(pb.probe(reg, asked, copy=copy)) if probe else set()
         outcome = Outcome(prediction, out.exit_code, gc, snap0.minus(snap1), after - before, probe, copy,
                           findings, delete_untagged)
         outcome.check()
@@ -172,7 +175,7 @@ def test_delete_untagged_on_an_untouched_world(scenario, pristine) -> None:
     _, world = pristine
     o = scenario(None, delete_untagged=True)
     assert o.prediction["outcome"] == "completes"
-    assert o.new_failures == h.predict_gc_delete_untagged(world)  # the md's description agrees too
+    assert o.new_failures == pb.predict_gc_delete_untagged(world)  # the md's description agrees too
     assert o.deleted.revisions and o.deleted.blobs
 
 
@@ -180,9 +183,9 @@ def test_tag_removal_then_delete_untagged(scenario, pristine) -> None:
     _, world = pristine
     n = world.named
 
-    def untag_api_index(reg: h.Registry, world: h.World) -> None:
-        h.remove_tag(reg.v2, API, "v1")
-        h.remove_tag(reg.v2, API, "latest")
+    def untag_api_index(reg: rg.Registry, world: im.World) -> None:
+        dm.remove_tag(reg.v2, API, "v1")
+        dm.remove_tag(reg.v2, API, "latest")
 
     o = scenario(untag_api_index, delete_untagged=True)
     assert (API, n["api_index"]) in o.deleted.revisions
@@ -195,9 +198,9 @@ def test_plain_gc_after_tag_removal_and_api_delete(scenario, pristine) -> None:
     _, world = pristine
     n = world.named
 
-    def damage(reg: h.Registry, world: h.World) -> None:
-        h.remove_tag(reg.v2, API, "v1")
-        h.remove_tag(reg.v2, API, "latest")
+    def damage(reg: rg.Registry, world: im.World) -> None:
+        dm.remove_tag(reg.v2, API, "v1")
+        dm.remove_tag(reg.v2, API, "latest")
         assert reg.delete_manifest(WEB, n["web_legacy"]) == 202
 
     o = scenario(damage, delete_untagged=False)
@@ -209,7 +212,7 @@ def test_plain_gc_after_tag_removal_and_api_delete(scenario, pristine) -> None:
 def test_dangling_revision_is_skipped_and_its_blobs_swept(scenario, pristine) -> None:
     _, world = pristine
     n = world.named
-    o = scenario(lambda reg, w: h.remove_blob_data(reg.v2, n["base"]), delete_untagged=False)
+    o = scenario(lambda reg, w: dm.remove_blob_data(reg.v2, n["base"]), delete_untagged=False)
     assert o.prediction["skipped"] == [{"repository": BASE, "digest": n["base"], "why": "manifest data missing"}]
     base = world.repos[BASE].manifests[n["base"]]
     assert o.deleted.blobs == {base.config}  # its layer is also named by the amd64 children
@@ -218,7 +221,7 @@ def test_dangling_revision_is_skipped_and_its_blobs_swept(scenario, pristine) ->
 def test_dangling_revision_with_delete_untagged(scenario, pristine) -> None:
     _, world = pristine
     n = world.named
-    o = scenario(lambda reg, w: h.remove_blob_data(reg.v2, n["api_amd64"]), delete_untagged=True)
+    o = scenario(lambda reg, w: dm.remove_blob_data(reg.v2, n["api_amd64"]), delete_untagged=True)
     assert {"repository": API, "digest": n["api_amd64"], "why": "manifest data missing"} in o.prediction["skipped"]
 
 
@@ -226,9 +229,9 @@ def test_revision_link_removed_but_served_through_layers(scenario, pristine) -> 
     _, world = pristine
     n = world.named
 
-    def damage(reg: h.Registry, world: h.World) -> None:
-        h.remove_revision_link(reg.v2, BASE, n["base"])
-        h.write_layer_link(reg.v2, BASE, n["base"], n["base"])
+    def damage(reg: rg.Registry, world: im.World) -> None:
+        dm.remove_revision_link(reg.v2, BASE, n["base"])
+        dm.write_layer_link(reg.v2, BASE, n["base"], n["base"])
 
     expected = world.expected()  # the manifest is a blob of library/base now: probe it as one too
     expected[BASE]["blobs"][n["base"]] = world.repos[BASE].manifests[n["base"]].size
@@ -239,30 +242,30 @@ def test_revision_link_removed_but_served_through_layers(scenario, pristine) -> 
 def test_misdirected_revision_link_fails_in_the_sweep(scenario, pristine) -> None:
     _, world = pristine
     n = world.named
-    o = scenario(lambda reg, w: h.point_revision_link(reg.v2, WEB, n["web_legacy"], n["web_amd64"]),
+    o = scenario(lambda reg, w: dm.point_revision_link(reg.v2, WEB, n["web_legacy"], n["web_amd64"]),
                  delete_untagged=True)
     assert o.prediction["outcome"] == "sweep_error" and o.gc.returncode == 1
     assert o.deleted.revisions and not o.deleted.blobs
 
 
-def tag_without_current_link(reg: h.Registry, world: h.World) -> None:
-    h.remove_tag_current_link(reg.v2, WEB, "legacy")
+def tag_without_current_link(reg: rg.Registry, world: im.World) -> None:
+    dm.remove_tag_current_link(reg.v2, WEB, "legacy")
 
 
-def garbage_revision_link(reg: h.Registry, world: h.World) -> None:
-    h.corrupt_revision_link(reg.v2, WEB, world.named["web_amd64"])
+def garbage_revision_link(reg: rg.Registry, world: im.World) -> None:
+    dm.corrupt_revision_link(reg.v2, WEB, world.named["web_amd64"])
 
 
-def newline_tag_link(reg: h.Registry, world: h.World) -> None:
-    h.corrupt_tag_link(reg.v2, BASE, "3.19", h.newline_link(world.named["base"]))
+def newline_tag_link(reg: rg.Registry, world: im.World) -> None:
+    dm.corrupt_tag_link(reg.v2, BASE, "3.19", dm.newline_link(world.named["base"]))
 
 
-def no_tags_directory(reg: h.Registry, world: h.World) -> None:
-    h.remove_tags_dir(reg.v2, BASE)
+def no_tags_directory(reg: rg.Registry, world: im.World) -> None:
+    dm.remove_tags_dir(reg.v2, BASE)
 
 
-def truncated_tagged_manifest(reg: h.Registry, world: h.World) -> None:
-    h.truncate_blob_half(reg.v2, world.named["web_legacy"])
+def truncated_tagged_manifest(reg: rg.Registry, world: im.World) -> None:
+    dm.truncate_blob_half(reg.v2, world.named["web_legacy"])
 
 
 def test_tag_without_current_link_does_not_block(scenario, pristine) -> None:

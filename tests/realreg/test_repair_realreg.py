@@ -20,7 +20,10 @@ from click.testing import CliRunner
 
 from regindex.cli import cli
 
-from . import harness as h
+from . import damage as dm
+from . import images as im
+from . import probe as pb
+from . import registry as rg
 
 pytestmark = pytest.mark.realreg
 
@@ -31,11 +34,11 @@ MIRROR = "mirror/keep"
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    h.require_registry()
+    rg.require_registry()
     top = tmp_path_factory.mktemp("repair")
     root = top / "base" / REG
-    with h.Registry(root) as reg:
-        world = h.build_world(reg, seed=1, layout_dir=top / "layout")
+    with rg.Registry(root) as reg:
+        world = im.build_world(reg, seed=1, layout_dir=top / "layout")
     return root, world
 
 
@@ -62,7 +65,7 @@ def snapshot(root: Path) -> dict[str, tuple[str, int, str | None]]:
     return out
 
 
-def desc(world: h.World, repo: str, digest: str) -> dict:
+def desc(world: im.World, repo: str, digest: str) -> dict:
     m = world.repos[repo].manifests[digest]
     return {"mediaType": m.media_type, "digest": digest, "size": m.size}
 
@@ -75,14 +78,14 @@ def batch_of(out: str) -> str:
 def test_repair_after_gc_then_repush(pristine, tmp_path, cache):
     root, world = pristine
     base = tmp_path / "base"
-    h.clone_storage(root, base / REG)
+    rg.clone_storage(root, base / REG)
     db = tmp_path / "regindex.db"
-    with h.Registry(base / REG, cache=cache) as reg:
+    with rg.Registry(base / REG, cache=cache) as reg:
         gc = reg.garbage_collect(delete_untagged=True)
         assert gc.returncode == 0, gc.stderr
         exp = world.expected()
-        before = h.failure_keys(h.probe(reg, exp))
-        assert before == h.predict_gc_delete_untagged(world)
+        before = pb.failure_keys(pb.probe(reg, exp))
+        assert before == pb.predict_gc_delete_untagged(world)
         run("scan", base, "--db", db, "-q", "--fail-on", "never")
         orphans = {(f["repository"], f["digest"]) for f in findings(db) if f["kind"] == "orphan_layer_link"}
         assert orphans
@@ -90,9 +93,9 @@ def test_repair_after_gc_then_repush(pristine, tmp_path, cache):
         out = run("repair", "--db", db, "--apply")
         assert f"{len(orphans)} done, 0 skipped, 0 refused, 0 failed" in out
         for repo, d in orphans:
-            assert not h.layer_link_dir(reg.v2, repo, d).exists()
+            assert not dm.layer_link_dir(reg.v2, repo, d).exists()
         heads = {(repo, d): reg.request("HEAD", f"/v2/{repo}/blobs/{d}")[0] for repo, d in orphans}
-        after = h.failure_keys(h.probe(reg, exp))
+        after = pb.failure_keys(pb.probe(reg, exp))
         assert after <= before, f"requests that worked before fail now: {sorted(after - before)}"
         run("scan", base, "--db", db, "-q", "--fail-on", "never")
         assert not [f for f in findings(db) if f["kind"] == "orphan_layer_link"]
@@ -101,8 +104,8 @@ def test_repair_after_gc_then_repush(pristine, tmp_path, cache):
         assert broken
         for repo, tag in broken:
             digest = world.repos[repo].tags[tag]
-            h.push(reg, world.layout, f"repush-{tag}", repo, tag, desc(world, repo, digest))
-        final = h.probe(reg, exp)
+            im.push(reg, world.layout, f"repush-{tag}", repo, tag, desc(world, repo, digest))
+        final = pb.probe(reg, exp)
         assert final == [], [f"{f.kind} {f.repository} {f.reference}: {f.detail[:200]}" for f in final]
     print(f"cache={cache}: HEAD of repaired links before a restart: {sorted(set(heads.values()))}")
     assert set(heads.values()) == {404}
@@ -111,20 +114,20 @@ def test_repair_after_gc_then_repush(pristine, tmp_path, cache):
 def test_restore_child_link_makes_the_index_pullable_and_undo_is_byte_for_byte(pristine, tmp_path):
     root, world = pristine
     base = tmp_path / "base"
-    h.clone_storage(root, base / REG)
+    rg.clone_storage(root, base / REG)
     db = tmp_path / "regindex.db"
     n = world.named
     kept = [n["api_arm64"], n["api_att_amd64"], n["api_att_arm64"]]
-    with h.Registry(base / REG) as reg:
+    with rg.Registry(base / REG) as reg:
         for i, d in enumerate(kept):  # tagged elsewhere: garbage-collect marks their configs and layers
-            h.push(reg, world.layout, f"keep-{i}", MIRROR, f"k{i}", desc(world, API, d))
+            im.push(reg, world.layout, f"keep-{i}", MIRROR, f"k{i}", desc(world, API, d))
         gc = reg.garbage_collect(delete_untagged=True)
         assert gc.returncode == 0, gc.stderr
         for d in kept:
-            assert not h.revision_dir(reg.v2, API, d).exists()  # GC removed the untagged children's revisions
-        assert h.copy_tag(reg, API, "v1").returncode != 0
+            assert not dm.revision_dir(reg.v2, API, d).exists()  # GC removed the untagged children's revisions
+        assert pb.copy_tag(reg, API, "v1").returncode != 0
         exp = world.expected()
-        before_probe = h.failure_keys(h.probe(reg, exp, copy=False))
+        before_probe = pb.failure_keys(pb.probe(reg, exp, copy=False))
         after_gc = snapshot(base)
         run("scan", base, "--db", db, "-q", "--fail-on", "never")
         layers_out = run("repair", "--db", db, "--apply")
@@ -133,12 +136,12 @@ def test_restore_child_link_makes_the_index_pullable_and_undo_is_byte_for_byte(p
         assert "garbage-collect --delete-untagged` removes this revision link again" in out
         assert out.count("push again: team/app/web:v2") == 2
         for d in kept:
-            link = h.revision_link_path(reg.v2, API, d)
+            link = dm.revision_link_path(reg.v2, API, d)
             assert link.read_bytes() == d.encode()
-            index_link = h.revision_link_path(reg.v2, API, n["api_index"])
+            index_link = dm.revision_link_path(reg.v2, API, n["api_index"])
             assert link.stat().st_mode == index_link.stat().st_mode
         reg.restart()
-        r = h.copy_tag(reg, API, "v1")
+        r = pb.copy_tag(reg, API, "v1")
         assert r.returncode == 0, r.stderr
         for d in kept:
             assert reg.get_manifest(API, d)[0] == 200
@@ -149,7 +152,7 @@ def test_restore_child_link_makes_the_index_pullable_and_undo_is_byte_for_byte(p
         run("repair", "--db", db, "--undo", batch_of(layers_out))
         assert snapshot(base) == after_gc
         reg.restart()
-        assert h.failure_keys(h.probe(reg, exp, copy=False)) == before_probe
+        assert pb.failure_keys(pb.probe(reg, exp, copy=False)) == before_probe
 
 
 def test_inmemory_cache_warm_before_the_damage(pristine, tmp_path):
@@ -157,15 +160,15 @@ def test_inmemory_cache_warm_before_the_damage(pristine, tmp_path):
     runs, what does HEAD of a repaired link answer before a restart, and does a re-push then heal the pulls?"""
     root, world = pristine
     base = tmp_path / "base"
-    h.clone_storage(root, base / REG)
+    rg.clone_storage(root, base / REG)
     db = tmp_path / "regindex.db"
     n = world.named
     shared = n["base_layer_amd64"]
     seen: dict[str, object] = {}
-    with h.Registry(base / REG, cache=True) as reg:
+    with rg.Registry(base / REG, cache=True) as reg:
         exp = world.expected()
-        assert h.probe(reg, exp, copy=False) == []  # warms the cache: every blob served once
-        h.remove_blob_dir(reg.v2, shared)  # swept under the running registry
+        assert pb.probe(reg, exp, copy=False) == []  # warms the cache: every blob served once
+        dm.remove_blob_dir(reg.v2, shared)  # swept under the running registry
         repos = world.repos_with_blob(shared)
         seen["head_orphan_before_repair"] = sorted({reg.request("HEAD", f"/v2/{r}/blobs/{shared}")[0] for r in repos})
         run("scan", base, "--db", db, "-q", "--fail-on", "never")
@@ -176,14 +179,14 @@ def test_inmemory_cache_warm_before_the_damage(pristine, tmp_path):
             {reg.request("HEAD", f"/v2/{r}/blobs/{shared}")[0] for r in repos})
         get = reg.request("GET", f"/v2/{BASE}/blobs/{shared}")
         seen["get_repaired_before_restart"] = (get[0], len(get[2]))
-        h.push(reg, world.layout, "repush-latest", BASE, "latest", desc(world, BASE, n["base"]))
-        seen["data_back_after_repush_before_restart"] = h.blob_data_path(reg.v2, shared).exists()
-        seen["link_back_after_repush_before_restart"] = h.layer_link_path(reg.v2, BASE, shared).exists()
-        seen["pull_after_repush_before_restart"] = h.copy_tag(reg, BASE, "latest").returncode
+        im.push(reg, world.layout, "repush-latest", BASE, "latest", desc(world, BASE, n["base"]))
+        seen["data_back_after_repush_before_restart"] = dm.blob_data_path(reg.v2, shared).exists()
+        seen["link_back_after_repush_before_restart"] = dm.layer_link_path(reg.v2, BASE, shared).exists()
+        seen["pull_after_repush_before_restart"] = pb.copy_tag(reg, BASE, "latest").returncode
         reg.restart()
         seen["head_after_restart"] = reg.request("HEAD", f"/v2/{BASE}/blobs/{shared}")[0]
-        h.push(reg, world.layout, "repush-latest", BASE, "latest", desc(world, BASE, n["base"]))
-        seen["pull_after_restart_and_repush"] = h.copy_tag(reg, BASE, "latest").returncode
+        im.push(reg, world.layout, "repush-latest", BASE, "latest", desc(world, BASE, n["base"]))
+        seen["pull_after_restart_and_repush"] = pb.copy_tag(reg, BASE, "latest").returncode
     print("warm in-memory cache:", json.dumps(seen, sort_keys=True))
     # what README's "What the real registry showed" records: until a restart the cache answers for the moved
     # link as if nothing happened, so a re-push skips the blob and the pull stays broken

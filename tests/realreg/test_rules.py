@@ -28,7 +28,9 @@ from click.testing import CliRunner
 
 from regindex.cli import cli
 
-from . import harness as h
+from . import damage as dm
+from . import images as im
+from . import registry as rg
 from .test_agreement import agree, env  # noqa: F401  (env is a fixture; it uses this module's pristine)
 from .test_gc_preview import API, BASE, WEB, pristine, scenario  # noqa: F401  (fixtures)
 
@@ -39,7 +41,7 @@ pytestmark = pytest.mark.realreg
 # 1. same-size overwrite of manifest data that still parses
 
 
-def other_layer_same_size(v2: Path, world: h.World, repo: str, handle: str) -> str:
+def other_layer_same_size(v2: Path, world: im.World, repo: str, handle: str) -> str:
     """Rewrite the manifest's own (last) layer digest to another layer's digest: same size, still JSON, and
     the manifest now names a layer it did not name. Returns the layer no longer named."""
     digest = world.named[handle]
@@ -47,7 +49,7 @@ def other_layer_same_size(v2: Path, world: h.World, repo: str, handle: str) -> s
     own = m.layers[-1]
     other = next(l for r in world.repos.values() for mm in r.manifests.values() for l in mm.layers
                  if l not in m.layers)
-    p = h.blob_data_path(v2, digest)
+    p = dm.blob_data_path(v2, digest)
     data = p.read_bytes()
     assert data.count(own.encode()) == 1
     p.write_bytes(data.replace(own.encode(), other.encode()))
@@ -55,9 +57,9 @@ def other_layer_same_size(v2: Path, world: h.World, repo: str, handle: str) -> s
     return own
 
 
-def declared_size_only(v2: Path, world: h.World, repo: str, handle: str) -> None:
+def declared_size_only(v2: Path, world: im.World, repo: str, handle: str) -> None:
     """Change one digit of the last declared size: same size, still JSON, the same digests named."""
-    p = h.blob_data_path(v2, world.named[handle])
+    p = dm.blob_data_path(v2, world.named[handle])
     data = p.read_bytes()
     last = list(re.finditer(rb'"size":\s*(\d+)', data))[-1]
     i = last.end(1) - 1
@@ -104,11 +106,11 @@ def test_overwrite_that_still_parses_api(env, how, repo, handle):  # noqa: F811
 
 
 def _misdirect(target: str, tags_dir: bool):
-    def damage(reg: h.Registry, world: h.World) -> None:
-        other = world.named["api_amd64"] if target == "elsewhere" else h.sha256_digest(b"no such manifest")
-        h.point_revision_link(reg.v2, BASE, world.named["base"], other)
+    def damage(reg: rg.Registry, world: im.World) -> None:
+        other = world.named["api_amd64"] if target == "elsewhere" else rg.sha256_digest(b"no such manifest")
+        dm.point_revision_link(reg.v2, BASE, world.named["base"], other)
         if not tags_dir:
-            h.remove_tags_dir(reg.v2, BASE)
+            dm.remove_tags_dir(reg.v2, BASE)
     return damage
 
 
@@ -157,15 +159,15 @@ NAMES = {
 
 
 def _copy_repo(v2: Path, name: str) -> None:
-    shutil.copytree(h.repo_dir(v2, BASE), v2 / "repositories" / name)
+    shutil.copytree(dm.repo_dir(v2, BASE), v2 / "repositories" / name)
 
 
-def _skopeo_copy(reg: h.Registry, name: str) -> subprocess.CompletedProcess:
+def _skopeo_copy(reg: rg.Registry, name: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="regindex-pull-") as tmp:
         return subprocess.run(
-            [h.SKOPEO_BIN, "copy", "--all", "--quiet", "--src-tls-verify=false",
+            [rg.SKOPEO_BIN, "copy", "--all", "--quiet", "--src-tls-verify=false",
              f"docker://{reg.url}/{name}:latest", f"dir:{tmp}/img"],
-            capture_output=True, text=True, timeout=h.SKOPEO_TIMEOUT, check=False)
+            capture_output=True, text=True, timeout=im.SKOPEO_TIMEOUT, check=False)
 
 
 @pytest.mark.parametrize("delete_untagged", [False, True], ids=["plain", "delete-untagged"])
@@ -179,13 +181,13 @@ def test_repository_name_gc(scenario, name, delete_untagged) -> None:
 def test_repository_name_api(pristine, tmp_path, name) -> None:  # noqa: F811
     """What the API answers for the copy, what skopeo makes of the name, and what regindex reports."""
     root, world = pristine
-    storage = h.clone_storage(root, tmp_path / "root")
+    storage = rg.clone_storage(root, tmp_path / "root")
     _copy_repo(storage / "docker" / "registry" / "v2", name)
     base = world.repos[BASE]
-    with h.Registry(storage) as reg:
-        tag_status, _, _ = reg.request("GET", f"/v2/{name}/manifests/latest", {"Accept": h.MANIFEST_ACCEPT})
+    with rg.Registry(storage) as reg:
+        tag_status, _, _ = reg.request("GET", f"/v2/{name}/manifests/latest", {"Accept": rg.MANIFEST_ACCEPT})
         digest_status, _, _ = reg.request("GET", f"/v2/{name}/manifests/{base.tags['latest']}",
-                                             {"Accept": h.MANIFEST_ACCEPT})
+                                             {"Accept": rg.MANIFEST_ACCEPT})
         blob_status, _, _ = reg.request("GET", f"/v2/{name}/blobs/{base.layers()[0]}")
         listed = reg.tags(name)
         catalog = reg.catalog()
