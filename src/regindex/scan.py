@@ -120,42 +120,106 @@ def _run(engine: Engine, opts: ScanOptions, progress: Progress | None) -> ScanOu
         run_id = store.start_run(conn, str(opts.base), opts.for_record(), __version__)
         store.fail_stale_runs(conn, before=run_id)  # we hold the lock: an older 'running' run was killed
     started = store.utcnow()
+    held: list[Connection] = []
     try:
-        return _scan(engine, run_id, started, opts, progress)
+        _say(progress, f"run {run_id} started")
+        return _scan(engine, run_id, started, opts, progress, held)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, RegindexError):
+            exc.run_id = run_id
+        # First let go of the run's own connection: an interrupt can land anywhere, even between the end of
+        # the work and the COMMIT, and a connection left checked out keeps SQLite's write lock (the run's
+        # failure could then not be recorded: a SIGTERM used to block ~150 s and leave the run 'running').
+        for conn in held:
+            _abandon(conn)
+        if _interrupted(exc):
+            exc = KeyboardInterrupt()  # also when the interrupt surfaced as another error (an assertion of the
+            # database library's commit, cut short by it)
             message = "interrupted"
         elif isinstance(exc, RegindexError):
             message = str(exc)
         else:
             message = f"{type(exc).__name__}: {_one_line(exc)}"
-        _mark_failed(engine, run_id, started, message)
+        still_running = _mark_failed(engine, run_id, started, message)
+        if isinstance(exc, KeyboardInterrupt) and still_running is False:
+            raise _aborted(run_id, f"run {run_id} was interrupted after it was recorded as finished; its results "
+                           "are kept") from None
         if isinstance(exc, RegindexError):
             raise
         if isinstance(exc, KeyboardInterrupt):
-            raise ScanAborted(f"run {run_id} interrupted, nothing changed") from None
+            raise _aborted(run_id, f"run {run_id} interrupted, nothing changed") from None
         if isinstance(exc, SQLAlchemyError):
-            raise ScanAborted(f"run {run_id} failed, nothing changed: database error: {_one_line(exc)}") from exc
+            raise _aborted(run_id, f"run {run_id} failed, nothing changed: database error: {_one_line(exc)}") from exc
         if os.environ.get("REGINDEX_DEBUG"):
             raise
-        raise ScanAborted(
+        raise _aborted(
+            run_id,
             f"run {run_id} failed, nothing changed: internal error {message} (REGINDEX_DEBUG=1 shows the traceback)"
         ) from exc
 
 
-def _mark_failed(engine: Engine, run_id: int, started: datetime, message: str) -> None:
-    """Record the failure in a transaction of its own. An interrupt can leave a pooled connection holding
-    SQLite's write lock: drop the pool first, and retry briefly rather than leave the run 'running'."""
+def _aborted(run_id: int, message: str) -> ScanAborted:
+    exc = ScanAborted(message)
+    exc.run_id = run_id
+    return exc
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc, seen = exc.__context__ or exc.__cause__, seen + 1
+    return False
+
+
+def _abandon(conn: Connection) -> None:
+    """Close the driver connection under ``conn`` now: its open transaction is discarded and its locks go."""
+    try:
+        conn.invalidate()
+    except BaseException:  # already closed, or a second interrupt: nothing more to do here
+        pass
+
+
+class _WriteTransaction:
+    """``engine.begin()`` for the run's one transaction, with the connection registered in ``held`` until it
+    is closed, so that whoever catches an interrupt can abandon it. (``engine.begin()`` is a generator: an
+    interrupt inside its ``__exit__`` leaves the connection checked out, in its transaction, holding locks.)"""
+
+    def __init__(self, engine: Engine, held: list[Connection]) -> None:
+        self.engine = engine
+        self.held = held
+
+    def __enter__(self) -> Connection:
+        self.conn = self.engine.connect()
+        self.held.append(self.conn)
+        self.conn.begin()
+        return self.conn
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if typ is None:
+            self.conn.commit()
+        else:
+            _abandon(self.conn)
+        self.conn.close()
+        self.held.remove(self.conn)
+
+
+def _mark_failed(engine: Engine, run_id: int, started: datetime, message: str) -> bool | None:
+    """Record the failure in a transaction of its own, only while the run is still 'running' (an interrupt
+    after the COMMIT must not relabel a finished run). True: recorded; False: the run had finished; None:
+    could not record it (the next scan marks the run failed: fail_stale_runs)."""
     for attempt in range(5):
         engine.dispose()
         try:
             with engine.begin() as conn:
-                store.finish_run(conn, run_id, "failed", started, error=safe_text(message)[:2000])
-            return
+                return store.finish_run(conn, run_id, "failed", started, error=safe_text(message)[:2000],
+                                        only_running=True)
         except SQLAlchemyError:
             time.sleep(0.2 * (attempt + 1))
         except KeyboardInterrupt:
-            return  # a second interrupt: give up; the next scan marks the run failed (fail_stale_runs)
+            return None  # a second interrupt: give up
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -169,7 +233,8 @@ def _say(progress: Progress | None, msg: str) -> None:
 
 
 def _scan(
-    engine: Engine, run_id: int, started: datetime, opts: ScanOptions, progress: Progress | None
+    engine: Engine, run_id: int, started: datetime, opts: ScanOptions, progress: Progress | None,
+    held: list[Connection],
 ) -> ScanOutcome:
     roots = discover(opts.base)
     unknown_caches = opts.caches - {r.name for r in roots}
@@ -195,7 +260,7 @@ def _scan(
             failures[root.name] = _odd(root.name, "cannot read", exc)
 
     outcome = ScanOutcome(run_id, "complete")
-    with engine.begin() as conn:
+    with _WriteTransaction(engine, held) as conn:
         known = store.registry_ids(conn)
         scanned: dict[str, int] = {}
         manifests_known = store.known_manifests(conn)

@@ -82,13 +82,18 @@ def start_run(conn: Connection, base: str, options: dict[str, Any], version: str
     return int(res.inserted_primary_key[0])  # type: ignore[index]
 
 
-def finish_run(conn: Connection, run_id: int, status: str, started: datetime, **counts: Any) -> None:
+def finish_run(
+    conn: Connection, run_id: int, status: str, started: datetime, only_running: bool = False, **counts: Any
+) -> bool:
+    """Record the end of a run; with ``only_running`` only if it is still 'running'. True when recorded."""
     now = utcnow()
-    conn.execute(
-        update(table(Run))
-        .where(table(Run).c.id == run_id)
+    t = table(Run)
+    cond = [t.c.id == run_id] + ([t.c.status == "running"] if only_running else [])
+    res = conn.execute(
+        update(t).where(*cond)
         .values(status=status, finished_at=now, duration_seconds=(now - started).total_seconds(), **counts)
     )
+    return bool(res.rowcount)
 
 
 def registry_ids(conn: Connection) -> dict[str, int]:
