@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import signal
@@ -18,6 +19,7 @@ from regindex import __version__, output
 from regindex import config as config_mod
 from regindex import db as dbmod
 from regindex.errors import RegindexError
+from regindex.logs import LOG_FORMATS, ScanLog
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,11 +39,11 @@ def core_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RegindexError as exc:
-            raise Failure(str(exc)) from None
+            raise Failure(output._printable(str(exc))) from None
         except SQLAlchemyError as exc:
-            raise Failure(f"database error: {dbmod._one_line(exc)}") from None
+            raise Failure(output._printable(f"database error: {dbmod._one_line(exc)}")) from None
         except OSError as exc:
-            raise Failure(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+            raise Failure(output._printable(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))) from None
         except KeyboardInterrupt:
             raise Failure("interrupted") from None
 
@@ -119,11 +121,12 @@ def cli() -> None:
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write Prometheus textfile metrics here (atomically).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stdout.")
-@core_errors
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              help="stderr: text for people, or json (one object a line: progress, errors, the run's summary).")
 def scan(
     base: Path, db: str | None, config_path: str | None, caches: tuple[str, ...], fail_on: str | None,
     verify_content: bool | None, stale_upload_hours: float | None, allow_empty: bool, report_dir: Path | None,
-    metrics_path: Path | None, quiet: bool,
+    metrics_path: Path | None, quiet: bool, log_format: str,
 ) -> None:
     """Index every registry under BASE and update findings.
 
@@ -131,6 +134,32 @@ def scan(
     Exit status: 0 no open error finding, 1 open error findings (see --fail-on), 2 bad input or a failed or
     partial scan (nothing is resolved from a registry that could not be read).
     """
+    log = ScanLog(log_format)
+    # SQLAlchemy's pool logs what an interrupt leaves it (a reset cut short); with no handler configured Python
+    # would print that to stderr as a traceback. The run's own outcome is reported below, once.
+    logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
+    try:
+        _scan(log, base, db, config_path, caches, fail_on, verify_content, stale_upload_hours, allow_empty,
+              report_dir, metrics_path, quiet)
+    except Failure as exc:
+        if log_format != "json":
+            raise
+        log.error(exc.message)
+        sys.exit(EXIT_ERROR)
+    finally:
+        # The run is over (recorded, rolled back or failed): a signal from now on ends the process the default
+        # way, without a traceback from wherever the interpreter happens to be.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@core_errors
+def _scan(
+    log: ScanLog, base: Path, db: str | None, config_path: str | None, caches: tuple[str, ...], fail_on: str | None,
+    verify_content: bool | None, stale_upload_hours: float | None, allow_empty: bool, report_dir: Path | None,
+    metrics_path: Path | None, quiet: bool,
+) -> None:
+    from regindex.errors import LockError
     from regindex.scan import ScanOptions, run_scan
 
     settings = config_mod.load(config_path)
@@ -149,21 +178,22 @@ def scan(
         _writable_target(report_dir, "--report", is_dir=True)
     engine = dbmod.open_writer(db or settings.db)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    progress = _progress() if sys.stderr.isatty() else None
+    signal.signal(signal.SIGINT, _terminate_as_interrupt)
     try:
-        outcome = run_scan(engine, opts, progress)
-    except RegindexError:
-        if report_dir:
-            _report_anyway(engine, report_dir)  # the dated page says this run failed; index.html stays honest
+        outcome = run_scan(engine, opts, log.progress)
+    except RegindexError as exc:
+        log.end_progress()
+        if exc.run_id is not None and not isinstance(exc, LockError):
+            # a failed or interrupted run: the metrics say so (they never go stale), and so does the report
+            if metrics_path:
+                _write_metrics(engine, metrics_path, exc.run_id)
+            if report_dir:
+                _report_anyway(engine, report_dir)
+        log.summary(status="failed", error=str(exc))
         raise
-    finally:
-        if progress:
-            click.echo("\r\033[K", nl=False, err=True)
-    with engine.connect() as conn:
-        if metrics_path:
-            from regindex import metrics
-
-            metrics.write(metrics_path, metrics.render(conn, outcome.run_id))
+    log.end_progress()
+    if metrics_path:
+        _write_metrics(engine, metrics_path, outcome.run_id)
     if report_dir:
         from regindex import report
 
@@ -182,7 +212,15 @@ def scan(
             f"{outcome.open_errors} open errors ({outcome.duration_seconds:.1f}s)"
         )
     for err in outcome.failures.values():
-        click.echo(f"error: {err}", err=True)
+        log.error(err)
+    log.summary(
+        status=outcome.status, registries=outcome.registries, repositories=outcome.repositories,
+        links=outcome.links, blobs=outcome.blobs, blob_bytes=outcome.blob_bytes,
+        manifests_parsed=outcome.manifests_parsed, uploads=outcome.uploads,
+        inventory_changes=outcome.inventory_changes, findings_new=c.new, findings_reopened=c.reopened,
+        findings_persisting=c.persisting, findings_resolved=c.resolved, open_errors=outcome.open_errors,
+        duration_seconds=round(outcome.duration_seconds, 3), failed_registries=sorted(outcome.failures),
+    )
     if outcome.failures:
         sys.exit(EXIT_ERROR)
     mode = fail_on or settings.fail_on or "open"
@@ -190,6 +228,14 @@ def scan(
         sys.exit(EXIT_FINDINGS)
     if mode == "new" and c.new_errors:
         sys.exit(EXIT_FINDINGS)
+
+
+def _write_metrics(engine: Any, path: Path, run_id: int) -> None:
+    from regindex import metrics
+
+    with engine.connect() as conn:
+        body = metrics.render(conn, run_id)
+    metrics.write(path, body)
 
 
 def _report_anyway(engine: Any, report_dir: Path) -> None:
@@ -200,13 +246,6 @@ def _report_anyway(engine: Any, report_dir: Path) -> None:
         report.write_dated(engine, report_dir)
     except ReportError:
         pass  # no finished scan yet: nothing to show
-
-
-def _progress() -> Callable[[str], None]:
-    def show(msg: str) -> None:
-        click.echo(f"\r\033[K{output._printable(msg)[:100]}", nl=False, err=True)
-
-    return show
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,13 +13,10 @@ post-mortem sections and ``regindex history DIGEST``.
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
-import os
 import re
-import tempfile
 from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -32,7 +29,7 @@ from typing import Any
 import jinja2
 from sqlalchemy import Connection, Engine, or_, select
 
-from regindex import __version__, output
+from regindex import __version__, outfile, output
 from regindex.checks import KINDS
 from regindex.errors import ReportError, UnknownDigest
 from regindex.models import (
@@ -907,24 +904,15 @@ def write_csv(conn: Connection, items: Sequence[Item], path: Path, shown: Collec
 
 def _atomic_write(path: Path, text: str | None = None, rows: Iterable[list[Any]] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".regindex-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            if rows is not None:
-                csv.writer(fh).writerows(rows)
-            else:
-                fh.write(text or "")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    outfile.write_atomic(path, text, rows, what="report")
 
 
 def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT) -> Path:
     """Write the report to ``out`` and every finding it covers to a CSV beside it (same name, ``.csv``)."""
     out = Path(out)
     csv_path = out.with_suffix(".csv")
+    for target in (out, csv_path):  # before anything is written
+        outfile.check_target(target, "report")
     report = collect(conn, runs, limit)
     report.csv_name = csv_path.name
     shown = {card.item.id for s in report.sections for _reg, repos in s.groups for _repo, cards in repos
