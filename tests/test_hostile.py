@@ -225,10 +225,16 @@ def run_unprivileged(fn: Any) -> Any:
     forked child that drops to ``nobody`` (everything it needs is imported by the parent first)."""
     if os.geteuid() != 0:
         return fn()
+    import importlib
     import pickle
     import pwd
     import traceback
 
+    # what the command imports lazily must be imported now: nobody may not read the interpreter's library
+    for mod in ("regindex.scan", "regindex.checks", "regindex.history", "regindex.report", "regindex.metrics",
+                "regindex.queries", "regindex.gc", "sqlalchemy.orm", "sqlalchemy.dialects.sqlite",
+                "sqlalchemy.dialects.sqlite.pysqlite", "sqlite3", "alembic.command", "alembic.runtime.migration"):
+        importlib.import_module(mod)
     nobody = pwd.getpwnam("nobody")
     r, w = os.pipe()
     pid = os.fork()

@@ -16,7 +16,7 @@ from regindex.checks import KINDS
 from regindex.cli import cli
 from regindex.sample import StorageWriter
 
-from .test_hostile import damaged
+from .test_hostile import damaged, world  # noqa: F401  (fixture)
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\n"])*",?)*\})? '
                     r'(-?[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)$')
@@ -275,3 +275,123 @@ def test_error_lines_escape_storage_names(base, rng, invoke, db_path):
     r = invoke("scan", base, "--db", db_path, "-q", expect=2)
     [line] = r.stderr.splitlines()
     assert line.startswith("error: ev\\nil\\x1b[31m: blobs is a symlink") and "\x1b" not in r.stderr
+
+
+# -- databases and arguments (items 10, 11, 12, 14, 15, 16, 17) -------------------------------------------------
+
+
+def test_two_paths_to_one_database_take_one_lock(scanned, tmp_path):
+    """Item 10: a symlinked directory gave the same SQLite file a second lock file: two scans at once."""
+    from regindex import db as dbmod
+    from regindex.errors import LockError
+    from regindex.scan import scan_lock
+
+    alias = tmp_path / "elsewhere" / "nightly.db"
+    alias.parent.mkdir()
+    os.symlink(scanned, alias)  # another name for the same file
+    first = dbmod.make_engine(dbmod.resolve_url(str(scanned)))
+    second = dbmod.make_engine(dbmod.resolve_url(str(alias)))
+    with scan_lock(first):
+        with pytest.raises(LockError):
+            with scan_lock(second):
+                pass
+    first.dispose()
+    second.dispose()
+
+
+def test_db_current_on_a_newer_database_says_upgrade_regindex(scanned, invoke):
+    """Item 11: it used to say to run `db upgrade`, which then refuses."""
+    import sqlite3
+
+    con = sqlite3.connect(scanned)
+    con.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    con.commit()
+    con.close()
+    out = invoke("db", "current", "--db", scanned).output
+    assert "9999_from_the_future" in out and "newer than this regindex: upgrade regindex" in out
+    assert "db upgrade" not in out
+
+
+def test_another_user_can_read_the_nightly_database(world, rng):
+    """Item 12: read commands failed with 'attempt to write a readonly database' when the database's
+    directory is not writable by the reader (SQLite could not create the WAL index)."""
+    from .test_hostile import _cli, run_unprivileged
+
+    base, db_dir = world / "storage", world / "db"
+    damaged(base, rng)
+    db_dir.chmod(0o755)  # the reader may not create files here
+    db = db_dir / "r.db"
+    code, out = _cli("scan", base, "--db", db, "-q")
+    assert code == 1, out
+
+    def read() -> list[tuple[int, str]]:
+        return [_cli("findings", "--db", db, "--format", "json"), _cli("runs", "--db", db),
+                _cli("history", "sha256:" + "0" * 64, "--db", db), _cli("db", "current", "--db", db)]
+
+    results = run_unprivileged(read)
+    (c1, findings_out), (c2, runs_out), (c3, history_out), (c4, current_out) = results
+    assert c1 == 0 and json.loads(findings_out), findings_out
+    assert c2 == 0 and "complete" in runs_out, runs_out
+    assert c3 == 2 and "readonly" not in history_out, history_out  # an unknown digest, said as such
+    assert c4 == 0 and "up to date" in current_out, current_out
+    assert sorted(p.name for p in db_dir.iterdir()) == ["r.db", "r.db.lock"]  # the reader left nothing
+
+
+def test_malformed_config_is_an_error_even_with_db(scanned, invoke, tmp_path):
+    """Item 14."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("db = [unclosed\n")
+    for cmd in (["findings"], ["runs"], ["report", "--out", tmp_path / "r.html"], ["db", "current"],
+                ["gc-preview"]):
+        r = invoke(*cmd, "--db", scanned, "--config", cfg, expect=2)
+        assert "not valid TOML" in r.output, (cmd, r.output)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"])
+def test_in_memory_database_is_refused(url, base, rng, invoke, tmp_path, monkeypatch):
+    """Item 15: it exited 0, kept nothing and left lock files."""
+    StorageWriter(base / "private").push_image("a", rng)
+    monkeypatch.chdir(tmp_path)
+    r = invoke("scan", base, "--db", url, expect=2)
+    assert "in-memory SQLite database keeps nothing" in r.output
+    assert not list(tmp_path.glob("*.lock"))
+
+
+def test_database_paths_with_url_characters_open_that_file(base, rng, invoke, tmp_path):
+    """Item 16: '#', '%' and '?' in the path opened another file in some commands."""
+    StorageWriter(base / "private").push_image("a", rng)
+    odd = tmp_path / "a#b%20c?d=e"
+    odd.mkdir()
+    db = odd / "x?y#z%41.db"
+    invoke("scan", base, "--db", db, "-q")
+    assert db.is_file() and sorted(p.name for p in odd.iterdir()) == ["x?y#z%41.db", "x?y#z%41.db.lock"]
+    assert json.loads(invoke("runs", "--db", db, "--format", "json").output)[0]["status"] == "complete"
+    invoke("findings", "--db", db)
+    invoke("db", "current", "--db", db)
+    invoke("report", "--db", db, "--out", tmp_path / "r.html")
+    assert {p.name for p in odd.iterdir()} <= {"x?y#z%41.db", "x?y#z%41.db.lock", "x?y#z%41.db-wal",
+                                               "x?y#z%41.db-shm"}
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".db"]
+
+
+def test_huge_limit_and_non_utf8_arguments_are_one_line_errors(scanned, base, invoke, tmp_path):
+    """Item 17: tracebacks before."""
+    r = invoke("runs", "--db", scanned, "--limit", "9223372036854775808", expect=2)
+    assert "Traceback" not in r.output and "--limit" in r.output
+    bad = os.fsdecode(b"/tmp/\xff\xfe")
+    r = CliRunner().invoke(cli, ["scan", bad, "--db", str(tmp_path / "n.db")])
+    assert r.exit_code == 2 and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    r = CliRunner().invoke(cli, ["runs", "--db", os.fsdecode(os.fsencode(str(tmp_path)) + b"/\xff.db")])
+    assert r.exit_code == 2 and "not valid UTF-8" in r.output, r.output
+    r = CliRunner().invoke(cli, ["findings", "--db", str(scanned), "--registry", os.fsdecode(b"\xff")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_non_utf8_base_is_scanned(tmp_path, rng, invoke):
+    base = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/st\xfforage"))
+    StorageWriter(base / "private").push_image("a", rng)
+    r = CliRunner().invoke(cli, ["scan", str(base), "--db", str(tmp_path / "n.db"), "-q"])
+    assert r.exit_code == 0, r.output
+    runs = json.loads(invoke("runs", "--db", tmp_path / "n.db", "--format", "json").output)
+    assert runs[0]["status"] == "complete" and "st\\xfforage" in runs[0].get("base", "st\\xfforage")

@@ -46,6 +46,8 @@ def core_errors(fn: F) -> F:
             raise Failure(output._printable(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))) from None
         except KeyboardInterrupt:
             raise Failure("interrupted") from None
+        except UnicodeError as exc:  # an argument (a path, a query) that is not valid UTF-8
+            raise Failure(f"an argument is not valid UTF-8 ({getattr(exc, 'reason', exc)}); use another name") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -89,7 +91,8 @@ format_option = click.option(
 
 
 def _db(db: str | None, config_path: str | None = None) -> str | None:
-    return db or config_mod.load(config_path).db
+    settings = config_mod.load(config_path)  # a malformed config file is an error even when --db wins
+    return db or settings.db
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -295,7 +298,7 @@ RUN_COLUMNS = ("id", "started_at", "status", "duration_seconds", "registries", "
 @cli.command()
 @db_option
 @config_option
-@click.option("--limit", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=1_000_000_000), default=30, show_default=True)
 @format_option
 @core_errors
 def runs(db: str | None, config_path: str | None, limit: int, fmt: str) -> None:
@@ -361,7 +364,14 @@ def current(db: str | None, config_path: str | None) -> None:
     finally:
         engine.dispose()
     head = dbmod.head_revision()
-    state = "up to date" if rev == head else ("empty" if rev is None else "needs `regindex db upgrade`")
+    if rev == head:
+        state = "up to date"
+    elif rev is None:
+        state = "empty"
+    elif dbmod.known_revision(rev):
+        state = "needs `regindex db upgrade`"
+    else:
+        state = "newer than this regindex: upgrade regindex"
     click.echo(f"database: {rev or 'none'}; code: {head} ({state})")
 
 

@@ -82,7 +82,8 @@ class ScanOutcome:
 def scan_lock(engine: Engine) -> Iterator[None]:
     url = engine.url
     if url.get_backend_name() == "sqlite":
-        path = Path(url.database or "regindex.db")
+        # the real path: two spellings of one database (a symlink) must take one lock
+        path = Path(os.path.realpath(url.database or "regindex.db"))
         lock_path = path.with_name(path.name + ".lock")
         fh = open(lock_path, "a+")
         try:
@@ -117,7 +118,7 @@ def run_scan(engine: Engine, opts: ScanOptions, progress: Progress | None = None
 
 def _run(engine: Engine, opts: ScanOptions, progress: Progress | None) -> ScanOutcome:
     with engine.begin() as conn:
-        run_id = store.start_run(conn, str(opts.base), opts.for_record(), __version__)
+        run_id = store.start_run(conn, safe_text(str(opts.base)), opts.for_record(), __version__)
         store.fail_stale_runs(conn, before=run_id)  # we hold the lock: an older 'running' run was killed
     started = store.utcnow()
     held: list[Connection] = []
@@ -267,7 +268,7 @@ def _scan(
         for result in crawled:
             name = result.registry.name
             role = "cache" if name in opts.caches else "authoritative"
-            rid = store.upsert_registry(conn, name, str(result.registry.v2), role, run_id)
+            rid = store.upsert_registry(conn, name, safe_text(str(result.registry.v2)), role, run_id)
             emptied = _suddenly_empty(conn, rid, result)
             if emptied and not opts.allow_empty:
                 failures[name] = (
@@ -325,7 +326,7 @@ def _scan(
                 )
         for name, err in failures.items():
             rid = known.get(name) or store.upsert_registry(
-                conn, name, str(opts.base / name), "cache" if name in opts.caches else "authoritative", run_id
+                conn, name, safe_text(str(opts.base / name)), "cache" if name in opts.caches else "authoritative", run_id
             )
             store.record_run_registry(conn, run_id, rid, "failed", error=safe_text(err)[:2000])
 
