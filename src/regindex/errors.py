@@ -44,3 +44,7 @@ class UnknownDigest(ReportError):
 
 class OutputError(RegindexError):
     """An output file (metrics, report) cannot be written, or its target is not a regular file."""
+
+
+class RepairError(RegindexError):
+    """``regindex repair`` / ``ack``: bad selection, no quarantine directory, nothing to undo, a refused undo."""

@@ -86,13 +86,20 @@ def render(conn: Connection, run_id: int) -> str:
     for key, value in inventory.items():
         out.metric(f"regindex_inventory_{key}", f"Present {key.replace('_', ' ')} in the inventory.", [({}, value)])
 
-    counts = {(r["registry"], r["kind"], r["severity"]): int(r["n"]) for r in conn.execute(text(
-        "SELECT registry, kind, severity, COUNT(*) AS n FROM findings WHERE resolved_run IS NULL "
-        "GROUP BY registry, kind, severity")).mappings()}
+    from regindex.ack import active
+
+    acked = set(active(conn))
+    counts: dict[tuple[str, str, str], list[int]] = {}
+    for fid, registry, kind, severity in conn.execute(
+            text("SELECT id, registry, kind, severity FROM findings WHERE resolved_run IS NULL")):
+        counts.setdefault((registry, kind, severity), [0, 0])[fid in acked] += 1
     keys = {(reg, kind, sev) for reg in registries for kind in KINDS for sev in SEVERITIES} | set(counts)
-    out.metric("regindex_findings_open", "Open findings by registry, kind and severity (0 included).",
-               [({"registry": reg, "kind": kind, "severity": sev}, counts.get((reg, kind, sev), 0))
-                for reg, kind, sev in sorted(keys)])
+    for metric, i, help_ in (
+            ("regindex_findings_open", 0,
+             "Open findings by registry, kind and severity, not acknowledged (0 included)."),
+            ("regindex_findings_acknowledged", 1, "Open findings acknowledged as known (regindex ack; 0 included).")):
+        out.metric(metric, help_, [({"registry": reg, "kind": kind, "severity": sev},
+                                    counts.get((reg, kind, sev), [0, 0])[i]) for reg, kind, sev in sorted(keys)])
     out.metric("regindex_findings_new", "Findings new (or re-opened) in the last scan.",
                [({}, int(run["findings_new"] or 0))])
     out.metric("regindex_findings_resolved", "Findings resolved by the last scan.",
