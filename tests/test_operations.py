@@ -395,3 +395,17 @@ def test_non_utf8_base_is_scanned(tmp_path, rng, invoke):
     assert r.exit_code == 0, r.output
     runs = json.loads(invoke("runs", "--db", tmp_path / "n.db", "--format", "json").output)
     assert runs[0]["status"] == "complete" and "st\\xfforage" in runs[0].get("base", "st\\xfforage")
+
+
+def test_metrics_are_rewritten_after_a_bad_config_file(base, rng, invoke, db_path, prom, tmp_path):
+    """Item 18: a malformed config file left yesterday's `regindex_last_run_success 1` in place."""
+    damaged(base, rng)
+    invoke("scan", base, "--db", db_path, "-q", "--metrics", prom, expect=1)
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("caches = [unclosed\n")
+    r = invoke("scan", base, "--db", db_path, "-q", "--metrics", prom, "--config", cfg, expect=2)
+    assert "not valid TOML" in r.output
+    m = _metrics_after_failure(prom)
+    assert m[("regindex_last_run_id", "")] == 2
+    runs = json.loads(invoke("runs", "--db", db_path, "--format", "json").output)
+    assert runs[0]["status"] == "failed" and "not valid TOML" in runs[0]["error"]

@@ -170,10 +170,22 @@ def _scan(
     verify_content: bool | None, stale_upload_hours: float | None, allow_empty: bool, report_dir: Path | None,
     metrics_path: Path | None, quiet: bool,
 ) -> None:
-    from regindex.errors import LockError
-    from regindex.scan import ScanOptions, run_scan
+    from regindex.errors import ConfigError, LockError
+    from regindex.scan import ScanOptions, record_failed_run, run_scan
 
-    settings = config_mod.load(config_path)
+    try:
+        settings = config_mod.load(config_path)
+    except ConfigError as exc:
+        # A bad config file must not leave yesterday's metrics saying all is well: when the command line names
+        # the metrics file and a database, the failure is recorded as a run and the metrics say so.
+        if metrics_path and (db or os.environ.get("REGINDEX_DB")):
+            _writable_target(metrics_path, "--metrics", is_dir=False)
+            engine = dbmod.open_writer(db)
+            run_id = record_failed_run(engine, base, str(exc))
+            if run_id is not None:
+                _write_metrics(engine, metrics_path, run_id)
+            engine.dispose()
+        raise
     opts = ScanOptions(
         base=base,
         caches=frozenset(caches) | frozenset(settings.caches),

@@ -120,6 +120,19 @@ def run_scan(engine: Engine, opts: ScanOptions, progress: Progress | None = None
         return _run(engine, opts, progress)
 
 
+def record_failed_run(engine: Engine, base: Path, message: str) -> int | None:
+    """A scan that could not start (a bad config file) recorded as a failed run, for the metrics to show it.
+    None when another scan holds the lock (its own run speaks for the database)."""
+    try:
+        with scan_lock(engine):
+            with engine.begin() as conn:
+                run_id = store.start_run(conn, safe_text(str(base)), {}, __version__)
+                store.finish_run(conn, run_id, "failed", store.utcnow(), error=safe_text(message)[:2000])
+            return run_id
+    except LockError:
+        return None
+
+
 def _run(engine: Engine, opts: ScanOptions, progress: Progress | None) -> ScanOutcome:
     with engine.begin() as conn:
         run_id = store.start_run(conn, safe_text(str(opts.base)), opts.for_record(), __version__)
