@@ -41,7 +41,7 @@ def test_downgrade_to_base_and_back(db_path):
 
     engine = db.open_writer(str(db_path))
     with engine.begin() as c:
-        command.downgrade(db._alembic_config(c), "base")
+        command.downgrade(db.alembic_config(c), "base")
     assert inspect(engine).get_view_names() == []
     db.upgrade(engine)
     assert VIEWS <= set(inspect(engine).get_view_names())
@@ -65,7 +65,7 @@ def test_older_schema_asks_for_upgrade(db_path):
     from alembic import command
 
     with engine.begin() as c:
-        command.downgrade(db._alembic_config(c), "0001")
+        command.downgrade(db.alembic_config(c), "0001")
     with pytest.raises(SchemaError, match="regindex db upgrade"):
         with db.reader(str(db_path)):
             pass

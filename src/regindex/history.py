@@ -28,7 +28,6 @@ class HistoryCounts:
     reopened: int = 0
     persisting: int = 0
     resolved: int = 0
-    open_errors: int = 0
     new_errors: int = 0
 
 
@@ -94,7 +93,6 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
     counts.new = len(fresh)
     counts.persisting = len(persisting)
     counts.resolved = len(resolved)
-    counts.open_errors = sum(1 for f in current.values() if f.severity == "error")
     return counts
 
 
@@ -120,10 +118,6 @@ def state_of(first_run: int, episode: int, resolved_run: int | None, latest_run:
     return "persisting"
 
 
-FINDING_KEYS = (
-    "key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state", "first_seen_run",
-    "last_seen_run", "resolved_run", "detail", "ack", "policy",
-)
 STATES = ("open", "new", "persisting", "resolved", "resolved-ever", "all")
 SEVERITY_ORDER = ("error", "warning", "info")
 
@@ -186,7 +180,9 @@ def selected_run(conn: Connection, run: int | None) -> int | None:
 
 
 def list_findings(conn: Connection, query: FindingQuery | None = None, **kwargs: Any) -> list[dict[str, Any]]:
-    """Findings as dicts with exactly FINDING_KEYS (+ hint), ``state`` relative to the selected run.
+    """Findings as dicts (key, kind, severity, registry, repository, digest, tag, parent_digest, state,
+    first_seen_run, last_seen_run, resolved_run, detail, ack, policy, hint), ``state`` relative to the selected
+    run.
 
     ``state``: open (new, re-opened and persisting), new (opened in the run, re-opened included), persisting,
     resolved (in the run), resolved-ever (in the run or before), all (everything seen up to the run). Sorted

@@ -14,7 +14,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from regindex.output import _printable
+from regindex.output import printable as _printable
 
 LOG_FORMATS = ("text", "json")
 

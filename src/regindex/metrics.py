@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from regindex import outfile
 from regindex.checks import KINDS
+from regindex.files import atomic_write
 from regindex.store import as_utc
 
 SEVERITIES = ("error", "warning", "info")
@@ -112,4 +112,4 @@ def _esc(v: str) -> str:
 
 
 def write(path: Path, body: str) -> None:
-    outfile.write_atomic(path, body, what="--metrics")
+    atomic_write(path, body, what="--metrics")

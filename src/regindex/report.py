@@ -29,9 +29,10 @@ from typing import Any
 import jinja2
 from sqlalchemy import Connection, Engine, or_, select
 
-from regindex import __version__, outfile, output
+from regindex import __version__, output
 from regindex.checks import KINDS
 from regindex.errors import ReportError, UnknownDigest
+from regindex.files import atomic_write, check_target
 from regindex.models import (
     Blob,
     Finding,
@@ -1025,7 +1026,7 @@ def visible(value: Any) -> Any:
     that shows ``gnp.exe`` as ``exe.png``, zero-width joiners) are shown escaped, as on the terminal."""
     if type(value) is not str or value.isprintable():
         return value
-    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in value)
+    return output.printable(value)
 
 
 @functools.cache
@@ -1075,12 +1076,7 @@ def write_csv(conn: Connection, items: Sequence[Item], path: Path, shown: Collec
                 row = [_csv_cell(getattr(it, c)) for c in CSV_COLUMNS[:-1]]
                 yield row + ["#" + it.anchor if it.id in shown else ""]
 
-    _atomic_write(path, rows=rows())
-
-
-def _atomic_write(path: Path, text: str | None = None, rows: Iterable[list[Any]] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    outfile.write_atomic(path, text, rows, what="report")
+    atomic_write(path, rows=rows(), make_parents=True, what="report")
 
 
 def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT,
@@ -1089,14 +1085,14 @@ def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DE
     out = Path(out)
     csv_path = out.with_suffix(".csv")
     for target in (out, csv_path):  # before anything is written
-        outfile.check_target(target, "report")
+        check_target(target, "report")
     report = collect(conn, runs, limit, since, until)
     report.csv_name = csv_path.name
     shown = {card.item.id for s in report.sections for _reg, repos in s.groups for _repo, cards in repos
              for card in cards}
     shown |= {card.item.id for v in report.incidents for card in v.cards}
     write_csv(conn, report.items, csv_path, shown)
-    _atomic_write(out, render_report(report))
+    atomic_write(out, render_report(report), make_parents=True, what="report")
     return out
 
 
@@ -1133,7 +1129,7 @@ def write_index(report_dir: Path, run_info: Runs | None = None) -> Path:
     html = environment().get_template("index.html.j2").render(
         entries=entries, generated_at=datetime.now(timezone.utc), version=__version__)
     path = Path(report_dir) / "index.html"
-    _atomic_write(path, html)
+    atomic_write(path, html, make_parents=True, what="report")
     return path
 
 

@@ -32,7 +32,7 @@ from regindex.crawl import (
     read_blob,
     safe_text,
 )
-from regindex.errors import ConfigError, LockError, RegindexError, ScanAborted, StorageError
+from regindex.errors import ConfigError, LockError, RegindexError, ScanAborted, StorageError, one_line
 from regindex.manifests import KIND_UNKNOWN, ParsedManifest, parse_manifest
 
 Progress = Callable[[str], None]
@@ -157,7 +157,7 @@ def _run(engine: Engine, opts: ScanOptions, progress: Progress | None) -> ScanOu
         elif isinstance(exc, RegindexError):
             message = str(exc)
         else:
-            message = f"{type(exc).__name__}: {_one_line(exc)}"
+            message = f"{type(exc).__name__}: {one_line(exc)}"
         still_running = _mark_failed(engine, run_id, started, message)
         if isinstance(exc, KeyboardInterrupt) and still_running is False:
             raise _aborted(run_id, f"run {run_id} was interrupted after it was recorded as finished; its results "
@@ -167,7 +167,7 @@ def _run(engine: Engine, opts: ScanOptions, progress: Progress | None) -> ScanOu
         if isinstance(exc, KeyboardInterrupt):
             raise _aborted(run_id, f"run {run_id} interrupted, nothing changed") from None
         if isinstance(exc, SQLAlchemyError):
-            raise _aborted(run_id, f"run {run_id} failed, nothing changed: database error: {_one_line(exc)}") from exc
+            raise _aborted(run_id, f"run {run_id} failed, nothing changed: database error: {one_line(exc)}") from exc
         if os.environ.get("REGINDEX_DEBUG"):
             raise
         raise _aborted(
@@ -238,11 +238,6 @@ def _mark_failed(engine: Engine, run_id: int, started: datetime, message: str) -
         except KeyboardInterrupt:
             return None  # a second interrupt: give up
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    s = str(getattr(exc, "orig", None) or exc).strip()
-    return s.splitlines()[0] if s else type(exc).__name__
 
 
 def _say(progress: Progress | None, msg: str) -> None:
@@ -391,7 +386,7 @@ _STORAGE_OR_ODD: tuple[type[BaseException], ...] = (StorageError, *_ODD_CONTENT)
 def _odd(name: str, what: str, exc: BaseException) -> str:
     if os.environ.get("REGINDEX_DEBUG"):
         raise exc
-    return (f"{name}: {what} this registry: {type(exc).__name__}: {_one_line(exc)} "
+    return (f"{name}: {what} this registry: {type(exc).__name__}: {one_line(exc)} "
             "(REGINDEX_DEBUG=1 shows the traceback)")
 
 
@@ -425,7 +420,7 @@ def _parse_manifests(
     A manifest's parse is stored once per (digest, size), ever. Its bytes are read again only when the blob's
     size or mtime changed since they were last hashed: every read is hashed, so a same-size rewrite of a
     known manifest is a digest mismatch, and bytes that are not the digest's content never replace the
-    parse of the genuine content (another registry may hold it).
+    parse of the genuine content (another registry may hold it): their parse is stored under their own hash.
     """
     blobs = {b.digest: b for b in result.blobs}
     verified = store.load_verifications(conn, registry_id)
@@ -470,7 +465,15 @@ def _parse_manifests(
             genuine = computed is None or computed == digest
             hashes.append((digest, blob.size, blob.mtime, computed, None if genuine else pm.error))
             if not genuine:
-                continue  # evidence lives in blob_verifications; the manifest row is the genuine content's
+                # The evidence lives in blob_verifications and the (digest, size) row stays the genuine
+                # content's. These bytes are what the registry serves and garbage-collect reads and marks, so
+                # their parse is kept under the digest they do hash to (regindex.rules looks it up there).
+                assert computed is not None
+                if (computed, blob.size) not in known:
+                    new.append((computed, blob.size, pm))
+                    known.add((computed, blob.size))
+                    queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
+                continue
             if key in known:
                 already.append(key)
                 continue

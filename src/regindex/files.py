@@ -1,9 +1,10 @@
-"""Writing output files (metrics, reports) safely: only regular files, atomically, nothing left behind.
+"""Files regindex writes for people and collectors (report, CSV, metrics): written whole or not at all, and only
+ever as regular files.
 
 A target that exists must be a regular file: a device node (``/dev/stdout``, ``/dev/null``), a symlink, a FIFO
 or a directory is refused, never replaced (run as root, ``os.replace`` over ``/dev/null`` would destroy it).
-The content goes to a temporary file in the target's directory, then is renamed over the target; a write that
-fails removes the temporary file and names the target in its error.
+The content goes to a temporary file beside the target (mode 0644), then is renamed over it: a reader never
+sees half a file; a write that fails leaves the old file, removes its temporary file and names the target.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from regindex.errors import OutputError
 
 
-def check_target(path: Path, what: str) -> None:
+def check_target(path: Path, what: str = "output") -> None:
     """Refuse a target that exists and is not a regular file (checked without following a symlink)."""
     try:
         st = os.lstat(path)
@@ -34,10 +35,12 @@ def check_target(path: Path, what: str) -> None:
         raise OutputError(f"{what}: {path} is {kind}; regindex writes only regular files")
 
 
-def write_atomic(path: Path, text: str | None = None, rows: Iterable[list[Any]] | None = None,
-                 what: str = "output") -> None:
+def atomic_write(path: Path, text: str | None = None, rows: Iterable[list[Any]] | None = None,
+                 make_parents: bool = False, what: str = "output") -> None:
     """Write ``text`` (or CSV ``rows``) to ``path`` atomically. Raises ``OutputError`` naming ``path``."""
     path = Path(path)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     check_target(path, what)
     tmp: str | None = None
     try:
