@@ -302,7 +302,8 @@ TABLE_WIDTH = 120
 @click.option("--repository", "repositories", multiple=True, metavar="GLOB",
               help="Only repositories matching GLOB (* and ?; repeatable), e.g. 'team/*'.")
 @click.option("--digest", metavar="PREFIX", help="Only findings whose digest or parent starts with PREFIX.")
-@click.option("--tag", "tags", multiple=True, help="Only this tag (repeatable).")
+@click.option("--tag", "tags", multiple=True,
+              help="Only findings on this tag or that break its pull, e.g. an index's missing child (repeatable).")
 @click.option("--run", "run", type=click.IntRange(min=1, max=2**62), default=None,
               help="States relative to this finished run (default the latest).")
 @click.option("--since", metavar="DATE|DURATION",

@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from regindex import db as dbmod
 from regindex import output
-from regindex.cli import EXIT_FINDINGS, cli, config_option, core_errors, db_option, format_option, resolve_db
+from regindex.cli import EXIT_FINDINGS, Failure, cli, config_option, core_errors, db_option, format_option, resolve_db
 
 
 def _incident_findings() -> Callable[[Connection, str], list[int]]:
@@ -123,12 +123,16 @@ def _echo_undo(r: dict[str, Any]) -> None:
 @format_option
 @core_errors
 def repairs(db: str | None, config_path: str | None, batch: str | None, limit: int, fmt: str) -> None:
-    """List what `regindex repair --apply` and `--undo` did, newest first (who, when, path, outcome)."""
+    """List what `regindex repair --apply` and `--undo` did, newest first (who, when, which finding, path,
+    outcome)."""
     from regindex import repair as rp
+    from regindex.timespec import iso
 
     with dbmod.reader(resolve_db(db, config_path)) as conn:
         rows = rp.list_actions(conn, limit, batch)
-    cols = rp.ACTION_COLUMNS if fmt != "table" else ("id", "batch", "at", "os_user", "action", "outcome",
+    if fmt == "table":  # the finding's short key (as `findings -v` and `repair --finding` take it), UTC to the second
+        rows = [{**r, "at": iso(r["at"]), "finding": (r["finding_key"] or "")[:12]} for r in rows]
+    cols = rp.ACTION_COLUMNS if fmt != "table" else ("id", "batch", "at", "os_user", "finding", "action", "outcome",
                                                     "registry", "repository", "path", "reason")
     click.echo(output.render(rows, cols, fmt), nl=False)
 
@@ -214,6 +218,11 @@ def incidents(db: str | None, config_path: str | None, registries: tuple[str, ..
     from regindex import incidents as inc
 
     with dbmod.reader(resolve_db(db, config_path)) as conn:
+        known = set(conn.exec_driver_sql("SELECT name FROM registries").scalars())
+        unknown = [r for r in registries if r not in known]
+        if unknown:
+            raise Failure(
+                f"unknown registry {unknown[0]!r}; registries: {', '.join(sorted(known)) or 'none yet'}")
         rows = [i.as_row() for i in inc.group(conn, registries=registries)]
     click.echo(output.render(rows, inc.INCIDENT_COLUMNS if fmt != "table" else inc.TABLE_COLUMNS, fmt,
                              max_width=110), nl=False)

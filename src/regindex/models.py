@@ -61,6 +61,7 @@ class Run(Base):
     uploads: Mapped[int | None] = mapped_column(Integer)
     inventory_changes: Mapped[int | None] = mapped_column(Integer)
     findings_open: Mapped[int | None] = mapped_column(Integer)
+    open_errors: Mapped[int | None] = mapped_column(Integer)  # not acknowledged: what the summary line printed
     findings_new: Mapped[int | None] = mapped_column(Integer)
     findings_resolved: Mapped[int | None] = mapped_column(Integer)
     duration_seconds: Mapped[float | None] = mapped_column(Float)

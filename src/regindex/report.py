@@ -1180,7 +1180,7 @@ class History:
     tag_links: list[dict[str, Any]] = field(default_factory=list)
 
 
-_DIGEST_LIKE = re.compile(r"^(?:sha256|sha384|sha512):[0-9a-fA-F]*$|^[0-9a-fA-F]+$")
+_DIGEST_LIKE = re.compile(r"^(?:sha256|sha384|sha512):|^[0-9a-fA-F]+$")  # an algorithm prefix: a digest, never REPO:TAG
 _TAG_REF = re.compile(r"^(?P<repo>[^:\s]+):(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 
 

@@ -366,7 +366,7 @@ def _scan(
             registries=outcome.registries, repositories=outcome.repositories, links=outcome.links,
             blobs=outcome.blobs, blob_bytes=outcome.blob_bytes, manifests_parsed=outcome.manifests_parsed,
             uploads=outcome.uploads, inventory_changes=outcome.inventory_changes,
-            findings_open=_open_count(conn), findings_new=outcome.counts.new,
+            findings_open=_open_count(conn), open_errors=outcome.open_errors, findings_new=outcome.counts.new,
             findings_resolved=outcome.counts.resolved,
             error=safe_text("; ".join(failures.values()))[:2000] if failures else None,
         )
