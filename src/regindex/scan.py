@@ -24,7 +24,7 @@ from regindex import __version__, checks, history, store
 from regindex.crawl import (
     DEFAULT_MAX_MANIFEST_BYTES,
     BlobTooLarge,
-    CrawlResult,
+    RegistryRoot,
     crawl,
     discover,
     digest_of,
@@ -175,68 +175,45 @@ def _scan(
     if unknown_caches:
         raise ConfigError(f"--cache names no registry under {opts.base}: {', '.join(sorted(unknown_caches))}")
 
-    crawled: list[CrawlResult] = []
     failures: dict[str, str] = {}
-    for root in roots:
-        if root.problem:
-            failures[root.name] = root.problem
-            continue
-        _say(progress, f"crawling {root.name}")
-
-        def tick(n: int, name: str = root.name) -> None:
-            _say(progress, f"crawling {name}: {n} files")
-
-        try:
-            crawled.append(crawl(root, tick))
-        except StorageError as exc:
-            failures[root.name] = str(exc)
-
     outcome = ScanOutcome(run_id, "complete")
     with engine.begin() as conn:
         known = store.registry_ids(conn)
         scanned: dict[str, int] = {}
-        manifests_known = store.known_manifests(conn)
-        for result in crawled:
-            name = result.registry.name
-            role = "cache" if name in opts.caches else "authoritative"
-            rid = store.upsert_registry(conn, name, str(result.registry.v2), role, run_id)
-            emptied = _suddenly_empty(conn, rid, result)
-            if emptied and not opts.allow_empty:
-                failures[name] = (
-                    f"{name}: {emptied} suddenly empty (the last scan saw content); refusing to resolve "
-                    "everything (pass --allow-empty if it really was emptied)"
-                )
+        for root in roots:
+            if root.problem:
+                failures[root.name] = root.problem
                 continue
-            _say(progress, f"loading {name}")
-            # One savepoint per registry: data that cannot be read fails this registry, not the others.
+            name = root.name
+            role = "cache" if name in opts.caches else "authoritative"
+            rid = store.upsert_registry(conn, name, str(root.v2), role, run_id)
+            # One savepoint per registry: storage that cannot be read fails this registry, not the others.
             savepoint = conn.begin_nested()
             try:
-                stats = store.load_crawl(conn, run_id, rid, result)
-                parsed = _parse_manifests(conn, run_id, rid, result, manifests_known, opts.max_manifest_bytes)
-                if opts.verify_content:
-                    _say(progress, f"verifying blob content of {name}")
-                    _verify_content(conn, run_id, rid, result)
+                loaded = _load_registry(conn, run_id, rid, root, opts, progress)
             except StorageError as exc:
                 savepoint.rollback()
-                manifests_known.clear()
-                manifests_known.update(store.known_manifests(conn))
                 failures[name] = str(exc)
                 continue
+            if isinstance(loaded, str):
+                savepoint.rollback()
+                failures[name] = loaded
+                continue
             savepoint.commit()
-            blob_bytes = sum(b.size for b in result.blobs)
+            counts, stats, parsed, files_seen = loaded
             store.record_run_registry(
                 conn, run_id, rid, "complete",
-                repositories=len(result.repositories), links=len(result.links), blobs=len(result.blobs),
-                blob_bytes=blob_bytes, uploads=len(result.uploads),
-                files_seen=result.files_seen, inventory_added=stats.added, inventory_removed=stats.removed,
+                repositories=counts.repositories, links=counts.links, blobs=counts.blobs,
+                blob_bytes=counts.blob_bytes, uploads=counts.uploads,
+                files_seen=files_seen, inventory_added=stats.added, inventory_removed=stats.removed,
             )
             store.mark_scanned(conn, rid, run_id)
             scanned[name] = rid
-            outcome.repositories += len(result.repositories)
-            outcome.links += len(result.links)
-            outcome.blobs += len(result.blobs)
-            outcome.blob_bytes += blob_bytes
-            outcome.uploads += len(result.uploads)
+            outcome.repositories += counts.repositories
+            outcome.links += counts.links
+            outcome.blobs += counts.blobs
+            outcome.blob_bytes += counts.blob_bytes
+            outcome.uploads += counts.uploads
             outcome.manifests_parsed += parsed
             outcome.inventory_changes += stats.added + stats.removed
 
@@ -288,10 +265,43 @@ def _scan(
     return outcome
 
 
-def _suddenly_empty(conn: Connection, registry_id: int, result: CrawlResult) -> str | None:
+def _load_registry(
+    conn: Connection, run_id: int, rid: int, root: RegistryRoot, opts: ScanOptions, progress: Progress | None
+) -> tuple[store.StageCounts, store.LoadStats, int, int] | str:
+    """Crawl one registry into the staging tables and apply it to the inventory; parse its new manifests.
+    A string says why the registry must not be applied (it became suddenly empty)."""
+    name = root.name
+    _say(progress, f"crawling {name}")
+
+    def tick(n: int) -> None:
+        _say(progress, f"crawling {name}: {n} files")
+
+    stage = store.Stage(conn)
+    result = crawl(root, tick)
+    for rows in (result.repositories, result.links, result.blobs, result.uploads, result.anomalies):
+        stage.add_all(rows)
+    counts = stage.finish()
+    emptied = _suddenly_empty(conn, rid, counts)
+    if emptied and not opts.allow_empty:
+        return (
+            f"{name}: {emptied} suddenly empty (the last scan saw content); refusing to resolve "
+            "everything (pass --allow-empty if it really was emptied)"
+        )
+    _say(progress, f"loading {name}")
+    stats = stage.apply(run_id, rid)
+    stage.drop()
+    _say(progress, f"parsing manifests of {name}")
+    parsed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
+    if opts.verify_content:
+        _say(progress, f"verifying blob content of {name}")
+        _verify_content(conn, run_id, rid, root.v2)
+    return counts, stats, parsed, result.files_seen
+
+
+def _suddenly_empty(conn: Connection, registry_id: int, counts: store.StageCounts) -> str | None:
     """Which part of a registry vanished since the last scan saw content in it (repositories or blobs)."""
     repos, blobs = store.current_counts(conn, registry_id)
-    gone = [what for what, had, has in (("repositories/", repos, result.repositories), ("blobs/", blobs, result.blobs))
+    gone = [what for what, had, has in (("repositories/", repos, counts.repositories), ("blobs/", blobs, counts.blobs))
             if had and not has]
     return " and ".join(gone) + (" are" if len(gone) > 1 else " is") if gone else None
 
@@ -310,65 +320,47 @@ def _open_count(conn: Connection) -> int:
     return int(conn.execute(text("SELECT COUNT(*) FROM findings WHERE resolved_run IS NULL")).scalar_one())
 
 
-def _parse_manifests(
-    conn: Connection, run_id: int, registry_id: int, result: CrawlResult, known: set[tuple[str, int]], cap: int
-) -> int:
-    """Parse manifests from link targets to their children, to a fixpoint.
+def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, cap: int) -> int:
+    """Parse manifests from link targets to their children, to a fixpoint, driven by the inventory in SQL.
 
     A manifest's parse is stored once per (digest, size), ever. Its bytes are read again only when the blob's
-    size or mtime changed since they were last hashed: every read is hashed, so a same-size rewrite of a
-    known manifest is a digest mismatch, and bytes that are not the digest's content never replace the
-    parse of the genuine content (another registry may hold it).
+    size or mtime changed since they were last hashed in this registry: every read is hashed, so a same-size
+    rewrite of a known manifest is a digest mismatch, and bytes that are not the digest's content never
+    replace the parse of the genuine content (another registry may hold it).
     """
-    blobs = {b.digest: b for b in result.blobs}
-    verified = store.load_verifications(conn, registry_id)
-    layer_targets: dict[str, str] = {}
-    queue: set[str] = set()
-    for link in result.links:
-        if link.state == "ok" and link.target_digest and link.kind in ("revision", "tag_current", "tag_index"):
-            queue.add(link.target_digest)
-        if link.kind == "revision" and link.path_digest:
-            queue.add(link.path_digest)  # the reference scanner reads revisions by their path digest
-        if link.kind == "layer" and link.state == "ok" and link.path_digest and link.target_digest:
-            layer_targets[link.path_digest] = link.target_digest
+    queue = store.manifest_roots(conn, registry_id)
     done: set[str] = set()
     parsed_total = 0
     while queue:
         level = queue - done
         done |= level
-        queue = set()
+        queue = store.layer_alias_targets(conn, registry_id, level)
         new: list[tuple[str, int, ParsedManifest]] = []
         hashes: list[tuple[str, int, float, str | None, str | None]] = []
         already: list[tuple[str, int]] = []
-        for digest in sorted(level):
-            if digest in layer_targets:
-                queue.add(layer_targets[digest])
-            blob = blobs.get(digest)
-            if blob is None:
-                continue
-            key = (digest, blob.size)
-            if key in known and _same_stat(verified.get(digest), (blob.size, blob.mtime)):
+        for digest, size, mtime, is_known, v_size, v_mtime in store.manifest_candidates(conn, registry_id, level):
+            key = (digest, size)
+            if is_known and _same_stat((v_size, v_mtime) if v_size is not None else None, (size, mtime)):
                 already.append(key)
                 continue
             try:
-                raw = read_blob(result.registry.v2, digest, cap)
+                raw = read_blob(v2, digest, cap)
             except BlobTooLarge as big:
                 raw, pm = None, ParsedManifest(
-                    KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte manifest cap: not parsed")
+                    KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte cap: not parsed")
             else:
                 if raw is None:
                     continue
                 pm = parse_manifest(raw)
             computed = digest_of(digest, raw) if raw is not None else None
             genuine = computed is None or computed == digest
-            hashes.append((digest, blob.size, blob.mtime, computed, None if genuine else pm.error))
+            hashes.append((digest, size, mtime, computed, None if genuine else pm.error))
             if not genuine:
                 continue  # evidence lives in blob_verifications; the manifest row is the genuine content's
-            if key in known:
+            if is_known:
                 already.append(key)
                 continue
-            new.append((digest, blob.size, pm))
-            known.add(key)
+            new.append((digest, size, pm))
             queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
         store.insert_manifests(conn, run_id, new)
         store.save_verifications(conn, registry_id, run_id, hashes)
@@ -377,28 +369,19 @@ def _parse_manifests(
     return parsed_total
 
 
-def _verify_content(conn: Connection, run_id: int, registry_id: int, result: CrawlResult) -> None:
+def _verify_content(conn: Connection, run_id: int, registry_id: int, v2: Path) -> None:
     """Re-hash blob data whose size or mtime changed since it was last hashed (or never hashed)."""
-    seen = store.load_verifications(conn, registry_id)
-    todo = [b for b in result.blobs if not _same_stat(seen.get(b.digest), (b.size, b.mtime))]
-    for part in store.chunks(todo, 500):
-        store.save_verifications(
-            conn, registry_id, run_id,
-            [(b.digest, b.size, b.mtime, hash_blob(result.registry.v2, b.digest), None) for b in part],
-        )
+    batch: list[tuple[str, int, float, str | None, str | None]] = []
+    for digest, size, mtime in store.blobs_to_verify(conn, registry_id):
+        batch.append((digest, size, mtime, hash_blob(v2, digest), None))
+        if len(batch) >= 500:
+            store.save_verifications(conn, registry_id, run_id, batch)
+            batch = []
+    store.save_verifications(conn, registry_id, run_id, batch)
     # A _layers link under another algorithm than its target (sha512 path, sha256 content) is a legitimate
     # alias only if the target's data hashes to the path's digest: its row is keyed by the alias digest.
-    blobs = {b.digest: b for b in result.blobs}
-    aliases = []
-    for link in result.links:
-        if (link.kind == "layer" and link.state == "ok" and link.path_digest and link.target_digest
-                and link.path_digest.split(":")[0] != link.target_digest.split(":")[0]
-                and link.target_digest in blobs):
-            target = blobs[link.target_digest]
-            if not _same_stat(seen.get(link.path_digest), (target.size, target.mtime)):
-                alg = link.path_digest.split(":")[0]
-                aliases.append((link.path_digest, target.size, target.mtime,
-                                hash_blob(result.registry.v2, target.digest, alg), None))
+    aliases = [(path_digest, size, mtime, hash_blob(v2, target, path_digest.split(":")[0]), None)
+               for path_digest, target, size, mtime in store.aliases_to_verify(conn, registry_id)]
     store.save_verifications(conn, registry_id, run_id, sorted(set(aliases)))
 
 
