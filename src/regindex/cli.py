@@ -250,7 +250,8 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
 
 
 RUN_COLUMNS = ("id", "started_at", "status", "duration_seconds", "registries", "repositories", "links", "blobs",
-               "manifests_parsed", "inventory_changes", "findings_open", "findings_new", "findings_resolved", "error")
+               "manifests_parsed", "inventory_changes", "findings_open", "findings_new", "findings_resolved",
+               "files_stat", "files_read", "files_skipped", "phases", "error")
 
 
 @cli.command()
@@ -266,9 +267,17 @@ def runs(db: str | None, config_path: str | None, limit: int, fmt: str) -> None:
     with dbmod.reader(_db(db, config_path)) as conn:
         rows = [dict(r) for r in conn.execute(
             text("SELECT * FROM runs ORDER BY id DESC LIMIT :n"), {"n": limit}).mappings()]
+        phases: dict[int, list[str]] = {}
+        if rows:
+            q = text("SELECT run_id, phase, seconds, items FROM run_phases WHERE run_id >= :lo "
+                     "ORDER BY run_id, position")
+            for p in conn.execute(q, {"lo": rows[-1]["id"]}).mappings():
+                items = f" ({p['items']})" if p["items"] is not None else ""
+                phases.setdefault(p["run_id"], []).append(f"{p['phase']} {p['seconds']:.2f}s{items}")
     for r in rows:
         if r["duration_seconds"] is not None:
             r["duration_seconds"] = round(r["duration_seconds"], 2)
+        r["phases"] = ", ".join(phases.get(r["id"], [])) or None
     click.echo(output.render(rows, RUN_COLUMNS, fmt), nl=False)
 
 

@@ -71,6 +71,33 @@ class ScanOutcome:
     uploads: int = 0
     inventory_changes: int = 0
     duration_seconds: float = 0.0
+    files_stat: int = 0
+    files_read: int = 0
+    files_skipped: int = 0
+
+
+class PhaseClock:
+    """Wall time and work items per phase of a run, summed over registries (recorded in ``run_phases``)."""
+
+    ORDER = ("discover", "crawl", "load", "manifests", "verify", "checks", "history")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.items: dict[str, int] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
+
+    def count(self, phase: str, n: int) -> None:
+        self.items[phase] = self.items.get(phase, 0) + n
+
+    def rows(self) -> list[tuple[str, int, float, int | None]]:
+        return [(p, i, self.seconds[p], self.items.get(p)) for i, p in enumerate(self.ORDER) if p in self.seconds]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +197,9 @@ def _say(progress: Progress | None, msg: str) -> None:
 def _scan(
     engine: Engine, run_id: int, started: datetime, opts: ScanOptions, progress: Progress | None
 ) -> ScanOutcome:
-    roots = discover(opts.base)
+    clock = PhaseClock()
+    with clock("discover"):
+        roots = discover(opts.base)
     unknown_caches = opts.caches - {r.name for r in roots}
     if unknown_caches:
         raise ConfigError(f"--cache names no registry under {opts.base}: {', '.join(sorted(unknown_caches))}")
@@ -190,7 +219,7 @@ def _scan(
             # One savepoint per registry: storage that cannot be read fails this registry, not the others.
             savepoint = conn.begin_nested()
             try:
-                loaded = _load_registry(conn, run_id, rid, root, opts, progress)
+                loaded = _load_registry(conn, run_id, rid, root, opts, progress, clock)
             except StorageError as exc:
                 savepoint.rollback()
                 failures[name] = str(exc)
@@ -200,7 +229,11 @@ def _scan(
                 failures[name] = loaded
                 continue
             savepoint.commit()
-            counts, stats, parsed, files_seen = loaded
+            counts, stats, parsed, work = loaded
+            files_seen = work.stat
+            outcome.files_stat += work.stat
+            outcome.files_read += work.read
+            outcome.files_skipped += work.skipped
             store.record_run_registry(
                 conn, run_id, rid, "complete",
                 repositories=counts.repositories, links=counts.links, blobs=counts.blobs,
@@ -242,12 +275,17 @@ def _scan(
             raise StorageError("; ".join(failures.values()) or f"nothing to scan under {opts.base}")
 
         _say(progress, "checking")
-        _refresh_statistics(conn)
-        found = checks.run_checks(
-            conn, list(scanned.values()),
-            checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now),
-        )
-        outcome.counts = history.apply(conn, run_id, found, set(scanned))
+        with clock("checks"):
+            _refresh_statistics(conn)
+            found = checks.run_checks(
+                conn, list(scanned.values()),
+                checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now),
+            )
+        clock.count("checks", len(found))
+        _say(progress, "recording history")
+        with clock("history"):
+            outcome.counts = history.apply(conn, run_id, found, set(scanned))
+        store.record_phases(conn, run_id, clock.rows())
         outcome.open_errors = history.open_error_count(conn)
         outcome.status = "partial" if failures else "complete"
         outcome.failures = failures
@@ -260,42 +298,61 @@ def _scan(
             findings_open=_open_count(conn), findings_new=outcome.counts.new,
             findings_resolved=outcome.counts.resolved,
             error="; ".join(failures.values())[:2000] if failures else None,
+            files_stat=outcome.files_stat, files_read=outcome.files_read, files_skipped=outcome.files_skipped,
         )
     outcome.duration_seconds = (store.utcnow() - started).total_seconds()
     return outcome
 
 
+@dataclass
+class StorageWork:
+    stat: int = 0  # files and directories stat'ed or listed
+    read: int = 0  # files read
+    skipped: int = 0  # files not read because nothing says they changed
+
+
 def _load_registry(
-    conn: Connection, run_id: int, rid: int, root: RegistryRoot, opts: ScanOptions, progress: Progress | None
-) -> tuple[store.StageCounts, store.LoadStats, int, int] | str:
+    conn: Connection, run_id: int, rid: int, root: RegistryRoot, opts: ScanOptions, progress: Progress | None,
+    clock: PhaseClock,
+) -> tuple[store.StageCounts, store.LoadStats, int, StorageWork] | str:
     """Crawl one registry into the staging tables and apply it to the inventory; parse its new manifests.
     A string says why the registry must not be applied (it became suddenly empty)."""
     name = root.name
+    t0 = time.perf_counter()
     _say(progress, f"crawling {name}")
 
     def tick(n: int) -> None:
-        _say(progress, f"crawling {name}: {n} files")
+        rate = n / max(time.perf_counter() - t0, 1e-3)
+        _say(progress, f"crawling {name}: {n:,} files, {rate:,.0f} files/s")
 
-    stage = store.Stage(conn)
-    result = crawl(root, tick)
-    for rows in (result.repositories, result.links, result.blobs, result.uploads, result.anomalies):
-        stage.add_all(rows)
-    counts = stage.finish()
-    emptied = _suddenly_empty(conn, rid, counts)
-    if emptied and not opts.allow_empty:
-        return (
-            f"{name}: {emptied} suddenly empty (the last scan saw content); refusing to resolve "
-            "everything (pass --allow-empty if it really was emptied)"
-        )
+    with clock("crawl"):
+        stage = store.Stage(conn)
+        result = crawl(root, tick)
+        for rows in (result.repositories, result.links, result.blobs, result.uploads, result.anomalies):
+            stage.add_all(rows)
+    work = StorageWork(stat=result.files_seen, read=sum(1 for lk in result.links if lk.state != "absent"))
+    clock.count("crawl", result.files_seen)
     _say(progress, f"loading {name}")
-    stats = stage.apply(run_id, rid)
-    stage.drop()
+    with clock("load"):
+        counts = stage.finish()
+        emptied = _suddenly_empty(conn, rid, counts)
+        if emptied and not opts.allow_empty:
+            return (
+                f"{name}: {emptied} suddenly empty (the last scan saw content); refusing to resolve "
+                "everything (pass --allow-empty if it really was emptied)"
+            )
+        stats = stage.apply(run_id, rid)
+        stage.drop()
+    clock.count("load", stats.added + stats.removed)
     _say(progress, f"parsing manifests of {name}")
-    parsed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
+    with clock("manifests"):
+        parsed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
+    clock.count("manifests", parsed)
     if opts.verify_content:
         _say(progress, f"verifying blob content of {name}")
-        _verify_content(conn, run_id, rid, root.v2)
-    return counts, stats, parsed, result.files_seen
+        with clock("verify"):
+            _verify_content(conn, run_id, rid, root.v2)
+    return counts, stats, parsed, work
 
 
 def _suddenly_empty(conn: Connection, registry_id: int, counts: store.StageCounts) -> str | None:

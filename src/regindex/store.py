@@ -38,6 +38,7 @@ from regindex.models import (
     Registry,
     Repository,
     Run,
+    RunPhase,
     RunRegistry,
     Upload,
     table,
@@ -106,6 +107,14 @@ def upsert_registry(conn: Connection, name: str, root: str, role: str, run_id: i
         return int(res.inserted_primary_key[0])  # type: ignore[index]
     conn.execute(update(t).where(t.c.id == row.id).values(root=root, role=role))
     return int(row.id)
+
+
+def record_phases(conn: Connection, run_id: int, rows: Sequence[tuple[str, int, float, int | None]]) -> None:
+    """(phase, position, seconds, items) of one run."""
+    if rows:
+        conn.execute(insert(table(RunPhase)), [
+            {"run_id": run_id, "phase": p, "position": i, "seconds": round(sec, 3), "items": n} for p, i, sec, n in rows
+        ])
 
 
 def mark_scanned(conn: Connection, registry_id: int, run_id: int) -> None:
