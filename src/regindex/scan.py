@@ -386,12 +386,13 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
     replace the parse of the genuine content (another registry may hold it).
     """
     queue = store.manifest_roots(conn, registry_id)
+    aliases = store.layer_aliases(conn, registry_id)
     done: set[str] = set()
     parsed_total = 0
     while queue:
         level = queue - done
         done |= level
-        queue = store.layer_alias_targets(conn, registry_id, level)
+        queue = {t for d in level & aliases.keys() for t in aliases[d]}
         new: list[tuple[str, int, ParsedManifest]] = []
         hashes: list[tuple[str, int, float, str | None, str | None]] = []
         already: list[tuple[str, int]] = []

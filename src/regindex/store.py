@@ -353,15 +353,16 @@ def manifest_roots(conn: Connection, registry_id: int) -> set[str]:
     return {d for (d,) in conn.execute(q, {"rid": registry_id})}
 
 
-def layer_alias_targets(conn: Connection, registry_id: int, digests: Iterable[str]) -> set[str]:
-    """Targets of the _layers links (that parse) whose path names one of ``digests``."""
-    out: set[str] = set()
+def layer_aliases(conn: Connection, registry_id: int) -> dict[str, set[str]]:
+    """Path digest -> target digests of the _layers links (that parse) naming another digest than their path:
+    few (aliases and misdirected links), found in one pass."""
     q = text(
-        "SELECT target_digest FROM links WHERE registry_id = :rid AND gone_run IS NULL AND kind = 'layer' "
-        "AND state = 'ok' AND target_digest IS NOT NULL AND path_digest IN :ds"
-    ).bindparams(bindparam("ds", expanding=True))
-    for part in chunks(sorted(digests), 500):
-        out.update(d for (d,) in conn.execute(q, {"rid": registry_id, "ds": list(part)}))
+        "SELECT path_digest, target_digest FROM links WHERE registry_id = :rid AND gone_run IS NULL "
+        "AND kind = 'layer' AND state = 'ok' AND target_digest IS NOT NULL AND path_digest <> target_digest"
+    )
+    out: dict[str, set[str]] = {}
+    for path, target in conn.execute(q, {"rid": registry_id}):
+        out.setdefault(path, set()).add(target)
     return out
 
 
