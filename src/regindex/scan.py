@@ -346,6 +346,7 @@ def _load_registry(
     clock.count("load", stats.added + stats.removed)
     _say(progress, f"parsing manifests of {name}")
     with clock("manifests"):
+        _refresh_statistics(conn)  # the planner must know the inventory it just loaded
         parsed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
     clock.count("manifests", parsed)
     if opts.verify_content:
@@ -370,7 +371,7 @@ def _refresh_statistics(conn: Connection) -> None:
         conn.exec_driver_sql("PRAGMA analysis_limit=2000")
         conn.exec_driver_sql("ANALYZE")
     elif conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ANALYZE links, blobs, repositories, manifests, manifest_refs, uploads")
+        conn.exec_driver_sql("ANALYZE links, blobs, repositories, manifests, manifest_refs, uploads, blob_verifications")
 
 
 def _open_count(conn: Connection) -> int:

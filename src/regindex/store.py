@@ -370,17 +370,29 @@ def manifest_candidates(
     conn: Connection, registry_id: int, digests: Iterable[str]
 ) -> list[tuple[str, int, float, bool, int | None, float | None]]:
     """For the digests whose data this registry holds: (digest, size, mtime, parsed already, size and mtime
-    when this registry last hashed the data)."""
+    when this registry last hashed the data). One join through a temporary table, not IN lists."""
+    conn.exec_driver_sql("DROP TABLE IF EXISTS parse_level")
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE parse_level (digest {_sql_type(conn, table(Blob), 'digest')})")
+    rows = [(d,) for d in sorted(digests)]
+    if not rows:
+        return []
+    if conn.dialect.name == "postgresql":
+        dbapi: Any = conn.connection.driver_connection
+        with dbapi.cursor() as cur, cur.copy("COPY parse_level (digest) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(r)
+        conn.exec_driver_sql("ANALYZE parse_level")
+    else:
+        conn.exec_driver_sql("INSERT INTO parse_level (digest) VALUES (?)", rows)
     q = text(
         "SELECT b.digest, b.size, b.mtime, m.id IS NOT NULL AS known, v.size AS v_size, v.mtime AS v_mtime "
-        "FROM blobs b LEFT JOIN manifests m ON m.digest = b.digest AND m.size = b.size "
+        "FROM parse_level p JOIN blobs b ON b.digest = p.digest AND b.registry_id = :rid AND b.gone_run IS NULL "
+        "LEFT JOIN manifests m ON m.digest = b.digest AND m.size = b.size "
         "LEFT JOIN blob_verifications v ON v.registry_id = b.registry_id AND v.digest = b.digest "
-        "WHERE b.registry_id = :rid AND b.gone_run IS NULL AND b.digest IN :ds ORDER BY b.digest"
-    ).bindparams(bindparam("ds", expanding=True))
-    out = []
-    for part in chunks(sorted(digests), 500):
-        for r in conn.execute(q, {"rid": registry_id, "ds": list(part)}):
-            out.append((r[0], int(r[1]), float(r[2]), bool(r[3]), r[4], r[5]))
+        "ORDER BY b.digest"
+    )
+    out = [(r[0], int(r[1]), float(r[2]), bool(r[3]), r[4], r[5]) for r in conn.execute(q, {"rid": registry_id})]
+    conn.exec_driver_sql("DROP TABLE parse_level")
     return out
 
 
@@ -475,11 +487,22 @@ def insert_manifests(conn: Connection, run_id: int, parsed: Sequence[tuple[str, 
 def save_verifications(
     conn: Connection, registry_id: int, run_id: int, rows: Sequence[tuple[str, int, float, str | None, str | None]]
 ) -> None:
-    """(digest, size, mtime, computed digest or None when unreadable, parse error of non-genuine manifest data)."""
+    """(digest, size, mtime, computed digest or None when unreadable, parse error of non-genuine manifest data):
+    one row per registry and digest, replaced (an upsert, in big batches)."""
+    if not rows:
+        return
     v = table(BlobVerification)
-    for part in chunks(rows, 500):
-        conn.execute(delete(v).where(v.c.registry_id == registry_id, v.c.digest.in_([r[0] for r in part])))
-        conn.execute(insert(v), [
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    stmt = dialect_insert(v)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[v.c.registry_id, v.c.digest],
+        set_={c: stmt.excluded[c] for c in ("size", "mtime", "computed_digest", "parse_error", "verified_run")},
+    )
+    for part in chunks(rows, CHUNK):
+        conn.execute(stmt, [
             {"registry_id": registry_id, "digest": d, "size": size, "mtime": mtime, "computed_digest": computed,
              "parse_error": parse_error, "verified_run": run_id}
             for d, size, mtime, computed, parse_error in part
