@@ -1,8 +1,11 @@
 """Walk one registry root and yield plain rows. No database here.
 
-Rules: ``os.scandir`` only, symlinks are never followed (a symlink is recorded as an anomaly), every read is
-bounded, every name from storage is treated as hostile data. Any directory that cannot be listed makes the
-whole registry crawl fail (``StorageError``): a partial view must never look like deleted content.
+Rules: ``os.scandir`` only, symlinks are never followed, every read is bounded, every name from storage is
+treated as hostile data. What regindex cannot see must never look deleted: a directory that cannot be listed,
+a path that cannot be stat'ed, or a symlink where content would be (what lies behind it is unknown) makes the
+whole registry crawl fail (``StorageError``: a failed registry in a partial run, none of its findings
+resolved). Oddities that hide nothing (stray files, names the registry refuses, names that are not UTF-8) are
+recorded as anomalies.
 """
 
 from __future__ import annotations
@@ -95,6 +98,24 @@ class CrawlResult:
 # Discovery
 
 
+def safe_text(value: str) -> str:
+    """A name from storage as text any database accepts: bytes that are not UTF-8 (surrogate escapes from
+    ``os.scandir``) become ``\\xNN``, NUL becomes ``\\x00``."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = os.fsencode(value).decode("utf-8", "backslashreplace")
+    return value.replace("\x00", "\\x00")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_real_dir(path: Path) -> bool:
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
@@ -115,8 +136,8 @@ def _symlink_on_path(start: Path, parts: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _not_followed(name: str, link: Path) -> str:
-    return (f"{name}: {link} is a symlink and regindex never follows symlinks inside the storage root; "
+def _not_followed(name: str, link: Path | str) -> str:
+    return (f"{name}: {safe_text(str(link))} is a symlink and regindex never follows symlinks inside the storage root; "
             "scan its target directly")
 
 
@@ -153,8 +174,12 @@ def discover(base: Path) -> list[RegistryRoot]:
         cand = Path(entry.path).joinpath(*V2_SUFFIX)
         if not cand.is_dir():
             continue
+        name = safe_text(entry.name)
         link = Path(entry.path) if entry.is_symlink() else _symlink_on_path(Path(entry.path), V2_SUFFIX)
-        roots.append(RegistryRoot(entry.name, cand, _not_followed(entry.name, link) if link else None))
+        problem = _not_followed(name, link) if link else None
+        if problem is None and name != entry.name:
+            problem = f"{name}: the registry directory's name is not UTF-8; rename it"
+        roots.append(RegistryRoot(name, cand, problem))
     if not any(r.problem is None for r in roots):
         raise StorageError(
             f"no registry storage under {base}: expected {base}/<name>/docker/registry/v2 or {base}/docker/registry/v2"
@@ -164,7 +189,7 @@ def discover(base: Path) -> list[RegistryRoot]:
 
 
 def _name_for_root(root: Path) -> str:
-    return root.resolve().name or "registry"
+    return safe_text(root.resolve().name) or "registry"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,22 +204,48 @@ class _Walker:
 
     # -- helpers -------------------------------------------------------------------------------
     def rel(self, path: str) -> str:
-        return os.path.relpath(path, self.root.v2)
+        """``path`` relative to the v2 root, as safe text (for anomalies and error messages)."""
+        return safe_text(os.path.relpath(path, self.root.v2))
+
+    def not_followed(self, path: str) -> StorageError:
+        """A symlink where content would be: what lies behind it is unknown, so this registry cannot be read."""
+        return StorageError(
+            f"{self.root.name}: {self.rel(path)} is a symlink and regindex never follows symlinks inside the "
+            "storage root: what lies behind it is unknown, so nothing of this registry is updated or resolved "
+            "(replace the symlink by what it points to)")
+
+    def lstat(self, path: str) -> os.stat_result | None:
+        """``None`` when the path does not exist (or vanished); any other error means we cannot know."""
+        try:
+            return os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StorageError(f"{self.root.name}: cannot stat {self.rel(path)}: {exc.strerror}") from None
 
     def scandir(self, path: str) -> list[os.DirEntry[str]]:
         try:
             with os.scandir(path) as it:
                 return sorted(it, key=lambda e: e.name)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []  # vanished while we walked: the registry deletes concurrently; treat as gone
         except OSError as exc:
             raise StorageError(f"{self.root.name}: cannot list {self.rel(path)}: {exc.strerror}") from None
 
+    def named(self, entry: os.DirEntry[str]) -> bool:
+        """False (and an anomaly) for a name that is not UTF-8: no registry API can name it."""
+        if _is_utf8(entry.name):
+            return True
+        self.anomaly(entry.path, "name is not UTF-8 (the registry cannot serve it)")
+        return False
+
     def subdirs(self, path: str) -> Iterator[os.DirEntry[str]]:
         for entry in self.scandir(path):
             if entry.is_symlink():
-                self.anomaly(entry.path, "symlink (not followed)")
-            elif entry.is_dir(follow_symlinks=False):
+                raise self.not_followed(entry.path)
+            if not self.named(entry):
+                continue
+            if entry.is_dir(follow_symlinks=False):
                 yield entry
             else:
                 self.anomaly(entry.path, "unexpected file")
@@ -207,18 +258,25 @@ class _Walker:
         if self.progress and self.result.files_seen % 2000 == 0:
             self.progress(self.result.files_seen)
 
+    def real_dir(self, path: str) -> bool:
+        """A directory that may be absent; a symlink or an unstat-able path there fails the crawl."""
+        st = self.lstat(path)
+        if st is None:
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            raise self.not_followed(path)
+        return stat.S_ISDIR(st.st_mode)
+
     def read_link(self, dirpath: str) -> tuple[LinkState, str | None, str | None]:
         path = os.path.join(dirpath, "link")
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+        st = self.lstat(path)
+        if st is None:
             return LinkState.ABSENT, None, None
-        except OSError as exc:
-            return LinkState.UNREADABLE, None, exc.strerror
         self.tick()
+        if stat.S_ISLNK(st.st_mode):
+            raise self.not_followed(path)
         if not stat.S_ISREG(st.st_mode):
-            kind = "symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-            return LinkState.UNREADABLE, None, kind
+            return LinkState.UNREADABLE, None, "not a regular file"
         try:
             raw = _read_bounded(path, MAX_LINK_BYTES + 1)
         except OSError as exc:
@@ -234,19 +292,16 @@ class _Walker:
         if blobs:
             self.walk_blobs(blobs)
         if repos:
-            self.walk_repositories(repos, "")
+            self.walk_repositories(repos)
         return self.result
 
     def structural_dir(self, path: str) -> str | None:
         """A directory whose content would look deleted if it were skipped: a symlink there fails the crawl."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+        st = self.lstat(path)
+        if st is None:
             return None
-        except OSError as exc:
-            raise StorageError(f"{self.root.name}: cannot stat {self.rel(path)}: {exc.strerror}") from None
         if stat.S_ISLNK(st.st_mode):
-            raise StorageError(_not_followed(self.root.name, Path(self.rel(path))))
+            raise self.not_followed(path)
         if not stat.S_ISDIR(st.st_mode):
             raise StorageError(f"{self.root.name}: {self.rel(path)} is not a directory")
         return path
@@ -264,38 +319,45 @@ class _Walker:
                         self.anomaly(hex_dir.path, "not a blob directory name")
                         continue
                     data = os.path.join(hex_dir.path, "data")
-                    try:
-                        st = os.lstat(data)
-                    except FileNotFoundError:
+                    st = self.lstat(data)
+                    if st is None:
                         continue  # a blob directory without data: nothing is stored
-                    except OSError as exc:
-                        raise StorageError(f"{self.root.name}: cannot stat {self.rel(data)}: {exc.strerror}") from None
                     self.tick()
+                    if stat.S_ISLNK(st.st_mode):
+                        raise self.not_followed(data)
                     if not stat.S_ISREG(st.st_mode):
-                        self.anomaly(data, "blob data is not a regular file (not followed)")
+                        self.anomaly(data, "blob data is not a regular file (not read)")
                         continue
                     self.result.blobs.append(BlobRow(f"{alg}:{hex_}", st.st_size, st.st_mtime))
 
-    def walk_repositories(self, path: str, prefix: str) -> None:
-        entries = self.scandir(path)
-        names = {e.name for e in entries}
-        is_repo = bool(prefix) and "_layers" in names  # the catalog's own rule
-        if is_repo:
-            self.visit_repository(path, prefix, names)
-        for entry in entries:
-            if entry.name.startswith("_"):
-                if not (is_repo and entry.name in _REPO_DIRS):
-                    self.anomaly(entry.path, "underscore entry outside a repository (no _layers beside it)")
-                continue
-            if entry.is_symlink():
-                self.anomaly(entry.path, "symlink (not followed)")
-                continue
-            if not entry.is_dir(follow_symlinks=False):
-                continue  # stray files between repositories are ignored by the registry too
-            name = f"{prefix}/{entry.name}" if prefix else entry.name
-            if not valid_repo_component(entry.name) or len(name) > MAX_REPO_NAME:
-                self.anomaly(entry.path, "name the registry would refuse")
-            self.walk_repositories(entry.path, name)
+    def walk_repositories(self, top: str) -> None:
+        """Depth-first, in name order, without recursion (nesting depth is the tree's, not ours)."""
+        stack: list[tuple[str, str]] = [(top, "")]
+        while stack:
+            path, prefix = stack.pop()
+            entries = self.scandir(path)
+            names = {e.name for e in entries}
+            is_repo = bool(prefix) and "_layers" in names  # the catalog's own rule
+            if is_repo:
+                self.visit_repository(path, prefix, names)
+            children: list[tuple[str, str]] = []
+            for entry in entries:
+                if entry.name.startswith("_"):
+                    if not (is_repo and entry.name in _REPO_DIRS):
+                        self.anomaly(entry.path, "underscore entry outside a repository (no _layers beside it)")
+                    continue
+                if entry.is_symlink():
+                    raise self.not_followed(entry.path)  # it may be a repository or a namespace
+                if not entry.is_dir(follow_symlinks=False):
+                    continue  # stray files between repositories are ignored by the registry too
+                if not self.named(entry):
+                    continue
+                name = f"{prefix}/{entry.name}" if prefix else entry.name
+                if not valid_repo_component(entry.name) or (
+                        len(name) > MAX_REPO_NAME and len(prefix) <= MAX_REPO_NAME):
+                    self.anomaly(entry.path, "name the registry would refuse")
+                children.append((entry.path, name))
+            stack.extend(reversed(children))
 
     def visit_repository(self, path: str, repo: str, names: set[str]) -> None:
         self.structural_dir(os.path.join(path, "_layers"))
@@ -318,25 +380,24 @@ class _Walker:
                 state: LinkState
                 target: str | None
                 preview: str | None
-                if os.path.islink(cur):
-                    self.anomaly(cur, "symlink (not followed)")
-                    state, target, preview = LinkState.UNREADABLE, None, "current is a symlink"
+                cur_st = self.lstat(cur)
+                if cur_st is None:
+                    state, target, preview = LinkState.ABSENT, None, None
+                elif stat.S_ISLNK(cur_st.st_mode):
+                    raise self.not_followed(cur)
+                elif not stat.S_ISDIR(cur_st.st_mode):
+                    state, target, preview = LinkState.UNREADABLE, None, "current is not a directory"
                 else:
                     state, target, preview = self.read_link(cur)
                 self.add_link(repo, LinkKind.TAG_CURRENT, tag, None, state, target, preview)
                 self.walk_digest_links(os.path.join(tag_dir.path, "index"), repo, LinkKind.TAG_INDEX, tag)
         uploads = os.path.join(path, "_uploads")
-        if "_uploads" in names and os.path.islink(uploads):
-            self.anomaly(uploads, "symlink (not followed)")
-        elif "_uploads" in names and _is_real_dir(Path(uploads)):
+        if "_uploads" in names and self.real_dir(uploads):
             for up in self.subdirs(uploads):
                 self.visit_upload(up.path, repo, up.name)
 
     def walk_digest_links(self, path: str, repo: str, kind: LinkKind, tag: str | None) -> None:
-        if os.path.islink(path):
-            self.anomaly(path, "symlink (not followed)")
-            return
-        if not _is_real_dir(Path(path)):
+        if not self.real_dir(path):
             return
         for alg_dir in self.subdirs(path):
             alg = alg_dir.name
@@ -363,25 +424,27 @@ class _Walker:
         self.result.links.append(LinkRow(repo, kind.value, tag, path_digest, target, state.value, preview))
 
     def visit_upload(self, path: str, repo: str, uuid: str) -> None:
+        """An upload whose files cannot be seen fails the crawl: its age decides a finding."""
         started_raw: str | None = None
         started: datetime | None = None
         sa = os.path.join(path, "startedat")
-        try:
-            st = os.lstat(sa)
-            if stat.S_ISREG(st.st_mode):
-                started_raw = _read_bounded(sa, MAX_STARTEDAT_BYTES).decode("utf-8", "replace").strip()
-                started = parse_rfc3339(started_raw)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            self.anomaly(sa, f"unreadable: {exc.strerror}")
+        st = self.lstat(sa)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise self.not_followed(sa)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            try:
+                raw = _read_bounded(sa, MAX_STARTEDAT_BYTES)
+            except OSError as exc:
+                raise StorageError(f"{self.root.name}: cannot read {self.rel(sa)}: {exc.strerror}") from None
+            started_raw = safe_text(raw.decode("utf-8", "replace").strip())
+            started = parse_rfc3339(started_raw)
         size: int | None = None
-        try:
-            st = os.lstat(os.path.join(path, "data"))
-            if stat.S_ISREG(st.st_mode):
-                size = st.st_size
-        except FileNotFoundError:
-            pass
+        data = os.path.join(path, "data")
+        st = self.lstat(data)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise self.not_followed(data)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            size = st.st_size
         self.tick()
         self.result.uploads.append(UploadRow(repo, uuid, started, started_raw, size))
 
@@ -411,11 +474,11 @@ def parse_rfc3339(text: str) -> datetime | None:
         t = f"{head}.{frac[:6].ljust(6, '0')}{rest[i:]}" if frac else head + rest[i:]
     try:
         dt = datetime.fromisoformat(t)
-    except ValueError:
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # not a time, or one that leaves datetime's range in UTC
         return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
 
 
 def _read_bounded(path: str, limit: int) -> bytes:

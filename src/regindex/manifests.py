@@ -7,6 +7,7 @@ caller reads the whole blob (bounded by a cap far above real manifests) and neve
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,11 +73,47 @@ def parse_manifest(raw: bytes) -> ParsedManifest:
     if not raw:
         return ParsedManifest(KIND_INVALID, None, error="empty (0 bytes)")
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, parse_int=_go_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return ParsedManifest(KIND_INVALID, None, error=f"not valid JSON: {_short(exc)}")
     except RecursionError:
         return ParsedManifest(KIND_INVALID, None, error="not valid JSON: nested too deeply")
+    try:
+        return _parse_doc(doc)
+    except _Refused as exc:
+        return ParsedManifest(KIND_INVALID, None, error=str(exc))
+
+
+class _Refused(Exception):
+    """What the registry's Go decoder refuses in a manifest that is valid JSON (a type it cannot decode)."""
+
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+class _BigNumber:
+    """An integer literal too long for any Go integer (kept as text: Python refuses to convert >4300 digits)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return _short(self.text)
+
+
+def _go_int(text: str) -> int | _BigNumber:
+    return int(text) if len(text) <= 20 else _BigNumber(text)
+
+
+def _int64(value: Any, where: str) -> int:
+    if isinstance(value, _BigNumber) or (isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX):
+        raise _Refused(f"{where}: number {_short(repr(value))} overflows int64 (the registry refuses it)")
+    return value
+
+
+def _parse_doc(doc: Any) -> ParsedManifest:
     if not isinstance(doc, dict):
         return ParsedManifest(KIND_INVALID, None, error=f"JSON {type(doc).__name__}, not an object")
 
@@ -91,7 +128,7 @@ def parse_manifest(raw: bytes) -> ParsedManifest:
     # registry 2.8 refuses every other schemaVersion (0 when absent): GET fails, garbage-collect aborts
     if schema_version != 2 or isinstance(schema_version, bool):
         return ParsedManifest(
-            KIND_UNKNOWN, media_type, artifact_type, f"unrecognised manifest schemaVersion {schema_version!r}")
+            KIND_UNKNOWN, media_type, artifact_type, f"unrecognised manifest schemaVersion {_shown(schema_version)}")
     kind = _kind_of(doc, media_type)
     if kind == KIND_UNKNOWN:
         return ParsedManifest(
@@ -148,6 +185,8 @@ def _descriptor(desc: Any, role: str, position: int) -> Reference | None:
     if not isinstance(digest, str) or not is_digest(digest):
         return None
     size = desc.get("size")
+    if isinstance(size, (int, _BigNumber)) and not isinstance(size, bool):
+        size = _int64(size, f"{role} size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         size = None
     media_type = _str(desc.get("mediaType"))
@@ -195,9 +234,26 @@ def _list(value: Any) -> list[Any]:
 
 
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return text_of(value) if isinstance(value, str) and value else None
 
 
-def _short(exc: Exception) -> str:
+_UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
+
+
+def text_of(value: str) -> str:
+    """A JSON string as the registry's Go decoder reads it and any database can store it: a lone surrogate
+    escape (``"\\ud800"``) becomes U+FFFD, as Go's ``encoding/json`` makes it; so does NUL (PostgreSQL text
+    cannot hold it)."""
+    return _UNSTORABLE.sub("\ufffd", value)
+
+
+def _shown(value: Any) -> str:
+    """A JSON value for an error message: short, and never a walk of a deep structure."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return _short(repr(text_of(value) if isinstance(value, str) else value))
+    return f"<{type(value).__name__}>"
+
+
+def _short(exc: Exception | str) -> str:
     text = str(exc)
     return text if len(text) <= 120 else text[:117] + "..."

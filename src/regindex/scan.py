@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from regindex import __version__, checks, history, store
 from regindex.crawl import (
@@ -30,6 +30,7 @@ from regindex.crawl import (
     digest_of,
     hash_blob,
     read_blob,
+    safe_text,
 )
 from regindex.errors import ConfigError, LockError, RegindexError, ScanAborted, StorageError
 from regindex.manifests import KIND_UNKNOWN, ParsedManifest, parse_manifest
@@ -176,7 +177,7 @@ def _mark_failed(engine: Engine, run_id: int, started: datetime, message: str) -
         engine.dispose()
         try:
             with engine.begin() as conn:
-                store.finish_run(conn, run_id, "failed", started, error=message[:2000])
+                store.finish_run(conn, run_id, "failed", started, error=safe_text(message)[:2000])
             return
         except SQLAlchemyError:
             time.sleep(0.2 * (attempt + 1))
@@ -220,9 +221,9 @@ def _scan(
             savepoint = conn.begin_nested()
             try:
                 loaded = _load_registry(conn, run_id, rid, root, opts, progress, clock)
-            except StorageError as exc:
+            except _STORAGE_OR_ODD as exc:
                 savepoint.rollback()
-                failures[name] = str(exc)
+                failures[name] = str(exc) if isinstance(exc, StorageError) else _odd(name, "cannot index", exc)
                 continue
             if isinstance(loaded, str):
                 savepoint.rollback()
@@ -269,7 +270,7 @@ def _scan(
             rid = known.get(name) or store.upsert_registry(
                 conn, name, str(opts.base / name), "cache" if name in opts.caches else "authoritative", run_id
             )
-            store.record_run_registry(conn, run_id, rid, "failed", error=err[:2000])
+            store.record_run_registry(conn, run_id, rid, "failed", error=safe_text(err)[:2000])
 
         if not scanned:
             raise StorageError("; ".join(failures.values()) or f"nothing to scan under {opts.base}")
@@ -297,11 +298,27 @@ def _scan(
             uploads=outcome.uploads, inventory_changes=outcome.inventory_changes,
             findings_open=_open_count(conn), findings_new=outcome.counts.new,
             findings_resolved=outcome.counts.resolved,
-            error="; ".join(failures.values())[:2000] if failures else None,
+            error=safe_text("; ".join(failures.values()))[:2000] if failures else None,
             files_stat=outcome.files_stat, files_read=outcome.files_read, files_skipped=outcome.files_skipped,
         )
     outcome.duration_seconds = (store.utcnow() - started).total_seconds()
     return outcome
+
+
+# What one odd object in a registry can raise that no check foresaw (a value the database refuses, a name it
+# cannot encode): it fails that registry, never the night's scan of every registry. A database that stops
+# answering (OperationalError) still fails the run.
+_ODD_CONTENT: tuple[type[BaseException], ...] = (
+    UnicodeError, ValueError, OverflowError, RecursionError, OSError, DataError, IntegrityError,
+)
+_STORAGE_OR_ODD: tuple[type[BaseException], ...] = (StorageError, *_ODD_CONTENT)
+
+
+def _odd(name: str, what: str, exc: BaseException) -> str:
+    if os.environ.get("REGINDEX_DEBUG"):
+        raise exc
+    return (f"{name}: {what} this registry: {type(exc).__name__}: {_one_line(exc)} "
+            "(REGINDEX_DEBUG=1 shows the traceback)")
 
 
 @dataclass
