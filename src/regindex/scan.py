@@ -25,7 +25,7 @@ from regindex.crawl import (
     DEFAULT_MAX_MANIFEST_BYTES,
     BlobTooLarge,
     RegistryRoot,
-    crawl,
+    crawl_into,
     discover,
     digest_of,
     hash_blob,
@@ -230,8 +230,7 @@ def _scan(
                 failures[name] = loaded
                 continue
             savepoint.commit()
-            counts, stats, parsed, work = loaded
-            files_seen = work.stat
+            counts, stats, parsed, work, files_seen = loaded
             outcome.files_stat += work.stat
             outcome.files_read += work.read
             outcome.files_skipped += work.skipped
@@ -331,7 +330,7 @@ class StorageWork:
 def _load_registry(
     conn: Connection, run_id: int, rid: int, root: RegistryRoot, opts: ScanOptions, progress: Progress | None,
     clock: PhaseClock,
-) -> tuple[store.StageCounts, store.LoadStats, int, StorageWork] | str:
+) -> tuple[store.StageCounts, store.LoadStats, int, StorageWork, int] | str:
     """Crawl one registry into the staging tables and apply it to the inventory; parse its new manifests.
     A string says why the registry must not be applied (it became suddenly empty)."""
     name = root.name
@@ -344,11 +343,9 @@ def _load_registry(
 
     with clock("crawl"):
         stage = store.Stage(conn)
-        result = crawl(root, tick)
-        for rows in (result.repositories, result.links, result.blobs, result.uploads, result.anomalies):
-            stage.add_all(rows)
-    work = StorageWork(stat=result.files_seen, read=sum(1 for lk in result.links if lk.state != "absent"))
-    clock.count("crawl", result.files_seen)
+        crawled = crawl_into(root, stage.add, tick)  # rows stream into the staging tables
+    work = StorageWork(stat=crawled.stat, read=crawled.read, skipped=crawled.skipped)
+    clock.count("crawl", crawled.files_seen)
     _say(progress, f"loading {name}")
     with clock("load"):
         counts = stage.finish()
@@ -370,7 +367,7 @@ def _load_registry(
         _say(progress, f"verifying blob content of {name}")
         with clock("verify"):
             _verify_content(conn, run_id, rid, root.v2)
-    return counts, stats, parsed, work
+    return counts, stats, parsed, work, crawled.files_seen
 
 
 def _suddenly_empty(conn: Connection, registry_id: int, counts: store.StageCounts) -> str | None:
