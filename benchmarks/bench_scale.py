@@ -109,11 +109,30 @@ def cached_tree(cache: Path, scale: str, seed: int) -> tuple[Path, dict[str, int
     return tree, info
 
 
-def work_copy(tree: Path, work: Path) -> None:
-    """A hard-linked copy: the scans and the churn work on it, the cache stays as generated."""
-    shutil.rmtree(work, ignore_errors=True)
+def work_copy(tree: Path, work: Path) -> Path:
+    """A writable view of the cached tree for the scans and the churn; the cache stays as generated. As root:
+    an overlay mount (instant, copy-on-write); otherwise a hard-linked copy (minutes at 1M files)."""
+    release(work)
+    if os.geteuid() == 0:
+        for d in ("upper", "work", "merged"):
+            (work / d).mkdir(parents=True)
+        opts = f"lowerdir={tree},upperdir={work / 'upper'},workdir={work / 'work'}"
+        if subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(work / "merged")],
+                          capture_output=True).returncode == 0:
+            (work / "merged" / "GENERATED.json").unlink()
+            return work / "merged"
+        shutil.rmtree(work)
     subprocess.run(["cp", "-al", str(tree), str(work)], check=True)
     (work / "GENERATED.json").unlink()
+    return work
+
+
+def release(work: Path) -> None:
+    """Unmount (if it is an overlay) and remove a working copy."""
+    merged = work / "merged"
+    if merged.is_dir() and os.path.ismount(merged):
+        subprocess.run(["umount", str(merged)], check=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def unshare(paths: list[str]) -> None:
@@ -216,9 +235,9 @@ def main() -> None:
 
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     tree, info = cached_tree(args.cache_dir, args.scale, args.seed)
-    work = args.cache_dir / f"work-{args.scale}-seed{args.seed}"
+    work_dir = args.cache_dir / f"work-{args.scale}-seed{args.seed}"
     t = time.perf_counter()
-    work_copy(tree, work)
+    work = work_copy(tree, work_dir)
     # The model of the working copy, and the two churn plans with the truth after each.
     model = regtree.generate(str(work), SCALES[args.scale], args.seed, write=False)
     truth0 = set(model.truth)
@@ -278,7 +297,7 @@ def main() -> None:
     print()
     print(_table(rows, info, args, markdown=args.markdown))
     if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+        release(work_dir)
         shutil.rmtree(db_dir, ignore_errors=True)
         if args.pg:
             drop_pg(args.pg, "regindex_bench")
