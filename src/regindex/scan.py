@@ -411,34 +411,48 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
         new: list[tuple[str, int, ParsedManifest]] = []
         hashes: list[tuple[str, int, float, str | None, str | None]] = []
         already: list[tuple[str, int]] = []
+
+        def flush(at_least: int) -> int:
+            """Write parses, hashes and follow known manifests' children in batches: memory stays flat."""
+            written = 0
+            if len(new) >= at_least:
+                store.insert_manifests(conn, run_id, new)
+                written = len(new)
+                new.clear()
+            if len(hashes) >= at_least:
+                store.save_verifications(conn, registry_id, run_id, hashes)
+                hashes.clear()
+            if len(already) >= at_least:
+                queue.update(d for _role, d in store.manifest_refs_of(conn, already))
+                already.clear()
+            return written
+
         for digest, size, mtime, is_known, v_size, v_mtime in store.manifest_candidates(conn, registry_id, level):
             key = (digest, size)
             if is_known and _same_stat((v_size, v_mtime) if v_size is not None else None, (size, mtime)):
                 already.append(key)
-                continue
-            try:
-                raw = read_blob(v2, digest, cap)
-            except BlobTooLarge as big:
-                raw, pm = None, ParsedManifest(
-                    KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte cap: not parsed")
             else:
-                if raw is None:
-                    continue
-                pm = parse_manifest(raw)
-            computed = digest_of(digest, raw) if raw is not None else None
-            genuine = computed is None or computed == digest
-            hashes.append((digest, size, mtime, computed, None if genuine else pm.error))
-            if not genuine:
-                continue  # evidence lives in blob_verifications; the manifest row is the genuine content's
-            if is_known:
-                already.append(key)
-                continue
-            new.append((digest, size, pm))
-            queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
-        store.insert_manifests(conn, run_id, new)
-        store.save_verifications(conn, registry_id, run_id, hashes)
-        parsed_total += len(new)
-        queue.update(d for _role, d in store.manifest_refs_of(conn, already))
+                try:
+                    raw = read_blob(v2, digest, cap)
+                except BlobTooLarge as big:
+                    raw, pm = None, ParsedManifest(
+                        KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte cap: not parsed")
+                else:
+                    if raw is None:
+                        continue
+                    pm = parse_manifest(raw)
+                computed = digest_of(digest, raw) if raw is not None else None
+                genuine = computed is None or computed == digest
+                hashes.append((digest, size, mtime, computed, None if genuine else pm.error))
+                if not genuine:
+                    continue  # evidence lives in blob_verifications; the manifest row is the genuine content's
+                if is_known:
+                    already.append(key)
+                else:
+                    new.append((digest, size, pm))
+                    queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
+            parsed_total += flush(2000)
+        parsed_total += flush(0)
     return parsed_total
 
 
