@@ -234,11 +234,12 @@ def test_runs_show_phase_timings_and_file_counts(urls, base, invoke):
     assert r["files_stat"] > seen // 2 and r["files_read"] >= r["links"]  # listings and stats; every link read
 
 
-def test_0003_upgrades_a_database_with_history(db_path, base, invoke):
+def test_0003_upgrades_a_database_with_history(urls, base, invoke):
     """A database built by 0002 with real runs and findings keeps all of it; the new columns are NULL."""
     from alembic import command
 
-    engine = db.make_engine(db.resolve_url(str(db_path)))
+    kept, _fresh = urls
+    engine = db.make_engine(db.resolve_url(kept))
     with engine.begin() as c:
         command.upgrade(db._alembic_config(c), "0002")
         c.execute(text("INSERT INTO runs (id, started_at, status, base, links) VALUES (1, '2026-11-01 00:00:00', "
@@ -247,19 +248,23 @@ def test_0003_upgrades_a_database_with_history(db_path, base, invoke):
                        "'authoritative', 1)"))
         c.execute(text("INSERT INTO findings (key, episode, kind, severity, registry, detail, first_run, "
                        "last_seen_run) VALUES ('k', 1, 'empty_blob', 'error', 'r', '{}', 1, 1)"))
+        if c.dialect.name == "postgresql":  # rows inserted with explicit ids: move the sequence on
+            c.execute(text("SELECT setval('runs_id_seq', 1)"))
+            c.execute(text("SELECT setval('registries_id_seq', 1)"))
     engine.dispose()
     w = StorageWriter(base / "r")
     w.put_blob(b"x")
-    invoke("scan", base, "--db", db_path, "-q", "--fail-on", "never")  # upgrades, then scans
-    engine = create_engine(f"sqlite:///{db_path}")
+    invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")  # upgrades, then scans
+    engine = create_engine(_url(kept))
     with engine.connect() as c:
+        assert db.current_revision(c) == db.head_revision()
         old = c.execute(text("SELECT links, files_stat, files_read FROM runs WHERE id = 1")).one()
         assert tuple(old) == (42, None, None)
         assert c.execute(text("SELECT COUNT(*) FROM findings WHERE key = 'k'")).scalar_one() == 1
         assert c.execute(text("SELECT COUNT(*) FROM run_phases WHERE run_id = 2")).scalar_one() >= 5
         assert c.execute(text("SELECT COUNT(*) FROM run_phases WHERE run_id = 1")).scalar_one() == 0
+        assert c.execute(text("SELECT COUNT(*) FROM blobs WHERE digest = :d"), {"d": sha256(b"x")}).scalar_one() == 1
     engine.dispose()
-    assert sha256(b"x")  # the blob the scan indexed
 
 
 class MemoryStorage:
