@@ -206,7 +206,7 @@ class Stage:
         for key, spec in SPECS.items():
             cols = ", ".join(f"{c} {_sql_type(conn, spec.table, c)}" for c in spec.identity + spec.mutable)
             name = _stage_name(key)
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+            drop_temp(conn, name)
             conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({cols})")
 
     def add(self, row: Any) -> None:
@@ -257,7 +257,13 @@ class Stage:
 
     def drop(self) -> None:
         for key in SPECS:
-            self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_stage_name(key)}")
+            drop_temp(self.conn, _stage_name(key))
+
+
+def drop_temp(conn: Connection, name: str) -> None:
+    """Drop one of our temporary tables, never a table of the same name in the database's own schema."""
+    schema = "pg_temp" if conn.dialect.name == "postgresql" else "temp"
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {schema}.{name}")
 
 
 def _sql_type(conn: Connection, t: Table, col: str) -> str:
@@ -357,7 +363,7 @@ def manifest_candidates(
 ) -> list[tuple[str, int, float, bool, int | None, float | None]]:
     """For the digests whose data this registry holds: (digest, size, mtime, parsed already, size and mtime
     when this registry last hashed the data). One join through a temporary table, not IN lists."""
-    conn.exec_driver_sql("DROP TABLE IF EXISTS parse_level")
+    drop_temp(conn, "parse_level")
     conn.exec_driver_sql(f"CREATE TEMPORARY TABLE parse_level (digest {_sql_type(conn, table(Blob), 'digest')})")
     rows = [(d,) for d in sorted(digests)]
     if not rows:
@@ -373,7 +379,7 @@ def manifest_candidates(
         "ORDER BY b.digest"
     )
     out = [(r[0], int(r[1]), float(r[2]), bool(r[3]), r[4], r[5]) for r in conn.execute(q, {"rid": registry_id})]
-    conn.exec_driver_sql("DROP TABLE parse_level")
+    drop_temp(conn, "parse_level")
     return out
 
 
