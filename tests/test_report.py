@@ -260,40 +260,97 @@ def test_by_kind_and_by_registry_equal_the_database(story: Story, page: Page) ->
 
 def test_trend_has_one_mark_per_run_and_equals_the_finding_trend_view(story: Story, page: Page) -> None:
     finished = [r for (r,) in story.sql("SELECT id FROM runs WHERE status IN ('complete', 'partial') ORDER BY id")]
-    view: dict[tuple[int, str], int] = {}
-    new: dict[int, int] = {}
-    resolved: dict[int, int] = {}
-    for run_id, kind, open_, new_, res in story.sql("SELECT run_id, kind, open, new, resolved FROM finding_trend"):
-        view[(run_id, kind)] = view.get((run_id, kind), 0) + open_
-        new[run_id] = new.get(run_id, 0) + new_
-        resolved[run_id] = resolved.get(run_id, 0) + res
-    chart = page.one("figure", id="trend-open")
-    marks = [m for m in page.all("rect", within=chart) if "data-run" in m["attrs"]]
-    series = {m["attrs"]["data-series"] for m in marks}
-    assert series == {k for (_r, k), n in view.items() if n}
-    for s in series:
-        mine = [m for m in marks if m["attrs"]["data-series"] == s]
-        assert [int(m["attrs"]["data-run"]) for m in mine] == finished  # one mark per run, in order
-        assert [int(m["attrs"]["data-value"]) for m in mine] == [view.get((r, s), 0) for r in finished], s
-    flow = page.one("figure", id="trend-flow")
-    for name, expected in (("new", new), ("resolved", resolved)):
-        bars = page.all("rect", within=flow, data_series=name)
+    view: dict[tuple[int, str, bool], int] = {}
+    flow: dict[tuple[str, int], int] = {}
+    for run_id, kind, sev, open_, new_, res in story.sql(
+            "SELECT run_id, kind, severity, open, new, resolved FROM finding_trend"):
+        err = sev == "error"
+        view[(run_id, kind, err)] = view.get((run_id, kind, err), 0) + open_
+        for name, n in (("new", new_), ("resolved", res)):
+            key = (f"{name}-{'error' if err else 'other'}", run_id)
+            flow[key] = flow.get(key, 0) + n
+    # errors and warnings/info are charted apart
+    for chart_id, err in (("trend-open", True), ("trend-open-other", False)):
+        chart = page.one("figure", id=chart_id)
+        marks = [m for m in page.all("rect", within=chart) if "data-run" in m["attrs"]]
+        series = {m["attrs"]["data-series"] for m in marks}
+        assert series == {k for (_r, k, e), n in view.items() if n and e == err}, chart_id
+        assert series, chart_id
+        for s in series:
+            mine = [m for m in marks if m["attrs"]["data-series"] == s]
+            assert [int(m["attrs"]["data-run"]) for m in mine] == finished  # one mark per run, in order
+            assert [int(m["attrs"]["data-value"]) for m in mine] == [view.get((r, s, err), 0) for r in finished], s
+        # the partial run is shaded; the failed run is marked, without bars
+        assert [int(b["attrs"]["data-band-run"]) for b in page.all("rect", within=chart, **{"class": "band"})] == [4]
+        assert [int(b["attrs"]["data-failed-run"]) for b in page.all("rect", within=chart)
+                if "data-failed-run" in b["attrs"]] == [6]
+        assert sorted(int(m["attrs"]["data-run"]) for m in page.all(within=page.all("svg", within=chart)[0])
+                      if "data-run" in m["attrs"]) == sorted(finished * len(series))
+    flow_fig = page.one("figure", id="trend-flow")
+    for name in ("new-error", "new-other", "resolved-error", "resolved-other"):
+        bars = page.all("rect", within=flow_fig, data_series=name)
         assert [int(b["attrs"]["data-run"]) for b in bars] == finished
-        assert [int(b["attrs"]["data-value"]) for b in bars] == [expected.get(r, 0) for r in finished]
-    # the partial run is marked on the charts and in the run log; the failed run is in the log only
-    assert len(page.all("rect", within=chart, **{"class": "band"})) == 1
-    assert sorted(int(m["attrs"]["data-run"]) for m in page.all(within=page.all("svg", within=chart)[0])
-                  if "data-run" in m["attrs"]) == sorted(finished * len(series))
+        assert [int(b["attrs"]["data-value"]) for b in bars] == [flow.get((name, r), 0) for r in finished], name
     assert page.one("tr", data_run_row="4")["attrs"]["data-status"] == "partial"
     assert page.one("tr", data_run_row="6")["attrs"]["data-status"] == "failed"
     assert EVIL_REGISTRY in text_of(page.one("section", id="runs"))  # why run 4 was partial, as text
+
+
+def test_trend_x_axis_is_the_run_dates_and_hover_gives_run_date_and_counts(story: Story, tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "dated.db"
+    with sqlite3.connect(story.db) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)  # WAL included
+    days = {1: "2026-11-24 03:30:00", 2: "2026-11-25 03:30:00", 3: "2026-11-26 03:30:00",
+            4: "2026-11-27 03:30:00", 5: "2026-11-28 03:30:00", 6: "2026-11-28 09:15:00", 7: "2026-11-28 14:05:00"}
+    with sqlite3.connect(db) as c:
+        for run, when in days.items():
+            c.execute("UPDATE runs SET started_at = ? WHERE id = ?", (when + ".000000", run))
+    out = tmp_path / "r.html"
+    assert cli_run("report", "--db", db, "--out", out).exit_code == 0
+    page = Page(out.read_text(encoding="utf-8"))
+    chart = page.one("figure", id="trend-open")
+    dates = [text_of(t) for t in page.all("text", within=chart, **{"class": "xdate"})]
+    times = [text_of(t) for t in page.all("text", within=chart, **{"class": "xtime"})]
+    assert dates == ["Nov 24", "Nov 25", "Nov 26", "Nov 27", "Nov 28"]  # one date per day ...
+    assert times == ["#5 03:30", "#6 09:15", "#7 14:05"]  # ... and the runs of one day apart (6 failed)
+    html = out.read_text(encoding="utf-8")
+    hovers = re.findall(r'<rect class="mark" data-run="5" data-series="([a-z_-]+)" data-value="(\d+)"[^>]*>'
+                        r'<title>([^<]*)</title>', html)
+    assert len(hovers) >= 4  # every chart, every series
+    for series, value, hover in hovers:
+        assert hover.startswith("run 5 · 2026-11-28 03:30 UTC · ") and f": {value} (open: " in hover, hover
+        assert re.search(r"open: \d+ errors, \d+ warnings and info; new \d+, resolved \d+\)$", hover), hover
+    failed = re.findall(r'data-failed-run="6"[^>]*><title>([^<]*)</title>', html)
+    assert failed and all(t.startswith("run 6 · 2026-11-28 09:15 UTC · failed: ") for t in failed)
+    # an incident's window: the report as of run 3, its trend from Nov 25
+    out = tmp_path / "window.html"
+    r = cli_run("report", "--db", db, "--out", out, "--since", "2026-11-25", "--until", "2026-11-26T12:00Z")
+    assert r.exit_code == 0, r.output
+    page = Page(out.read_text(encoding="utf-8"))
+    assert "Report for run 3" in " ".join(page.texts)
+    marks = page.all("rect", within=page.one("figure", id="trend-flow"), data_series="new-error")
+    assert [int(m["attrs"]["data-run"]) for m in marks] == [2, 3]
+    assert {int(r["attrs"]["data-run-row"]) for r in page.all("tr") if "data-run-row" in r["attrs"]} == {2, 3}
+    assert page.all("div", data_period="1")
+    # as it was in run 3: what run 5 re-opened later is not new here, and run 3's repairs are resolved
+    assert {a["attrs"]["data-state"] for a in page.all("article")} <= {"new", "reopened", "persisting", "resolved"}
+    resolved_then = int(page.one("section", id="resolved")["attrs"]["data-total"])
+    assert resolved_then == sum(n for (n,) in story.sql("SELECT COUNT(*) FROM findings WHERE resolved_run = 3"))
+    for args, message in ((["--until", "2020-01-01"], "no finished scan started by"),
+                          (["--since", "2026-12-30", "--until", "2026-12-31"], "no finished scan between"),
+                          (["--since", "2026-11-27", "--until", "2026-11-26"], "--since is after --until"),
+                          (["--since", "soon"], "expected a date")):
+        r = cli_run("report", "--db", db, "--out", tmp_path / "x.html", *args)
+        assert r.exit_code == 2 and message in r.output, (args, r.output)
 
 
 def test_trend_window_is_the_last_n_finished_runs(story: Story, tmp_path: Path) -> None:
     out = tmp_path / "r.html"
     assert cli_run("report", "--db", story.db, "--out", out, "--runs", "3").exit_code == 0
     page = Page(out.read_text(encoding="utf-8"))
-    marks = page.all("rect", within=page.one("figure", id="trend-flow"), data_series="new")
+    marks = page.all("rect", within=page.one("figure", id="trend-flow"), data_series="new-error")
     assert [int(m["attrs"]["data-run"]) for m in marks] == [4, 5, 7]
     assert {int(r["attrs"]["data-run-row"]) for r in page.all("tr") if "data-run-row" in r["attrs"]} == {4, 5, 6, 7}
 

@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from regindex import __version__, output
+from regindex import __version__, output, queries
 from regindex import config as config_mod
 from regindex import db as dbmod
 from regindex.errors import RegindexError
@@ -38,12 +39,19 @@ def core_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except RegindexError as exc:
             raise Failure(str(exc)) from None
+        except BrokenPipeError:
+            # `regindex … | head`: the reader left; stop quietly (and keep Python from complaining at exit)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
         except SQLAlchemyError as exc:
             raise Failure(f"database error: {dbmod._one_line(exc)}") from None
         except OSError as exc:
             raise Failure(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
         except KeyboardInterrupt:
             raise Failure("interrupted") from None
+        except MemoryError:
+            raise Failure("out of memory") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -213,60 +221,97 @@ def _progress() -> Callable[[str], None]:
 # reading
 
 
-FINDING_COLUMNS = ("kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
+FINDING_COLUMNS = ("key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
                    "first_seen_run", "last_seen_run", "resolved_run", "detail")
-TABLE_COLUMNS = ("state", "severity", "kind", "registry", "repository", "digest", "tag", "parent_digest",
-                 "first_seen_run", "resolved_run")
+TABLE_COLUMNS = ("severity", "state", "kind", "registry", "repository", "tag", "digest", "parent_digest",
+                 "first_seen_run")
+TABLE_HEADERS = {"parent_digest": "parent", "first_seen_run": "first", "resolved_run": "resolved"}
+TABLE_WIDTH = 120
 
 
 @cli.command()
 @db_option
 @config_option
-@click.option("--state", type=click.Choice(["open", "new", "persisting", "resolved", "all"]), default="open",
-              show_default=True, help="new includes re-opened findings; open is new + persisting.")
+@click.option("--state", type=click.Choice(["open", "new", "persisting", "resolved", "resolved-ever", "all"]),
+              default="open", show_default=True,
+              help="Relative to the selected run: new includes re-opened findings; open is new + persisting; "
+                   "resolved means resolved in that run, resolved-ever in it or before.")
 @click.option("--kind", "kinds", multiple=True, help="Only this finding kind (repeatable).")
 @click.option("--registry", "registries", multiple=True, help="Only this registry (repeatable).")
 @click.option("--severity", "severities", multiple=True, type=click.Choice(["error", "warning", "info"]),
               help="Only this severity (repeatable).")
+@click.option("--repository", "repositories", multiple=True, metavar="GLOB",
+              help="Only repositories matching GLOB (* and ?; repeatable), e.g. 'team/*'.")
+@click.option("--digest", metavar="PREFIX", help="Only findings whose digest or parent starts with PREFIX.")
+@click.option("--tag", "tags", multiple=True, help="Only this tag (repeatable).")
+@click.option("--run", "run", type=click.IntRange(min=1, max=2**62), default=None,
+              help="States relative to this finished run (default the latest).")
+@click.option("--since", metavar="DATE|DURATION",
+              help="Only findings first seen in a run started since then: 2026-11-30, 2026-11-30T03:00Z, 7d, 24h.")
+@click.option("--limit", type=click.IntRange(min=1, max=2**62), default=None, help="At most this many findings.")
 @format_option
+@click.option("-v", "--verbose", is_flag=True, help="Table: each finding's key, full digests and repair hint.")
 @core_errors
 def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[str, ...],
-             registries: tuple[str, ...], severities: tuple[str, ...], fmt: str) -> None:
-    """List findings (state relative to the latest finished run)."""
+             registries: tuple[str, ...], severities: tuple[str, ...], repositories: tuple[str, ...],
+             digest: str | None, tags: tuple[str, ...], run: int | None, since: str | None, limit: int | None,
+             fmt: str, verbose: bool) -> None:
+    """List findings, most severe first (states relative to the latest finished run, or --run N)."""
     from regindex.checks import KINDS
-    from regindex.history import list_findings
+    from regindex.history import FindingQuery, list_findings
+    from regindex.timespec import parse_when
 
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise Failure(f"unknown kind {bad[0]!r}; kinds: {', '.join(KINDS)}")
+    query = FindingQuery(state=state, kinds=kinds, registries=registries, severities=severities,
+                         repositories=repositories, digest=digest, tags=tags, run=run,
+                         since=parse_when(since, "--since") if since else None, limit=limit)
     with dbmod.reader(_db(db, config_path)) as conn:
         known = set(conn.exec_driver_sql("SELECT name FROM registries").scalars())
         unknown = [r for r in registries if r not in known]
         if unknown:
             raise Failure(f"unknown registry {unknown[0]!r}; registries: {', '.join(sorted(known)) or 'none yet'}")
-        rows = list_findings(conn, state, kinds, registries, severities)
-    cols = FINDING_COLUMNS if fmt != "table" else TABLE_COLUMNS
-    click.echo(output.render(rows, cols, fmt), nl=False)
+        rows = list_findings(conn, query)
+    if fmt != "table":
+        click.echo(output.render(rows, FINDING_COLUMNS, fmt), nl=False)
+        return
+    cols = TABLE_COLUMNS + (("resolved_run",) if state in ("resolved", "resolved-ever", "all") else ())
+    shown = [dict(r, digest=output.short_digest(r["digest"]), parent_digest=output.short_digest(r["parent_digest"]))
+             for r in rows]
+    lines = output.fit_table(shown, cols, TABLE_WIDTH, ("repository", "tag", "registry"), TABLE_HEADERS)
+    click.echo("\n".join(lines[:2]))
+    for line, r in zip(lines[2:], rows):
+        click.echo(line)
+        if verbose:
+            for label, value in (("key", r["key"]), ("digest", r["digest"]), ("parent", r["parent_digest"]),
+                                 ("hint", r["hint"])):
+                if value:
+                    text_ = output._printable(f"{label}: {value}")
+                    click.echo(textwrap.fill(text_, TABLE_WIDTH, initial_indent="    ", subsequent_indent="      ",
+                                             break_long_words=False, break_on_hyphens=False))
 
 
 RUN_COLUMNS = ("id", "started_at", "status", "duration_seconds", "registries", "repositories", "links", "blobs",
-               "manifests_parsed", "inventory_changes", "findings_open", "findings_new", "findings_resolved",
-               "files_stat", "files_read", "files_skipped", "phases", "error")
+               "manifests_parsed", "inventory_changes", "open_errors", "findings_open", "findings_new",
+               "findings_resolved", "files_stat", "files_read", "files_skipped", "phases", "error")
 
 
 @cli.command()
 @db_option
 @config_option
-@click.option("--limit", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=2**62), default=30, show_default=True)
 @format_option
 @core_errors
 def runs(db: str | None, config_path: str | None, limit: int, fmt: str) -> None:
-    """List scans, newest first."""
+    """List scans, newest first: start time in UTC (ISO 8601), open errors and open findings (every severity)
+    as of each run."""
     from sqlalchemy import text
 
+    from regindex.history import list_runs
+
     with dbmod.reader(_db(db, config_path)) as conn:
-        rows = [dict(r) for r in conn.execute(
-            text("SELECT * FROM runs ORDER BY id DESC LIMIT :n"), {"n": limit}).mappings()]
+        rows = list_runs(conn, limit)
         phases: dict[int, list[str]] = {}
         if rows:
             q = text("SELECT run_id, phase, seconds, items FROM run_phases WHERE run_id >= :lo "
@@ -275,25 +320,77 @@ def runs(db: str | None, config_path: str | None, limit: int, fmt: str) -> None:
                 items = f" ({p['items']})" if p["items"] is not None else ""
                 phases.setdefault(p["run_id"], []).append(f"{p['phase']} {p['seconds']:.2f}s{items}")
     for r in rows:
-        if r["duration_seconds"] is not None:
-            r["duration_seconds"] = round(r["duration_seconds"], 2)
         r["phases"] = ", ".join(phases.get(r["id"], [])) or None
-    click.echo(output.render(rows, RUN_COLUMNS, fmt), nl=False)
+    cols = RUN_COLUMNS + (("finished_at", "base", "options") if fmt != "table" else ())
+    click.echo(output.render(rows, cols, fmt), nl=False)
 
 
 @cli.command()
-@click.argument("query")
+@click.argument("query", required=False)
+@click.option("-f", "--file", "query_file", metavar="PATH",
+              help="Read the query from PATH (`-` reads stdin; so does QUERY `-`).")
+@click.option("-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE",
+              help="Bind :NAME in the query to VALUE (repeatable); values are bound, never pasted into the SQL.")
 @db_option
 @config_option
-@format_option
+@click.option("--format", "fmt", type=click.Choice(output.STREAM_FORMATS), default=None,
+              help="Output format (default table).")
+@click.option("--table", "-t", "fmt_flags", flag_value="table", multiple=True, help="Aligned table (the default).")
+@click.option("--json", "fmt_flags", flag_value="json", multiple=True, help="A JSON array of objects.")
+@click.option("--nl", "fmt_flags", flag_value="nl", multiple=True, help="Newline-delimited JSON objects.")
+@click.option("--csv", "fmt_flags", flag_value="csv", multiple=True, help="CSV.")
+@click.option("--tsv", "fmt_flags", flag_value="tsv", multiple=True, help="Tab-separated values.")
+@click.option("--no-headers", is_flag=True, help="No header line (table, csv, tsv).")
+@click.option("--json-cols", is_flag=True,
+              help="In JSON output, also emit any text value that parses as a JSON object or array as JSON "
+                   "(detail and options always are).")
+@click.option("--timeout", type=click.FloatRange(min=0, max=MAX_HOURS * 3600), default=queries.DEFAULT_TIMEOUT,
+              show_default=True, help="Stop the query after this many seconds (0: no limit).")
 @core_errors
-def sql(query: str, db: str | None, config_path: str | None, fmt: str) -> None:
-    """Run one read-only SQL statement and print its rows (writes are refused)."""
-    from regindex.queries import run_readonly
+def sql(query: str | None, query_file: str | None, params: tuple[tuple[str, str], ...], db: str | None,
+        config_path: str | None, fmt: str | None, fmt_flags: tuple[str, ...], no_headers: bool, json_cols: bool,
+        timeout: float) -> None:
+    """Run one read-only SQL statement and stream its rows (writes, ATTACH and pragma changes are refused).
 
+    QUERY is the statement, or `-` to read it from stdin. Parameters are named (`:name`) and bound with
+    -p/--param NAME VALUE. Ctrl-C or --timeout stops the query: one line on stderr, exit status 2.
+    """
+    chosen = set(fmt_flags) | ({fmt} if fmt else set())
+    if len(chosen) > 1:
+        raise Failure(f"choose one output format, not {' and '.join(sorted(chosen))}")
+    fmt = chosen.pop() if chosen else "table"
+    text_ = queries.read_query(query, query_file, click.get_binary_stream("stdin"))
+    out = click.get_text_stream("stdout")
     with dbmod.reader(_db(db, config_path)) as conn:
-        columns, rows = run_readonly(conn, query)
-    click.echo(output.render(rows, columns, fmt), nl=False)
+        with queries.stream_readonly(conn, text_, dict(params), timeout) as result:
+            output.write_stream(out, result.columns, result.rows, fmt, headers=not no_headers,
+                                json_columns=queries.JSON_COLUMNS, detect_json=json_cols)
+            out.flush()
+
+
+@cli.command()
+@db_option
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8001, show_default=True,
+              help="Port to listen on (0: any free port).")
+@core_errors
+def serve(db: str | None, config_path: str | None, host: str, port: int) -> None:
+    """Browse the database in Datasette (pip install '.[web]'), read-only, with every table, view and column
+    described, facets, and the post-mortem questions as canned queries. SQLite databases only."""
+    from regindex import serve as serve_mod
+
+    url = dbmod.resolve_url(_db(db, config_path))
+    if not dbmod.is_sqlite(url):
+        raise Failure("regindex serve opens SQLite databases (Datasette); for PostgreSQL use `regindex sql`")
+    with dbmod.reader(url):
+        pass  # the database exists and its schema is this code's
+    from sqlalchemy.engine import make_url
+
+    path = Path(make_url(url).database or "")
+    app = serve_mod.app(path)
+    click.echo(f"serving {path} read-only on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    serve_mod.run(app, host, port)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,15 +484,26 @@ def gc_preview(db: str | None, config_path: str | None, delete_untagged: bool, r
 @config_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write (default ./regindex-report.html); every finding goes to a CSV beside it.")
-@click.option("--runs", type=click.IntRange(min=1), default=30, show_default=True,
+@click.option("--runs", type=click.IntRange(min=1, max=2**62), default=30, show_default=True,
               help="How many finished runs the trend covers.")
+@click.option("--since", metavar="DATE|DURATION",
+              help="The trend covers every finished run started since then (instead of --runs): 2026-11-30, "
+                   "2026-11-30T03:00Z, 7d.")
+@click.option("--until", metavar="DATE|DURATION",
+              help="Report on the last finished run started by then, as it was (an incident's window).")
 @core_errors
-def report(db: str | None, config_path: str | None, out: Path | None, runs: int) -> None:
+def report(db: str | None, config_path: str | None, out: Path | None, runs: int, since: str | None,
+           until: str | None) -> None:
     """Write the HTML trend report of the latest finished run (self-contained: no script, no network)."""
     from regindex import report as report_mod
+    from regindex.timespec import parse_when
 
+    start = parse_when(since, "--since") if since else None
+    end = parse_when(until, "--until") if until else None
+    if start and end and start > end:
+        raise Failure("--since is after --until")
     with dbmod.reader(_db(db, config_path)) as conn:
-        written = report_mod.write(conn, out or Path(report_mod.DEFAULT_OUT), runs)
+        written = report_mod.write(conn, out or Path(report_mod.DEFAULT_OUT), runs, since=start, until=end)
     click.echo(f"report: {written} (findings: {written.with_suffix('.csv')})")
 
 
@@ -403,13 +511,20 @@ def report(db: str | None, config_path: str | None, out: Path | None, runs: int)
 @click.argument("digest")
 @db_option
 @config_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Output format.")
 @core_errors
-def history_cmd(digest: str, db: str | None, config_path: str | None) -> None:
-    """Timeline of DIGEST (full sha256:<hex> or a unique prefix of at least 8 hex digits): every finding that
-    names it, each episode, what changed on disk when it appeared and was resolved, and its link and blob
-    episodes."""
+def history_cmd(digest: str, db: str | None, config_path: str | None, fmt: str) -> None:
+    """Timeline of DIGEST (full sha256:<hex> or a unique prefix of at least 8 hex digits) or of REPO:TAG: every
+    finding that names it, each episode, what changed on disk when it appeared and was resolved, and its link
+    and blob episodes (for a tag: the digests it named, and the history of the one it names now)."""
+    import json
+
     from regindex import report as report_mod
 
     with dbmod.reader(_db(db, config_path)) as conn:
-        text_ = report_mod.format_history(report_mod.history(conn, digest), output._printable)
-    click.echo(text_, nl=False)
+        h = report_mod.history(conn, digest)
+    if fmt == "json":
+        click.echo(json.dumps(report_mod.history_json(h), indent=2, default=output._json_default))
+    else:
+        click.echo(report_mod.format_history(h, output._printable), nl=False)

@@ -6,13 +6,16 @@ exactly as they were (a partial view never resolves anything).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
 
 from regindex.checks import FindingRow
+from regindex.errors import ConfigError
 from regindex.models import Finding, table
 from regindex.store import chunks
 
@@ -104,8 +107,8 @@ def open_error_count(conn: Connection) -> int:
 
 
 def state_of(first_run: int, episode: int, resolved_run: int | None, latest_run: int | None) -> str:
-    """A finding's state relative to the latest finished run."""
-    if resolved_run is not None:
+    """A finding's state relative to a finished run (the latest, or ``findings --run N``)."""
+    if resolved_run is not None and (latest_run is None or resolved_run <= latest_run):
         return "resolved"
     if latest_run is not None and first_run == latest_run:
         return "reopened" if episode > 1 else "new"
@@ -113,10 +116,11 @@ def state_of(first_run: int, episode: int, resolved_run: int | None, latest_run:
 
 
 FINDING_KEYS = (
-    "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state", "first_seen_run",
-    "last_seen_run", "resolved_run", "detail",
+    "key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
+    "first_seen_run", "last_seen_run", "resolved_run", "detail",
 )
-STATES = ("open", "new", "persisting", "resolved")
+STATES = ("open", "new", "persisting", "resolved", "resolved-ever", "all")
+SEVERITY_ORDER = ("error", "warning", "info")
 
 
 def latest_run(conn: Connection) -> int | None:
@@ -126,37 +130,114 @@ def latest_run(conn: Connection) -> int | None:
     return conn.execute(select(func.max(R.c.id)).where(R.c.status.in_(["complete", "partial"]))).scalar()
 
 
-def list_findings(
-    conn: Connection,
-    state: str = "open",
-    kinds: Collection[str] = (),
-    registries: Collection[str] = (),
-    severities: Collection[str] = (),
-) -> list[dict[str, Any]]:
-    """Findings as dicts with exactly FINDING_KEYS (+ hint), ``state`` relative to the latest finished run.
+@dataclass
+class FindingQuery:
+    """What ``regindex findings`` asks for. ``run``: the finished run states are relative to (default the
+    latest); ``since``: first seen in a run started at or after this time; globs use ``*`` and ``?``."""
 
-    ``state``: open (new, re-opened and persisting), new (opened in the latest run, re-opened included),
-    persisting, resolved (every resolved episode), all.
+    state: str = "open"
+    kinds: Collection[str] = ()
+    registries: Collection[str] = ()
+    severities: Collection[str] = ()
+    repositories: Collection[str] = ()
+    digest: str | None = None
+    tags: Collection[str] = ()
+    run: int | None = None
+    since: datetime | None = None
+    limit: int | None = None
+
+
+_DIGEST_PREFIX = re.compile(r"^(?:(sha256|sha384|sha512):)?([0-9a-f]{1,128})$")
+
+
+def _like_glob(pattern: str) -> str:
+    """A shell glob (``*``, ``?``) as a LIKE pattern with ``\\`` as the escape character."""
+    out = []
+    for ch in pattern:
+        if ch in "%_\\":
+            out.append("\\" + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def selected_run(conn: Connection, run: int | None) -> int | None:
+    """The run states are relative to: ``run`` if it finished, else ``ConfigError``; default the latest."""
+    if run is None:
+        return latest_run(conn)
+    from regindex.models import Run
+
+    R = table(Run)
+    status = conn.execute(select(R.c.status).where(R.c.id == run)).scalar()
+    if status is None:
+        raise ConfigError(f"--run {run}: no such run (see `regindex runs`)")
+    if status not in ("complete", "partial"):
+        raise ConfigError(f"--run {run}: that run is {status} and changed no finding; pick a complete or partial run")
+    return run
+
+
+def list_findings(conn: Connection, query: FindingQuery | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """Findings as dicts with exactly FINDING_KEYS (+ hint), ``state`` relative to the selected run.
+
+    ``state``: open (new, re-opened and persisting), new (opened in the run, re-opened included), persisting,
+    resolved (in the run), resolved-ever (in the run or before), all (everything seen up to the run). Sorted
+    by severity (errors first), registry, repository.
     """
     import json
 
-    latest = latest_run(conn)
+    from regindex.models import Run
+    from regindex.timespec import for_column
+
+    q_ = query or FindingQuery(**kwargs)
+    if q_.state not in STATES:
+        raise ConfigError(f"unknown state {q_.state!r}; states: {', '.join(STATES)}")
+    n = selected_run(conn, q_.run)
+    if n is None:
+        return []
+    open_at = or_(F.c.resolved_run.is_(None), F.c.resolved_run > n)
     q = select(F)
-    if state == "resolved":
-        q = q.where(F.c.resolved_run.is_not(None))
-    elif state != "all":
-        q = q.where(F.c.resolved_run.is_(None))
-        if state == "new":
-            q = q.where(F.c.first_run == (latest if latest is not None else -1))
-        elif state == "persisting":
-            q = q.where(F.c.first_run != (latest if latest is not None else -1))
-    if kinds:
-        q = q.where(F.c.kind.in_(list(kinds)))
-    if registries:
-        q = q.where(F.c.registry.in_(list(registries)))
-    if severities:
-        q = q.where(F.c.severity.in_(list(severities)))
-    q = q.order_by(F.c.registry, F.c.repository, F.c.kind, F.c.digest, F.c.tag, F.c.parent_digest, F.c.id)
+    if q_.state == "open":
+        q = q.where(F.c.first_run <= n, open_at)
+    elif q_.state == "new":
+        q = q.where(F.c.first_run == n, open_at)
+    elif q_.state == "persisting":
+        q = q.where(F.c.first_run < n, open_at)
+    elif q_.state == "resolved":
+        q = q.where(F.c.resolved_run == n)
+    elif q_.state == "resolved-ever":
+        q = q.where(F.c.resolved_run <= n)
+    else:
+        q = q.where(F.c.first_run <= n)
+    if q_.kinds:
+        q = q.where(F.c.kind.in_(list(q_.kinds)))
+    if q_.registries:
+        q = q.where(F.c.registry.in_(list(q_.registries)))
+    if q_.severities:
+        q = q.where(F.c.severity.in_(list(q_.severities)))
+    if q_.repositories:
+        q = q.where(or_(*[F.c.repository.like(_like_glob(g), escape="\\") for g in q_.repositories]))
+    if q_.tags:
+        q = q.where(F.c.tag.in_(list(q_.tags)))
+    if q_.digest is not None:
+        m = _DIGEST_PREFIX.match(q_.digest.strip().lower())
+        if not m:
+            raise ConfigError(f"--digest: not a digest or hex prefix: {q_.digest[:80]!r}")
+        algs = [m.group(1)] if m.group(1) else ["sha256", "sha384", "sha512"]
+        prefixes = [f"{a}:{m.group(2)}%" for a in algs]
+        q = q.where(or_(*[c.like(p) for c in (F.c.digest, F.c.parent_digest) for p in prefixes]))
+    if q_.since is not None:
+        R = table(Run)
+        first = conn.execute(select(func.min(R.c.id)).where(
+            R.c.started_at >= for_column(q_.since, conn.dialect.name))).scalar()
+        q = q.where(F.c.first_run >= (first if first is not None else n + 1))
+    rank = case({s: i for i, s in enumerate(SEVERITY_ORDER)}, value=F.c.severity, else_=len(SEVERITY_ORDER))
+    q = q.order_by(rank, F.c.registry, F.c.repository, F.c.kind, F.c.digest, F.c.tag, F.c.parent_digest, F.c.id)
+    if q_.limit is not None:
+        q = q.limit(q_.limit)
     out = []
     for r in conn.execute(q).mappings():
         detail = json.loads(r["detail"])
@@ -164,12 +245,46 @@ def list_findings(
             detail["hint"] = r["hint"]  # the JSON keys are fixed; the repair hint travels with the evidence
         out.append(
             {
-                "kind": r["kind"], "severity": r["severity"], "registry": r["registry"],
+                "key": r["key"], "kind": r["kind"], "severity": r["severity"], "registry": r["registry"],
                 "repository": r["repository"], "digest": r["digest"], "tag": r["tag"],
                 "parent_digest": r["parent_digest"],
-                "state": state_of(r["first_run"], r["episode"], r["resolved_run"], latest),
+                "state": state_of(r["first_run"], r["episode"], r["resolved_run"], n),
                 "first_seen_run": r["first_run"], "last_seen_run": r["last_seen_run"],
                 "resolved_run": r["resolved_run"], "detail": detail, "hint": r["hint"],
             }
         )
     return out
+
+
+def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
+    """Runs, newest first, with ISO 8601 UTC times and ``open_errors``: error findings open as of each finished
+    run (counted from the findings, with their latest severity), the number the scan's summary line prints."""
+    import json
+
+    from regindex.models import Run
+    from regindex.store import as_utc
+    from regindex.timespec import iso
+
+    R = table(Run)
+    rows = [dict(r) for r in conn.execute(select(R).order_by(R.c.id.desc()).limit(limit)).mappings()]
+    finished = [r["id"] for r in rows if r["status"] in ("complete", "partial")]
+    errors: dict[int, int] = {}
+    for part in chunks(finished, 500):
+        q = (
+            select(R.c.id, func.count(F.c.id))
+            .join(F, (F.c.first_run <= R.c.id) & or_(F.c.resolved_run.is_(None), F.c.resolved_run > R.c.id))
+            .where(R.c.id.in_(list(part)), F.c.severity == "error")
+            .group_by(R.c.id)
+        )
+        errors.update({rid: int(n) for rid, n in conn.execute(q)})
+    for r in rows:
+        r["started_at"], r["finished_at"] = iso(as_utc(r["started_at"])), iso(as_utc(r["finished_at"]))
+        r["open_errors"] = errors.get(r["id"], 0) if r["status"] in ("complete", "partial") else None
+        if r["duration_seconds"] is not None:
+            r["duration_seconds"] = round(r["duration_seconds"], 2)
+        if r.get("options"):
+            try:
+                r["options"] = json.loads(r["options"])
+            except ValueError:
+                pass
+    return rows

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import decimal
 import io
+import itertools
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Collection, Iterable, Sequence
+from typing import IO, Any
 
 FORMATS = ("table", "json", "csv")
+STREAM_FORMATS = ("table", "json", "nl", "csv", "tsv")
+TABLE_SAMPLE = 1000  # a streamed table takes its column widths from the first rows
 
 
 def _cell(v: Any) -> str:
@@ -40,6 +45,33 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, max
     return "\n".join(lines) + "\n"
 
 
+def fit_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], width: int, flexible: Sequence[str],
+              headers: dict[str, str] | None = None, min_width: int = 8) -> list[str]:
+    """An aligned table no wider than ``width``: the ``flexible`` columns give up space (widest first, values
+    trimmed with …) until it fits. ``headers`` renames columns for display."""
+    heads = [(headers or {}).get(c, c) for c in columns]
+    cells = [[_printable(_cell(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(heads)]
+    flex = [i for i, c in enumerate(columns) if c in flexible]
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        shrinkable = [i for i in flex if widths[i] > max(min_width, len(heads[i]))]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    for row in cells:
+        lines.append("  ".join(_trim(v, w).ljust(w) for v, w in zip(row, widths)).rstrip())
+    return lines
+
+
+def short_digest(digest: str | None, n: int = 12) -> str:
+    """Docker's short form: the first 12 hex digits, without the algorithm."""
+    if not digest:
+        return ""
+    return digest.partition(":")[2][:n] or digest[:n]
+
+
 def csv_safe(v: Any) -> Any:
     """A storage name that starts like a formula must not run as one in a spreadsheet."""
     if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
@@ -59,4 +91,78 @@ def _trim(s: str, width: int) -> str:
 def _json_default(v: Any) -> Any:
     if isinstance(v, (bytes, memoryview)):
         return bytes(v).hex()
+    if isinstance(v, decimal.Decimal):  # PostgreSQL's SUM and numeric: a number, not a string
+        return int(v) if v == v.to_integral_value() else float(v)
+    if isinstance(v, (dt.datetime, dt.date, dt.time)):
+        return v.isoformat()
     return str(v)
+
+
+def _json_value(v: Any, as_json: bool, detect: bool) -> Any:
+    """A JSON column's text becomes JSON; with ``detect`` any text that parses as an object or array does."""
+    if isinstance(v, str) and (as_json or (detect and v[:1] in ("{", "["))):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
+def write_stream(
+    out: IO[str],
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    fmt: str,
+    headers: bool = True,
+    json_columns: Collection[str] = (),
+    detect_json: bool = False,
+    max_width: int = 72,
+) -> int:
+    """Write rows as they come (constant memory); returns how many were written.
+
+    json: an array, one object per line (sqlite-utils' layout); nl: one object per line; csv/tsv: a header
+    line unless ``headers`` is false; table: aligned on the widths of the first TABLE_SAMPLE rows.
+    """
+    count = 0
+    if fmt in ("json", "nl"):
+        as_json = [c in json_columns for c in columns]
+        out.write("[" if fmt == "json" else "")
+        for row in rows:
+            obj = {c: _json_value(v, j, detect_json) for c, v, j in zip(columns, row, as_json)}
+            text_ = json.dumps(obj, default=_json_default)
+            if fmt == "json":
+                out.write(("" if count == 0 else ",\n ") + text_)
+            else:
+                out.write(text_ + "\n")
+            count += 1
+        if fmt == "json":
+            out.write("]\n")
+        return count
+    if fmt in ("csv", "tsv"):
+        w = csv.writer(out, lineterminator="\n", delimiter="\t" if fmt == "tsv" else ",")
+        if headers:
+            w.writerow(columns)
+        for row in rows:
+            w.writerow([csv_safe(_cell(v)) for v in row])
+            count += 1
+        return count
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}")
+    it = iter(rows)
+    sample = [[_trim(_printable(_cell(v)), max_width) for v in row] for row in itertools.islice(it, TABLE_SAMPLE)]
+    widths = [max([len(c) if headers else 0] + [len(r[i]) for r in sample]) for i, c in enumerate(columns)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(cells, widths)).rstrip() + "\n"
+
+    if headers:
+        out.write(line(list(columns)))
+        out.write("  ".join("-" * w for w in widths) + "\n")
+    for cells in sample:
+        out.write(line(cells))
+        count += 1
+    del sample
+    for row in it:
+        out.write(line([_trim(_printable(_cell(v)), max_width) for v in row]))
+        count += 1
+    return count

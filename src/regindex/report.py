@@ -468,6 +468,7 @@ class Mark:
     x: float
     y: float
     h: float  # y is the top of the bar
+    title: str = ""  # the hover text: run, date, this value and the run's totals
 
 
 @dataclass
@@ -492,11 +493,14 @@ class Chart:
     runs: list[int]
     series: list[Series]
     yticks: list[tuple[float, str]]
-    xticks: list[tuple[float, str]]
-    partial: list[tuple[float, float, int]]  # x, width, run
+    xticks: list[tuple[float, str, str]]  # x, date (when the day changes), time (when a day has several runs)
+    partial: list[tuple[float, float, int, str]]  # x, width, run, hover text
     zero_y: float
     bar_w: float = 0.0
     totals: list[tuple[float, float, int]] = field(default_factory=list)  # x, y, value above stacked bars
+    failed: list[tuple[float, float, int, str]] = field(default_factory=list)  # x, width, run, hover text
+    xpos: dict[int, float] = field(default_factory=dict)  # centre of each run's slot
+    ylabel: str = "open findings"
 
 
 def _nice_step(vmax: float, count: int = 5) -> int:
@@ -510,65 +514,149 @@ def _nice_step(vmax: float, count: int = 5) -> int:
     return max(1, int(10 * mag))  # pragma: no cover
 
 
+def _when_text(when: datetime | None) -> str:
+    return when.strftime("%Y-%m-%d %H:%M UTC") if when else "unknown time"
+
+
+def _slots(run_ids: Sequence[int], runs: Runs) -> list[int]:
+    """The x axis: the window's finished runs and the failed runs between them (marked, without bars)."""
+    if not run_ids:
+        return []
+    shown = set(run_ids)
+    return [r for r in sorted(runs.by_id) if run_ids[0] <= r <= run_ids[-1]
+            and (r in shown or runs.by_id[r]["status"] == "failed")]
+
+
 def _frame(chart_id: str, title: str, run_ids: Sequence[int], runs: Runs, height: int) -> Chart:
-    width, left, right, top, bottom = 960, 64, 16, 14, 40
+    """One slot per run in time order, labelled with the run's date (UTC); a day with several runs shows
+    each run's number and time too, so runs of one day stay apart."""
+    width, left, right, top, bottom = 960, 64, 16, 14, 52
     plot_w, plot_h = width - left - right, height - top - bottom
-    step = plot_w / max(1, len(run_ids))
-    every = max(1, math.ceil(len(run_ids) / 15))
-    xticks = [(left + step * (i + 0.5), str(r)) for i, r in enumerate(run_ids)
-              if (len(run_ids) - 1 - i) % every == 0]
-    partial = [(left + step * i, step, r) for i, r in enumerate(run_ids) if runs.by_id[r]["status"] == "partial"]
-    return Chart(chart_id, title, width, height, left, top, int(plot_w), int(plot_h), list(run_ids), [], [], xticks,
-                 partial, top + plot_h, bar_w=min(22.0, step * 0.7))
+    slots = _slots(run_ids, runs)
+    step = plot_w / max(1, len(slots))
+    every = max(1, math.ceil(len(slots) / 15))
+    days = Counter(w.date() for r in slots if (w := runs.when(r)))
+    xticks: list[tuple[float, str, str]] = []
+    last_day = None
+    for i, r in enumerate(slots):
+        if (len(slots) - 1 - i) % every:
+            continue
+        when = runs.when(r)
+        day = when.date() if when else None
+        date_label = when.strftime("%b %d") if when and day != last_day else ""
+        time_label = f"#{r} {when.strftime('%H:%M')}" if when and day and days[day] > 1 else ""
+        last_day = day
+        xticks.append((left + step * (i + 0.5), date_label, time_label))
+    partial, failed = [], []
+    for i, r in enumerate(slots):
+        row = runs.by_id[r]
+        if row["status"] == "partial":
+            partial.append((left + step * i, step, r, f"run {r} · {_when_text(runs.when(r))} · partial: some "
+                                                       "registries could not be read, nothing resolved there"))
+        elif row["status"] == "failed":
+            failed.append((left + step * i, step, r, f"run {r} · {_when_text(runs.when(r))} · failed: "
+                                                      f"{_clip(row.get('error') or 'no detail', 200)}"))
+    c = Chart(chart_id, title, width, height, left, top, int(plot_w), int(plot_h), list(run_ids), [], [], xticks,
+              partial, top + plot_h, bar_w=min(22.0, step * 0.7), failed=failed)
+    c.xpos = {r: left + step * (i + 0.5) for i, r in enumerate(slots)}
+    return c
+
+
+def _mark_title(run: int, runs: Runs, label: str, value: int, notes: dict[int, str]) -> str:
+    note = notes.get(run)
+    return f"run {run} · {_when_text(runs.when(run))} · {label}: {value:,}" + (f" ({note})" if note else "")
 
 
 def stacked_chart(chart_id: str, title: str, run_ids: Sequence[int], runs: Runs,
-                  values: dict[str, list[int]]) -> Chart:
+                  values: dict[str, list[int]], notes: dict[int, str] | None = None,
+                  ylabel: str = "open findings") -> Chart:
     """Open findings per kind as stacked bars: one segment (mark) per run and kind, the total on top."""
     c = _frame(chart_id, title, run_ids, runs, 300)
+    c.ylabel = ylabel
     totals = [sum(v[i] for v in values.values()) for i in range(len(run_ids))]
     vmax = max(totals + [1])
     ystep = _nice_step(vmax)
     ytop = ystep * math.ceil(vmax / ystep)
     scale = c.plot_h / ytop
     c.yticks = [(c.zero_y - t * scale, f"{t:,}") for t in range(0, ytop + 1, ystep)]
-    step = c.plot_w / max(1, len(run_ids))
     base = [0.0] * len(run_ids)
     for name, vals in values.items():
         marks = []
         for i, (r, v) in enumerate(zip(run_ids, vals)):
             h = v * scale
-            x = round(c.left + step * (i + 0.5) - c.bar_w / 2, 1)
-            marks.append(Mark(r, v, x, round(c.zero_y - base[i] - h, 1), round(h, 1)))
+            x = round(c.xpos[r] - c.bar_w / 2, 1)
+            marks.append(Mark(r, v, x, round(c.zero_y - base[i] - h, 1), round(h, 1),
+                              _mark_title(r, runs, name, v, notes or {})))
             base[i] += h
         c.series.append(Series(name, name, PALETTE.get(name, "#555"), marks, vals[-1] if vals else 0))
-    if len(run_ids) <= 32:
-        c.totals = [(round(c.left + step * (i + 0.5), 1), round(c.zero_y - base[i] - 5, 1), t)
-                    for i, t in enumerate(totals)]
+    if len(c.xpos) <= 32:
+        c.totals = [(round(c.xpos[r], 1), round(c.zero_y - base[i] - 5, 1), t)
+                    for i, (r, t) in enumerate(zip(run_ids, totals))]
     return c
 
 
+FLOW_SERIES = (  # name, label, colour, above the axis
+    ("new-error", "new errors (incl. re-opened)", NEW_COLOR, True),
+    ("new-other", "new warnings and info", "#f2a7a0", True),
+    ("resolved-error", "resolved errors", RESOLVED_COLOR, False),
+    ("resolved-other", "resolved warnings and info", "#a6d8b2", False),
+)
+
+
 def flow_chart(chart_id: str, title: str, run_ids: Sequence[int], runs: Runs,
-               new: list[int], resolved: list[int]) -> Chart:
-    """New findings as bars above the axis, resolved ones below it; one bar (mark) per run and series."""
+               values: dict[str, list[int]], notes: dict[int, str] | None = None) -> Chart:
+    """New findings as bars above the axis, resolved ones below it, errors nearest the axis and warnings and
+    info stacked beyond them; one bar (mark) per run and series."""
     c = _frame(chart_id, title, run_ids, runs, 240)
-    vmax = max(new + resolved + [1])
+    c.ylabel = "resolved ↓   new ↑"
+    n = len(run_ids)
+    up = [values["new-error"][i] + values["new-other"][i] for i in range(n)]
+    down = [values["resolved-error"][i] + values["resolved-other"][i] for i in range(n)]
+    vmax = max(up + down + [1])
     ystep = _nice_step(vmax, 3)
     ytop = ystep * math.ceil(vmax / ystep)
     half = c.plot_h / 2
     scale = half / ytop
     c.zero_y = c.top + half
     c.yticks = [(c.zero_y - t * scale, f"{abs(t):,}") for t in range(-ytop, ytop + 1, ystep)]
-    step = c.plot_w / max(1, len(run_ids))
-    for name, label, color, vals, up in (("new", "new (incl. re-opened)", NEW_COLOR, new, True),
-                                         ("resolved", "resolved", RESOLVED_COLOR, resolved, False)):
+    above, below = [0.0] * n, [0.0] * n
+    for name, label, color, is_up in FLOW_SERIES:
+        vals = values[name]
         marks = []
         for i, (r, v) in enumerate(zip(run_ids, vals)):
             h = round(v * scale, 1)
-            x = round(c.left + step * (i + 0.5) - c.bar_w / 2, 1)
-            marks.append(Mark(r, v, x, round(c.zero_y - h, 1) if up else round(c.zero_y, 1), h))
+            x = round(c.xpos[r] - c.bar_w / 2, 1)
+            if is_up:
+                y = round(c.zero_y - above[i] - h, 1)
+                above[i] += h
+            else:
+                y = round(c.zero_y + below[i], 1)
+                below[i] += h
+            marks.append(Mark(r, v, x, y, h, _mark_title(r, runs, label, v, notes or {})))
         c.series.append(Series(name, label, color, marks, vals[-1] if vals else 0))
     return c
+
+
+def _charts(items: Sequence[Item], window: Sequence[int], runs: Runs) -> list[Chart]:
+    """Open errors, open warnings and info, and the flow of new and resolved findings, per run of the window."""
+    errors = [it for it in items if it.severity == "error"]
+    others = [it for it in items if it.severity != "error"]
+    open_err, new_err, res_err = trend(errors, window)
+    open_other, new_other, res_other = trend(others, window)
+    notes = {}
+    for i, r in enumerate(window):
+        notes[r] = (f"open: {sum(v[i] for v in open_err.values()):,} errors, "
+                    f"{sum(v[i] for v in open_other.values()):,} warnings and info; "
+                    f"new {new_err[i] + new_other[i]:,}, resolved {res_err[i] + res_other[i]:,}")
+    return [
+        stacked_chart("trend-open", "Open errors per kind, at the end of each run", window, runs, open_err, notes,
+                      "open errors"),
+        stacked_chart("trend-open-other", "Open warnings and info per kind, at the end of each run", window, runs,
+                      open_other, notes, "open warnings and info"),
+        flow_chart("trend-flow", "New and resolved findings per run", window, runs,
+                   {"new-error": new_err, "new-other": new_other, "resolved-error": res_err,
+                    "resolved-other": res_other}, notes),
+    ]
 
 
 def trend(items: Iterable[Item], run_ids: Sequence[int]) -> tuple[dict[str, list[int]], list[int], list[int]]:
@@ -653,6 +741,7 @@ class Report:
     csv_name: str | None = None
     items: list[Item] = field(default_factory=list, repr=False)
     later_runs: list[dict[str, Any]] = field(default_factory=list)  # failed or unfinished runs after ``run``
+    period: tuple[datetime | None, datetime | None] = (None, None)  # report --since/--until
 
     @property
     def title(self) -> str:
@@ -665,21 +754,36 @@ def _load_items(conn: Connection, since: int) -> list[Item]:
     return [Item(*r) for r in conn.execute(q)]
 
 
-def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT) -> Report:
-    """Everything the report shows, about the latest finished run and the ``runs`` finished runs up to it."""
+def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT, since: datetime | None = None,
+            until: datetime | None = None) -> Report:
+    """Everything the report shows, about the latest finished run and the ``runs`` finished runs up to it.
+
+    ``until``: report as of the last finished run started by then (an incident's window; later runs are
+    ignored); ``since``: the trend covers every finished run started since then (instead of ``runs``)."""
     run_info = Runs(conn)
+    if until is not None:
+        run_info.finished = [r for r in run_info.finished if (w := run_info.when(r)) is not None and w <= until]
     latest = run_info.latest
     if latest is None:
+        if until is not None:
+            raise ReportError(f"no finished scan started by {_when_text(until)}")
         raise ReportError("no finished scan in the database: run `regindex scan` first")
-    window = run_info.finished[-max(1, runs):]
+    if since is not None:
+        window = [r for r in run_info.finished if (w := run_info.when(r)) is not None and w >= since]
+        if not window:
+            raise ReportError(f"no finished scan between {_when_text(since)} and "
+                              f"{_when_text(until) if until else 'now'}")
+    else:
+        window = run_info.finished[-max(1, runs):]
     items = _load_items(conn, window[0])
-    open_by_kind, new_per_run, resolved_per_run = trend(items, window)
 
     registry_rows = [dict(r) for r in conn.execute(select(G).order_by(G.c.name)).mappings()]
     registry_ids = {r["name"]: r["id"] for r in registry_rows}
     scope: list[Item] = []
     for it in items:
-        if it.resolved_run is None:
+        if it.first_run > latest:
+            continue  # opened after the run reported on (report --until)
+        if it.resolved_run is None or it.resolved_run > latest:
             if it.first_run == latest:
                 it.state = "reopened" if it.episode > 1 else "new"
             else:
@@ -728,12 +832,7 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
             "compared_with": run_info.before(latest, r["id"]) if status == "complete" else None,
         }))
 
-    charts = [
-        stacked_chart("trend-open", "Open findings per kind, at the end of each run", window, run_info,
-                      open_by_kind),
-        flow_chart("trend-flow", "New and resolved findings per run", window, run_info, new_per_run,
-                   resolved_per_run),
-    ]
+    charts = _charts(items, window, run_info)
 
     sections = [
         _section(conn, "new", "New", "Opened in this run, re-opened problems included.", scope, limit, run_info,
@@ -744,7 +843,9 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
                  run_info, registry_ids),
     ]
 
-    log = [dict(run_info.by_id[r]) for r in sorted(run_info.by_id, reverse=True) if r >= window[0]]
+    shown_until = [r for r in sorted(run_info.by_id) if until is None or (
+        (w := run_info.when(r)) is not None and w <= until)]
+    log = [dict(run_info.by_id[r]) for r in reversed(shown_until) if r >= window[0]]
     for row in log:
         row["failures"] = run_info.failures.get(row["id"], [])
     prev = run_info.finished[-2] if len(run_info.finished) > 1 else None
@@ -753,7 +854,7 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
         generated_at=datetime.now(timezone.utc), version=__version__, counts=_with_defaults(dict(counts)),
         by_kind=by_kind, by_registry=by_registry, charts=charts, window=window, sections=sections, run_log=log,
         kinds=dict(KINDS), limit=limit, failures=run_info.failures.get(latest, []), items=scope,
-        later_runs=[run_info.by_id[i] for i in sorted(run_info.by_id, reverse=True) if i > latest],
+        later_runs=[run_info.by_id[i] for i in reversed(shown_until) if i > latest], period=(since, until),
     )
 
 
@@ -875,9 +976,10 @@ def render_report(report: Report) -> str:
     return environment().get_template("report.html.j2").render(r=report)
 
 
-def render(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT, csv_name: str | None = None) -> str:
+def render(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT, csv_name: str | None = None,
+           since: datetime | None = None, until: datetime | None = None) -> str:
     """The report as one HTML string."""
-    report = collect(conn, runs, limit)
+    report = collect(conn, runs, limit, since, until)
     report.csv_name = csv_name
     return render_report(report)
 
@@ -921,11 +1023,12 @@ def _atomic_write(path: Path, text: str | None = None, rows: Iterable[list[Any]]
         raise
 
 
-def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT) -> Path:
+def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT,
+          since: datetime | None = None, until: datetime | None = None) -> Path:
     """Write the report to ``out`` and every finding it covers to a CSV beside it (same name, ``.csv``)."""
     out = Path(out)
     csv_path = out.with_suffix(".csv")
-    report = collect(conn, runs, limit)
+    report = collect(conn, runs, limit, since, until)
     report.csv_name = csv_path.name
     shown = {card.item.id for s in report.sections for _reg, repos in s.groups for _repo, cards in repos
              for card in cards}
@@ -1009,19 +1112,37 @@ def resolve_digest(conn: Connection, value: str) -> str:
 
 @dataclass
 class History:
-    digest: str
+    digest: str | None
     cards: list[Card]
     links: list[dict[str, Any]]
     blobs: list[dict[str, Any]]
     latest: int | None
+    tag: str | None = None  # ``repo:tag`` when the history was asked for a tag
+    tag_links: list[dict[str, Any]] = field(default_factory=list)
+
+
+_DIGEST_LIKE = re.compile(r"^(?:sha256|sha384|sha512):[0-9a-fA-F]*$|^[0-9a-fA-F]+$")
+_TAG_REF = re.compile(r"^(?P<repo>[^:\s]+):(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 
 
 def history(conn: Connection, value: str) -> History:
-    """Every finding whose digest or parent is DIGEST (all episodes), and the digest's inventory episodes."""
-    digest = resolve_digest(conn, value)
+    """Every finding whose digest or parent is DIGEST (all episodes), and the digest's inventory episodes.
+
+    ``repo:tag`` instead of a digest: the tag's link episodes (which digest it named, when), the findings about
+    the tag, and the history of the digest it names now (or named last)."""
+    ref = _TAG_REF.match(value.strip())
+    if ref and not _DIGEST_LIKE.match(value.strip()):
+        return _tag_history(conn, ref.group("repo"), ref.group("tag"))
+    return _digest_history(conn, resolve_digest(conn, value))
+
+
+def _digest_history(conn: Connection, digest: str | None, extra: Any = None, tag: str | None = None,
+                    tag_links: list[dict[str, Any]] | None = None) -> History:
     runs = Runs(conn)
-    q = select(*_ITEM_COLUMNS).where(or_(F.c.digest == digest, F.c.parent_digest == digest))
-    rows = [Item(*r) for r in conn.execute(q)]
+    conds = [] if digest is None else [F.c.digest == digest, F.c.parent_digest == digest]
+    if extra is not None:
+        conds.append(extra)
+    rows = [Item(*r) for r in conn.execute(select(*_ITEM_COLUMNS).where(or_(*conds)))] if conds else []
     latest_of_key: dict[str, Item] = {}
     for it in sorted(rows, key=lambda i: i.episode):
         latest_of_key[it.key] = it
@@ -1029,17 +1150,81 @@ def history(conn: Connection, value: str) -> History:
     names = {rid: name for name, rid in registry_ids.items()}
     items = sorted(latest_of_key.values(), key=_sort_key)
     cards = _cards(conn, items, runs, registry_ids)
-    links = [dict(r, registry=names.get(r["registry_id"], "?")) for r in conn.execute(
-        select(L).where(or_(L.c.path_digest == digest, L.c.target_digest == digest))
-        .order_by(L.c.registry_id, L.c.repository, L.c.kind, L.c.tag, L.c.first_run)).mappings()]
-    blobs = [dict(r, registry=names.get(r["registry_id"], "?")) for r in conn.execute(
-        select(B).where(B.c.digest == digest).order_by(B.c.registry_id, B.c.first_run)).mappings()]
-    return History(digest, cards, links, blobs, runs.latest)
+    links: list[dict[str, Any]] = []
+    blobs: list[dict[str, Any]] = []
+    if digest is not None:
+        links = [dict(r, registry=names.get(r["registry_id"], "?")) for r in conn.execute(
+            select(L).where(or_(L.c.path_digest == digest, L.c.target_digest == digest))
+            .order_by(L.c.registry_id, L.c.repository, L.c.kind, L.c.tag, L.c.first_run)).mappings()]
+        blobs = [dict(r, registry=names.get(r["registry_id"], "?")) for r in conn.execute(
+            select(B).where(B.c.digest == digest).order_by(B.c.registry_id, B.c.first_run)).mappings()]
+    for r in tag_links or []:
+        r["registry"] = names.get(r["registry_id"], "?")
+    return History(digest, cards, links, blobs, runs.latest, tag, tag_links or [])
+
+
+def _tag_history(conn: Connection, repo: str, tag: str) -> History:
+    tag_links = [dict(r) for r in conn.execute(
+        select(L).where(L.c.repository == repo, L.c.tag == tag, L.c.kind.in_(["tag_current", "tag_index"]))
+        .order_by(L.c.registry_id, L.c.kind, L.c.first_run, L.c.path_digest)).mappings()]
+    about_tag = (F.c.repository == repo) & (F.c.tag == tag)
+    if not tag_links and conn.execute(select(F.c.id).where(about_tag).limit(1)).first() is None:
+        raise UnknownDigest(f"unknown tag {_clip(repo)}:{_clip(tag)}: no link or finding names it")
+    current = [r for r in tag_links if r["kind"] == "tag_current" and r["target_digest"]]
+    current = current or [r for r in tag_links if r["target_digest"]]  # no readable current link: its index
+    # the digest the tag names now, else the one it named last
+    current.sort(key=lambda r: (r["gone_run"] is None, r["gone_run"] or 0, r["first_run"]))
+    digest = current[-1]["target_digest"] if current else None
+    return _digest_history(conn, digest, about_tag, f"{repo}:{tag}", tag_links)
+
+
+def history_json(h: History) -> dict[str, Any]:
+    """``history --format json``: the same facts as the text, as data."""
+
+    def episode(r: dict[str, Any]) -> dict[str, Any]:
+        keep = ("registry", "repository", "kind", "tag", "path_digest", "target_digest", "state", "digest", "size",
+                "first_run", "gone_run")
+        return {k: r[k] for k in keep if k in r}
+
+    findings = []
+    for card in h.cards:
+        it = card.item
+        try:
+            detail = json.loads(it.detail)
+        except ValueError:
+            detail = it.detail
+        findings.append({
+            "key": it.key, "episode": it.episode, "kind": it.kind, "severity": it.severity,
+            "registry": it.registry, "repository": it.repository, "digest": it.digest, "tag": it.tag,
+            "parent_digest": it.parent_digest, "first_seen_run": it.first_run, "last_seen_run": it.last_seen_run,
+            "resolved_run": it.resolved_run, "hint": it.hint, "detail": detail,
+            "timeline": [{"run": s.run, "when": _iso(s.when), "event": s.tone, "text": s.text} for s in card.steps],
+            "on_disk": [{"run": c.run, "moment": c.moment, "changes": c.texts} for c in card.changes],
+        })
+    return {"digest": h.digest, "tag": h.tag, "latest_run": h.latest, "findings": findings,
+            "tag_links": [episode(r) for r in h.tag_links], "links": [episode(r) for r in h.links],
+            "blobs": [episode(r) for r in h.blobs]}
+
+
+def _iso(v: datetime | None) -> str | None:
+    from regindex.timespec import iso
+
+    return iso(v)
 
 
 def format_history(h: History, printable: Callable[[str], str] = str) -> str:
     """The timeline as terminal text (``printable`` makes storage names safe for a terminal)."""
-    out = [h.digest, ""]
+    out = [h.digest or "", ""]
+    if h.tag:
+        out = [f"{h.tag} → {h.digest or 'no digest (the tag has no readable current link)'}", ""]
+        out.append("Tag episodes:")
+        for r in h.tag_links:
+            label = "current link" if r["kind"] == "tag_current" else f"index entry {short(r['path_digest'])}"
+            target = r["target_digest"] or "(nothing readable)"
+            out.append(printable(f"  {r['registry']} · {label} → {target} ({r['state']}): {_episode_text(r)}"))
+        if not h.tag_links:
+            out.append("  none (no link of this tag was ever seen)")
+        out.append("")
     if h.cards:
         out.append(f"Findings naming it ({_plural(len(h.cards), 'problem')}):")
     else:
