@@ -248,7 +248,8 @@ def main() -> None:
     truth2 = set(model.truth)
     unshare(regtree.written_paths(plan1 + plan2))
     print(f"tree {tree.name}: {info['files']} files, {info['repositories']} repositories; working copy and "
-          f"churn plans ready in {time.perf_counter() - t:.1f}s; cold phases: {'yes' if cold else 'no (not root)'}",
+          f"churn plans ready in {time.perf_counter() - t:.1f}s; cold phases: "
+          f"{'yes' if cold else 'no (--no-cold)' if args.no_cold else 'no (not root)'}",
           flush=True)
 
     db_dir = args.cache_dir / f"db-{args.scale}-seed{args.seed}"
