@@ -13,7 +13,7 @@ from regindex.cli import cli
 from .test_checks import build_world
 
 FINDING_KEYS = {"key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
-                "first_seen_run", "last_seen_run", "resolved_run", "detail"}
+                "first_seen_run", "last_seen_run", "resolved_run", "detail", "ack", "policy"}
 
 
 @pytest.fixture

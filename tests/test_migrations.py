@@ -79,3 +79,35 @@ def test_foreign_database_is_refused(db_path):
     e.dispose()
     with pytest.raises(SchemaError, match="did not create"):
         db.open_writer(str(db_path))
+
+
+def test_0003_upgrades_a_database_full_of_history(db_path):
+    """A database built by the 0002 schema, with runs and findings, upgrades to repairs + acks without loss."""
+    from sqlalchemy import create_engine as ce
+
+    url = f"sqlite:///{db_path}"
+    engine = db.make_engine(url)
+    db.upgrade(engine, "0002")
+    with engine.begin() as c:
+        for i in (1, 2):
+            c.execute(text("INSERT INTO runs (id, started_at, status, base) VALUES (:i, '2026-11-0%s 03:30:00', "
+                           "'complete', '/srv')" % i), {"i": i})
+        for i in range(1, 4):
+            c.execute(text("INSERT INTO findings (key, episode, kind, severity, registry, repository, digest, "
+                           "detail, first_run, last_seen_run, resolved_run) VALUES (:k, 1, 'orphan_layer_link', "
+                           "'error', 'private', 'team/app', 'sha256:' || :k, '{}', 1, 2, :res)"),
+                      {"k": f"{i:064x}", "res": 2 if i == 3 else None})
+    db.upgrade(engine)
+    with engine.begin() as c:
+        rows = c.execute(text("SELECT key, resolved_run, policy FROM findings ORDER BY key")).all()
+        assert [(r[1], r[2]) for r in rows] == [(None, None), (None, None), (2, None)]
+        c.execute(text("INSERT INTO repair_actions (batch, at, os_user, registry, action, path, outcome, finding_id) "
+                       "VALUES ('b', '2026-11-03 10:00:00', 'ops', 'private', 'quarantine', 'x', 'done', 1)"))
+        c.execute(text("INSERT INTO acknowledgements (finding_id, finding_key, reason, os_user, created_at) "
+                       "VALUES (1, :k, 'known', 'ops', '2026-11-03 10:00:00')"), {"k": rows[0][0]})
+        assert db.current_revision(c) == db.head_revision()
+    engine.dispose()
+    e = ce(url)
+    with e.connect() as c:
+        assert c.execute(text("SELECT COUNT(*) FROM open_findings")).scalar() == 2
+    e.dispose()

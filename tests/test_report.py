@@ -367,12 +367,18 @@ def test_every_finding_has_its_section_with_evidence_and_hint(story: Story, page
         a = articles[fid]
         assert a["attrs"]["id"] == "f-" + key[:16]
         section = next(u for u in a["up"] if u["tag"] == "section")["attrs"]["id"]
-        assert section == ("resolved" if res is not None else "new" if first == latest else "persisting")
+        expected = "resolved" if res is not None else "new" if first == latest else "persisting"
+        if section == "first":  # an open finding of an incident: folded under it, at the top
+            assert expected != "resolved" and any("data-incident" in u["attrs"] for u in a["up"])
+        else:
+            assert section == expected
         assert hint and " ".join(hint.split()) in text_of(a)
         assert page.all("dl", within=a)  # evidence as a key/value list
+    folded = [a["attrs"]["data-state"] for a in page.all("article", within=page.one("section", id="first"))]
     for state in ("new", "persisting", "resolved"):
         sec = page.one("section", id=state)
-        assert int(sec["attrs"]["data-total"]) == len(page.all("article", within=sec))
+        under = sum(1 for st in folded if (st if st != "reopened" else "new") == state)
+        assert int(sec["attrs"]["data-total"]) == len(page.all("article", within=sec)) + under
 
 
 def test_post_mortem_timeline_and_what_changed_on_disk(story: Story, page: Page) -> None:
@@ -441,6 +447,8 @@ def test_cap_on_finding_sections(story: Story, tmp_path: Path) -> None:
     for state in ("new", "persisting", "resolved"):
         sec = page.one("section", id=state)
         total = int(sec["attrs"]["data-total"])
+        notes = [p for p in page.all("p", within=sec) if "data-under-incidents" in p["attrs"]]
+        total -= int(notes[0]["attrs"]["data-under-incidents"]) if notes else 0  # folded under their incident
         assert len(page.all("article", within=sec)) == min(total, 1)
         if total > 1:
             more = page.one(within=sec, **{"class": "more"})

@@ -56,6 +56,7 @@ class FindingRow:
     detail: dict[str, Any] = field(default_factory=dict)
     hint: str | None = None
     subject: str | None = None  # extra identity (e.g. a path) when the columns above do not identify it
+    policy: str | None = None  # the severity rule that graded it (regindex.policy); None: the built-in severity
 
     @property
     def key(self) -> str:

@@ -148,6 +148,7 @@ def scan(
         verify_content=bool(verify_content if verify_content is not None else settings.verify_content),
         stale_upload_hours=stale_upload_hours or settings.stale_upload_hours or 168.0,
         allow_empty=allow_empty,
+        severity_rules=tuple(settings.severity),
     )
     metrics_path = metrics_path or (Path(settings.metrics) if settings.metrics else None)
     report_dir = report_dir or (Path(settings.report_dir) if settings.report_dir else None)
@@ -187,7 +188,9 @@ def scan(
             f"repositories, {outcome.links} links, {outcome.blobs} blobs, {outcome.manifests_parsed} manifests "
             f"parsed, {outcome.inventory_changes} inventory changes; findings: {c.new} new "
             f"({c.reopened} re-opened), {c.persisting} persisting, {c.resolved} resolved; "
-            f"{outcome.open_errors} open errors ({outcome.duration_seconds:.1f}s)"
+            f"{outcome.open_errors} open errors"
+            + (f" ({outcome.acknowledged_errors} more acknowledged)" if outcome.acknowledged_errors else "")
+            + f" ({outcome.duration_seconds:.1f}s)"
         )
     for err in outcome.failures.values():
         click.echo(f"error: {err}", err=True)
@@ -222,9 +225,9 @@ def _progress() -> Callable[[str], None]:
 
 
 FINDING_COLUMNS = ("key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
-                   "first_seen_run", "last_seen_run", "resolved_run", "detail")
+                   "first_seen_run", "last_seen_run", "resolved_run", "detail", "ack", "policy")
 TABLE_COLUMNS = ("severity", "state", "kind", "registry", "repository", "tag", "digest", "parent_digest",
-                 "first_seen_run")
+                 "first_seen_run", "acked")
 TABLE_HEADERS = {"parent_digest": "parent", "first_seen_run": "first", "resolved_run": "resolved"}
 TABLE_WIDTH = 120
 
@@ -277,7 +280,8 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
         click.echo(output.render(rows, FINDING_COLUMNS, fmt), nl=False)
         return
     cols = TABLE_COLUMNS + (("resolved_run",) if state in ("resolved", "resolved-ever", "all") else ())
-    shown = [dict(r, digest=output.short_digest(r["digest"]), parent_digest=output.short_digest(r["parent_digest"]))
+    shown = [dict(r, digest=output.short_digest(r["digest"]), parent_digest=output.short_digest(r["parent_digest"]),
+                  acked=(f"until {r['ack']['until'][:10]}" if r["ack"]["until"] else "yes") if r["ack"] else "")
              for r in rows]
     lines = output.fit_table(shown, cols, TABLE_WIDTH, ("repository", "tag", "registry"), TABLE_HEADERS)
     click.echo("\n".join(lines[:2]))
@@ -451,6 +455,8 @@ def demo(directory: Path | None, force: bool) -> None:
     result = run_demo(directory, force=force, echo=click.echo)
     click.echo(f"database: {result.db_path}")
     click.echo(f"try:      regindex findings --db {result.db_path} --state new")
+    click.echo(f"          regindex incidents --db {result.db_path}")
+    click.echo(f"          regindex repair --db {result.db_path}    (a dry run: prints what --apply would do)")
     if result.report_path:
         click.echo(f"report:   {result.report_path}")
 
@@ -528,3 +534,7 @@ def history_cmd(digest: str, db: str | None, config_path: str | None, fmt: str) 
         click.echo(json.dumps(report_mod.history_json(h), indent=2, default=output._json_default))
     else:
         click.echo(report_mod.format_history(h, output._printable), nl=False)
+
+
+# "From finding to fix" commands (repair, repairs, ack, unack, incidents) live in their own module.
+from regindex import cli_fix  # noqa: E402,F401

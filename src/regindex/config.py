@@ -7,6 +7,11 @@
     verify_content = false
     report_dir = "/var/lib/regindex/reports"
     metrics = "/var/lib/node_exporter/regindex.prom"
+
+    [[severity]]                              # severity policy, first match wins (regindex.policy)
+    kind = "orphan_index_child"
+    platform = "unknown/unknown"
+    severity = "warning"
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 from regindex.errors import ConfigError
 
-KEYS = {"db", "caches", "stale_upload_hours", "fail_on", "verify_content", "report_dir", "metrics"}
+KEYS = {"db", "caches", "stale_upload_hours", "fail_on", "verify_content", "report_dir", "metrics", "severity"}
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Settings:
     verify_content: bool | None = None
     report_dir: str | None = None
     metrics: str | None = None
+    severity: list[Any] = field(default_factory=list)  # regindex.policy.Rule, in order ([[severity]] tables)
 
 
 def load(path: str | None) -> Settings:
@@ -73,6 +79,10 @@ def load(path: str | None) -> Settings:
         s.report_dir = _typed(p, data, "report_dir", str)
     if "metrics" in data:
         s.metrics = _typed(p, data, "metrics", str)
+    if "severity" in data:
+        from regindex.policy import parse
+
+        s.severity = parse(data["severity"], f"config file {p}")
     return s
 
 

@@ -39,3 +39,7 @@ class ReportError(RegindexError):
 
 class UnknownDigest(ReportError):
     """``regindex history``: the digest (or prefix) names nothing in the database, or more than one digest."""
+
+
+class RepairError(RegindexError):
+    """``regindex repair`` / ``ack``: bad selection, no quarantine directory, nothing to undo, a refused undo."""

@@ -59,11 +59,11 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
             update(F)
             .where(F.c.id == bindparam("_id"))
             .values(last_seen_run=run_id, severity=bindparam("_sev"), detail=bindparam("_detail"),
-                    hint=bindparam("_hint"))
+                    hint=bindparam("_hint"), policy=bindparam("_policy"))
         )
         rows = [
             {"_id": open_rows[k].id, "_sev": current[k].severity, "_detail": current[k].detail_json(),
-             "_hint": current[k].hint}
+             "_hint": current[k].hint, "_policy": current[k].policy}
             for k in persisting
         ]
         for part in chunks(rows):
@@ -83,7 +83,7 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
                 "key": k, "episode": episode, "kind": f.kind, "severity": f.severity, "registry": f.registry,
                 "repository": f.repository, "digest": f.digest, "tag": f.tag, "parent_digest": f.parent_digest,
                 "detail": f.detail_json(), "hint": f.hint, "first_run": run_id, "last_seen_run": run_id,
-                "resolved_run": None,
+                "resolved_run": None, "policy": f.policy,
             }
         )
         if f.severity == "error":
@@ -98,10 +98,15 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
     return counts
 
 
-def open_error_count(conn: Connection) -> int:
+def open_error_count(conn: Connection, acknowledged: bool = False) -> int:
+    """Open errors that are not acknowledged (what --fail-on counts), or with ``acknowledged`` the ones that are."""
+    from regindex.ack import acknowledged_exists
+
+    acked = acknowledged_exists(F.c.id)
     return int(
         conn.execute(
-            select(func.count()).select_from(F).where(F.c.resolved_run.is_(None), F.c.severity == "error")
+            select(func.count()).select_from(F).where(F.c.resolved_run.is_(None), F.c.severity == "error",
+                                                      acked if acknowledged else ~acked)
         ).scalar_one()
     )
 
@@ -116,8 +121,8 @@ def state_of(first_run: int, episode: int, resolved_run: int | None, latest_run:
 
 
 FINDING_KEYS = (
-    "key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
-    "first_seen_run", "last_seen_run", "resolved_run", "detail",
+    "key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state", "first_seen_run",
+    "last_seen_run", "resolved_run", "detail", "ack", "policy",
 )
 STATES = ("open", "new", "persisting", "resolved", "resolved-ever", "all")
 SEVERITY_ORDER = ("error", "warning", "info")
@@ -238,6 +243,9 @@ def list_findings(conn: Connection, query: FindingQuery | None = None, **kwargs:
     q = q.order_by(rank, F.c.registry, F.c.repository, F.c.kind, F.c.digest, F.c.tag, F.c.parent_digest, F.c.id)
     if q_.limit is not None:
         q = q.limit(q_.limit)
+    from regindex.ack import active
+
+    acks = active(conn) if q_.state not in ("resolved", "resolved-ever") else {}
     out = []
     for r in conn.execute(q).mappings():
         detail = json.loads(r["detail"])
@@ -251,6 +259,7 @@ def list_findings(conn: Connection, query: FindingQuery | None = None, **kwargs:
                 "state": state_of(r["first_run"], r["episode"], r["resolved_run"], n),
                 "first_seen_run": r["first_run"], "last_seen_run": r["last_seen_run"],
                 "resolved_run": r["resolved_run"], "detail": detail, "hint": r["hint"],
+                "ack": _public_ack(acks.get(r["id"])), "policy": r["policy"],
             }
         )
     return out
@@ -288,3 +297,5 @@ def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
             except ValueError:
                 pass
     return rows
+def _public_ack(a: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if a is None else {k: a[k] for k in ("by", "reason", "since", "until")}

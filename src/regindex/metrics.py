@@ -25,19 +25,20 @@ def render(conn: Connection, run_id: int) -> str:
     for name, col in (("repositories", "repositories"), ("links", "links"), ("blobs", "blobs"),
                       ("blob_bytes", "blob_bytes"), ("uploads", "uploads")):
         lines += [f"# TYPE regindex_inventory_{name} gauge", f"regindex_inventory_{name} {run[col] or 0}"]
-    lines += [
-        "# HELP regindex_findings_open Open findings by registry, kind and severity.",
-        "# TYPE regindex_findings_open gauge",
-    ]
-    rows = conn.execute(
-        text("SELECT registry, kind, severity, COUNT(*) AS n FROM findings WHERE resolved_run IS NULL "
-             "GROUP BY registry, kind, severity ORDER BY registry, kind, severity")
-    ).mappings()
-    for r in rows:
-        lines.append(
-            f'regindex_findings_open{{registry="{_esc(r["registry"])}",kind="{r["kind"]}",'
-            f'severity="{r["severity"]}"}} {r["n"]}'
-        )
+    from regindex.ack import active
+
+    acked = set(active(conn))
+    counts: dict[tuple[str, str, str], list[int]] = {}
+    for fid, registry, kind, severity in conn.execute(
+            text("SELECT id, registry, kind, severity FROM findings WHERE resolved_run IS NULL")):
+        counts.setdefault((registry, kind, severity), [0, 0])[fid in acked] += 1
+    for metric, i, help_ in (
+            ("regindex_findings_open", 0, "Open findings by registry, kind and severity (not acknowledged)."),
+            ("regindex_findings_acknowledged", 1, "Open findings acknowledged as known (regindex ack).")):
+        lines += [f"# HELP {metric} {help_}", f"# TYPE {metric} gauge"]
+        for (registry, kind, severity), n in sorted(counts.items()):
+            if n[i]:
+                lines.append(f'{metric}{{registry="{_esc(registry)}",kind="{kind}",severity="{severity}"}} {n[i]}')
     lines += [
         "# TYPE regindex_findings_new gauge", f"regindex_findings_new {run['findings_new'] or 0}",
         "# TYPE regindex_findings_resolved gauge", f"regindex_findings_resolved {run['findings_resolved'] or 0}",

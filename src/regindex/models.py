@@ -65,7 +65,7 @@ class Run(Base):
     findings_resolved: Mapped[int | None] = mapped_column(Integer)
     duration_seconds: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
-    # storage work of the run (0003): files and directories stat'ed or listed, files read, files skipped
+    # storage work of the run (0004): files and directories stat'ed or listed, files read, files skipped
     files_stat: Mapped[int | None] = mapped_column(Integer)
     files_read: Mapped[int | None] = mapped_column(Integer)
     files_skipped: Mapped[int | None] = mapped_column(Integer)
@@ -273,11 +273,65 @@ class Finding(Base):
     first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     last_seen_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     resolved_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    # which severity policy graded it: NULL for the built-in default, else the config rule that matched
+    policy: Mapped[str | None] = mapped_column(Text)
     __table_args__ = (
         UniqueConstraint("key", "episode"),
         Index("ix_findings_open", "resolved_run", "registry"),
         Index("ix_findings_digest", "digest"),
     )
+
+
+class RepairAction(Base):
+    """One thing ``regindex repair --apply`` (or ``--undo``) did or declined to do, with who and when.
+
+    ``action``: quarantine (a directory moved into the quarantine), restore_revision_link (a link file
+    written), undo (``detail.undoes`` names the action put back). ``outcome``: done, skipped (the condition no
+    longer held on disk), refused (repair would not help or is not safe), failed. ``path`` is relative to the
+    registry's v2 root; ``quarantine_path`` is absolute.
+    """
+
+    __tablename__ = "repair_actions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    os_user: Mapped[str] = mapped_column(Text)
+    based_on_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    finding_id: Mapped[int | None] = mapped_column(ForeignKey("findings.id"))
+    finding_key: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str | None] = mapped_column(String(32))
+    registry_name: Mapped[str] = mapped_column("registry", Text)
+    repository: Mapped[str | None] = mapped_column(Text)
+    digest: Mapped[str | None] = mapped_column(DIGEST)
+    action: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(Text)
+    quarantine_path: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)  # JSON: files moved, modes, directories created
+    undone_by: Mapped[int | None] = mapped_column(Integer)
+    __table_args__ = (
+        Index("ix_repair_actions_batch", "batch"),
+        Index("ix_repair_actions_finding_key", "finding_key"),
+    )
+
+
+class Acknowledgement(Base):
+    """"Known, accepted": one episode of a finding (``finding_id``) is acknowledged until ``until`` (or for
+    good), until it resolves, or until ``regindex unack`` ends it (``ended_at``). A re-opened finding is a new
+    episode and is not acknowledged."""
+
+    __tablename__ = "acknowledgements"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    finding_id: Mapped[int] = mapped_column(ForeignKey("findings.id"))
+    finding_key: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    os_user: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_by: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (Index("ix_acknowledgements_finding", "finding_id"),)
 
 
 def table(model: type[Base]) -> Table:

@@ -150,6 +150,16 @@ class Item:
     state: str = ""  # new | reopened | persisting | resolved (relative to the report's run)
     age_runs: int = 0
     age_days: int = 0
+    ack: dict[str, Any] | None = None  # the active acknowledgement of an open finding (regindex ack)
+    policy: str | None = None  # the severity rule of the config file that graded it (None: built-in)
+    incident: str | None = None  # the id of its incident (regindex incidents), for open findings
+
+    @property
+    def acknowledged(self) -> str:
+        if not self.ack:
+            return ""
+        until = f" (until {self.ack['until']})" if self.ack.get("until") else ""
+        return f"{self.ack['by']}: {self.ack['reason']}{until}"
 
     @property
     def anchor(self) -> str:
@@ -172,8 +182,9 @@ def _with_detail(conn: Connection, items: Sequence[Item]) -> None:
     """Fill in the evidence and hint of these findings (kept out of the big read: most are never shown)."""
     by_id = {i.id: i for i in items}
     for part in chunks(sorted(by_id), 1000):
-        for fid, detail, hint in conn.execute(select(F.c.id, F.c.detail, F.c.hint).where(F.c.id.in_(list(part)))):
-            by_id[fid].detail, by_id[fid].hint = detail, hint
+        for fid, detail, hint, policy in conn.execute(
+                select(F.c.id, F.c.detail, F.c.hint, F.c.policy).where(F.c.id.in_(list(part)))):
+            by_id[fid].detail, by_id[fid].hint, by_id[fid].policy = detail, hint, policy
 
 
 def _sort_key(it: Item) -> tuple[Any, ...]:
@@ -716,10 +727,24 @@ class Section:
     repos_more: int
     groups: list[tuple[str, list[tuple[str | None, list[Card]]]]]  # registry → repository → cards
     shown: int
+    under_incidents: int = 0  # findings of this state whose cards are under their incident (Do this first)
 
     @property
     def more(self) -> int:
-        return self.total - self.shown
+        return self.total - self.shown - self.under_incidents
+
+
+@dataclass
+class IncidentView:
+    """An incident in the report: its summary, and the cards of its findings (collapsed under it)."""
+
+    incident: Any  # regindex.incidents.Incident
+    cards: list[Card]
+    more: int  # findings of the incident not shown as cards (every one is in the CSV)
+
+
+INCIDENTS_SHOWN = 25  # incidents in "do this first"
+INCIDENT_CARDS = 20  # cards under each
 
 
 @dataclass
@@ -742,6 +767,9 @@ class Report:
     items: list[Item] = field(default_factory=list, repr=False)
     later_runs: list[dict[str, Any]] = field(default_factory=list)  # failed or unfinished runs after ``run``
     period: tuple[datetime | None, datetime | None] = (None, None)  # report --since/--until
+    repairs: list[dict[str, Any]] = field(default_factory=list)  # the latest repair actions (regindex repairs)
+    incidents: list[IncidentView] = field(default_factory=list)  # "do this first", most errors first
+    incidents_more: int = 0
 
     @property
     def title(self) -> str:
@@ -755,7 +783,7 @@ def _load_items(conn: Connection, since: int) -> list[Item]:
 
 
 def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT, since: datetime | None = None,
-            until: datetime | None = None) -> Report:
+            until: datetime | None = None, fold: bool = True) -> Report:
     """Everything the report shows, about the latest finished run and the ``runs`` finished runs up to it.
 
     ``until``: report as of the last finished run started by then (an incident's window; later runs are
@@ -798,6 +826,12 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
         it.age_days = run_info.days(it.first_run, last)
         scope.append(it)
     scope.sort(key=lambda i: (_STATE_ORDER[i.state], _sort_key(i)))
+    from regindex.ack import active
+
+    acks = active(conn)
+    for it in scope:
+        if it.resolved_run is None:
+            it.ack = acks.get(it.id)
 
     counts = Counter[str]()
     kind_rows: dict[str, Counter[str]] = defaultdict(Counter)
@@ -809,7 +843,10 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
         reg_rows[it.registry][sec] += 1
         if it.state == "reopened":
             counts["reopened"] += 1
-        if sec != "resolved":
+        if sec != "resolved" and it.ack:
+            counts["acknowledged"] += 1  # listed and marked, but not counted as open
+            counts[f"acknowledged_{it.severity}"] += 1
+        elif sec != "resolved":
             counts["open"] += 1
             counts[f"open_{it.severity}"] += 1
             kind_rows[it.kind][f"open_{it.severity}"] += 1
@@ -834,11 +871,13 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
 
     charts = _charts(items, window, run_info)
 
+    # fold=False: the page as it was before incidents (benchmarks/bench_incidents.py compares the two)
+    views, under, incidents_more = _incident_views(conn, scope, run_info, registry_ids) if fold else ([], set(), 0)
     sections = [
         _section(conn, "new", "New", "Opened in this run, re-opened problems included.", scope, limit, run_info,
-                 registry_ids),
+                 registry_ids, under),
         _section(conn, "persisting", "Persisting", "Open before this run and still open.", scope, limit, run_info,
-                 registry_ids),
+                 registry_ids, under),
         _section(conn, "resolved", "Resolved", "Open in the previous scan, gone in this one.", scope, limit,
                  run_info, registry_ids),
     ]
@@ -855,11 +894,46 @@ def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMI
         by_kind=by_kind, by_registry=by_registry, charts=charts, window=window, sections=sections, run_log=log,
         kinds=dict(KINDS), limit=limit, failures=run_info.failures.get(latest, []), items=scope,
         later_runs=[run_info.by_id[i] for i in reversed(shown_until) if i > latest], period=(since, until),
+        repairs=_repairs(conn), incidents=views, incidents_more=incidents_more,
     )
 
 
+def _incident_views(conn: Connection, scope: Sequence[Item], runs: Runs,
+                    registry_ids: dict[str, int]) -> tuple[list[IncidentView], set[int], int]:
+    """The incidents of the open findings, most errors first; the findings of an incident of two or more are
+    shown (collapsed, the first INCIDENT_CARDS) under it instead of one by one in their section."""
+    from regindex import incidents as inc_mod
+
+    open_items = {it.id: it for it in scope if it.resolved_run is None}
+    every = inc_mod.group(conn, open_items)
+    groups = [g for g in every if g.errors or g.severity["warning"] or len(g.members) > 1]
+    views: list[IncidentView] = []
+    under: set[int] = set()
+    for g in every:
+        for m in g.members:
+            if m.id in open_items:
+                open_items[m.id].incident = g.id
+    for g in groups[:INCIDENTS_SHOWN]:
+        members = sorted((open_items[m.id] for m in g.members if m.id in open_items), key=_sort_key)
+        shown = members[:INCIDENT_CARDS] if len(members) > 1 else []
+        if shown:
+            under.update(m.id for m in members)  # all of them: the incident stands for them (the CSV lists each)
+        views.append(IncidentView(g, _cards(conn, shown, runs, registry_ids), len(members) - len(shown)))
+    return views, under, max(0, len(groups) - INCIDENTS_SHOWN)
+
+
+REPAIRS_SHOWN = 30
+
+
+def _repairs(conn: Connection) -> list[dict[str, Any]]:
+    from regindex.repair import list_actions
+
+    return list_actions(conn, REPAIRS_SHOWN)
+
+
 _STATE_ORDER = {"new": 0, "reopened": 0, "persisting": 1, "resolved": 2}
-_COUNT_KEYS = ("open", "new", "reopened", "persisting", "resolved", "open_error", "open_warning", "open_info")
+_COUNT_KEYS = ("open", "new", "reopened", "persisting", "resolved", "open_error", "open_warning", "open_info",
+               "acknowledged", "acknowledged_error")
 
 
 def _with_defaults(row: dict[str, Any]) -> dict[str, Any]:
@@ -869,7 +943,7 @@ def _with_defaults(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _section(conn: Connection, state: str, title: str, blurb: str, scope: Sequence[Item], limit: int,
-             runs: Runs, registry_ids: dict[str, int]) -> Section:
+             runs: Runs, registry_ids: dict[str, int], under: Collection[int] = ()) -> Section:
     mine = [i for i in scope if i.section == state]  # already in report order: severity, then age
     groups: dict[tuple[str, str | None], RepoGroup] = {}
     severity: Counter[str] = Counter()
@@ -882,7 +956,7 @@ def _section(conn: Connection, state: str, title: str, blurb: str, scope: Sequen
         g.kinds[it.kind] += 1
         severity[it.severity] += 1
     ranked = sorted(groups.values(), key=lambda g: (-g.severity["error"], -g.total, g.registry, g.repository or ""))
-    shown = mine[:limit]
+    shown = [i for i in mine if i.id not in under][:limit]
     cards = _cards(conn, shown, runs, registry_ids)
     nested: dict[str, dict[str | None, list[Card]]] = defaultdict(lambda: defaultdict(list))
     # registry by registry, repository by repository (registry-wide findings last), most severe first
@@ -893,7 +967,7 @@ def _section(conn: Connection, state: str, title: str, blurb: str, scope: Sequen
         nested[card.item.registry][card.item.repository].append(card)
     tree = [(reg, list(repos.items())) for reg, repos in nested.items()]
     return Section(state, title, blurb, len(mine), severity, ranked[:GROUP_LIMIT], max(0, len(ranked) - GROUP_LIMIT),
-                   tree, len(shown))
+                   tree, len(shown), sum(1 for i in mine if i.id in under))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -986,7 +1060,7 @@ def render(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT
 
 CSV_COLUMNS = ("state", "severity", "kind", "registry", "repository", "digest", "tag", "parent_digest",
                "first_run", "last_seen_run", "resolved_run", "episode", "age_runs", "age_days", "hint", "detail",
-               "anchor")
+               "policy", "acknowledged", "incident", "anchor")
 
 
 def _csv_cell(v: Any) -> Any:
@@ -1032,6 +1106,7 @@ def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DE
     report.csv_name = csv_path.name
     shown = {card.item.id for s in report.sections for _reg, repos in s.groups for _repo, cards in repos
              for card in cards}
+    shown |= {card.item.id for v in report.incidents for card in v.cards}
     write_csv(conn, report.items, csv_path, shown)
     _atomic_write(out, render_report(report))
     return out

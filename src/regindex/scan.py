@@ -47,12 +47,15 @@ class ScanOptions:
     allow_empty: bool = False
     max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
     now: datetime | None = None  # for tests: the clock of stale_upload
+    severity_rules: tuple[Any, ...] = ()  # regindex.policy.Rule, from the config file's [[severity]] tables
 
     def for_record(self) -> dict[str, Any]:
         d = asdict(self)
         d["base"] = str(self.base)
         d["caches"] = sorted(self.caches)
         d.pop("now")
+        if not d["severity_rules"]:
+            d.pop("severity_rules")
         return d
 
 
@@ -62,7 +65,8 @@ class ScanOutcome:
     status: str  # complete | partial | failed
     failures: dict[str, str] = field(default_factory=dict)
     counts: history.HistoryCounts = field(default_factory=history.HistoryCounts)
-    open_errors: int = 0
+    open_errors: int = 0  # not acknowledged (what --fail-on counts)
+    acknowledged_errors: int = 0
     registries: int = 0
     repositories: int = 0
     links: int = 0
@@ -216,7 +220,8 @@ def _scan(
                 continue
             name = root.name
             role = "cache" if name in opts.caches else "authoritative"
-            rid = store.upsert_registry(conn, name, str(root.v2), role, run_id)
+            # absolute: repair acts on this root later, maybe from another directory
+            rid = store.upsert_registry(conn, name, str(root.v2.absolute()), role, run_id)
             # One savepoint per registry: storage that cannot be read fails this registry, not the others.
             savepoint = conn.begin_nested()
             try:
@@ -281,12 +286,16 @@ def _scan(
                 conn, list(scanned.values()),
                 checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now),
             )
+            from regindex.policy import grade
+
+            grade(found, opts.severity_rules)
         clock.count("checks", len(found))
         _say(progress, "recording history")
         with clock("history"):
             outcome.counts = history.apply(conn, run_id, found, set(scanned))
         store.record_phases(conn, run_id, clock.rows())
         outcome.open_errors = history.open_error_count(conn)
+        outcome.acknowledged_errors = history.open_error_count(conn, acknowledged=True)
         outcome.status = "partial" if failures else "complete"
         outcome.failures = failures
         outcome.registries = len(scanned)

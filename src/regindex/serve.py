@@ -175,7 +175,8 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
     "findings": (
         "episodes of problems: `key` (stable identity), `episode` (>1 = re-opened), `kind`, `severity`, "
         "`registry`, `repository`, `digest`, `tag`, `parent_digest`, `detail` (JSON evidence), `hint`, "
-        "`first_run`, `last_seen_run`, `resolved_run`",
+        "`first_run`, `last_seen_run`, `resolved_run`, `policy` (the severity policy rule that graded it; "
+        "NULL for the built-in default)",
         {
             "key": "stable identity (the same problem keeps its key across episodes)",
             "episode": ">1 = re-opened",
@@ -202,7 +203,7 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
          "items": "what the phase worked through (files, inventory changes, manifests, findings)"},
     ),
     "repair_actions": (
-        "one thing `regindex repair --apply` (or `--undo`) did or declined to do, with who and when",
+        "what `repair --apply` / `--undo` did: `batch`, `at`, `os_user`, `based_on_run`, `finding_id`, `finding_key`, `kind`, `registry`, `repository`, `digest`, `action` (`quarantine`, `restore_revision_link`, `undo`), `path` (relative to the registry's v2 root), `quarantine_path`, `outcome` (`done`, `skipped`, `refused`, `failed`), `reason`, `detail` (JSON: files, modes, directories created), `undone_by`",
         {"batch": "the repair run it belongs to", "at": "when (UTC)", "os_user": "who ran it",
          "based_on_run": "the scan whose findings it acted on", "finding_id": "the finding episode (findings.id)",
          "finding_key": "the finding's stable key", "kind": "the finding kind",
@@ -212,7 +213,7 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
          "detail": "JSON: files moved, modes, directories created", "undone_by": "the undo action, if any"},
     ),
     "acknowledgements": (
-        "known, accepted findings: one episode acknowledged until a date, until it resolves, or until unack",
+        "`regindex ack`: `finding_id` (the episode), `finding_key`, `reason`, `until`, `os_user`, `created_at`, `ended_at` / `ended_by` (`unack`, or a replacing ack); active while not ended, not expired and the finding open",
         {"finding_id": "the finding episode (findings.id)", "finding_key": "the finding's stable key",
          "reason": "why it is accepted", "until": "when the acknowledgement lapses (UTC; NULL: for good)",
          "os_user": "who acknowledged it", "created_at": "when (UTC)", "ended_at": "when unack ended it",

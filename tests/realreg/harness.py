@@ -144,7 +144,8 @@ class Registry:
 
     START_TIMEOUT = 15.0
 
-    def __init__(self, root: str | os.PathLike, *, port: int | None = None):
+    def __init__(self, root: str | os.PathLike, *, port: int | None = None, cache: bool = False):
+        self.cache = cache  # storage.cache.blobdescriptor: inmemory (the official image's default)
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix="regindex-reg-"))
@@ -182,6 +183,7 @@ class Registry:
             f"    rootdirectory: {json.dumps(str(self.root))}\n"
             "  delete:\n"
             "    enabled: true\n"
+            + ("  cache:\n    blobdescriptor: inmemory\n" if self.cache else "") +
             "  maintenance:\n"
             "    uploadpurging:\n"
             "      enabled: false\n"

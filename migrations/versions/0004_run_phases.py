@@ -3,15 +3,15 @@
 Adds ``run_phases`` (wall time per phase of each run) and the counts of files stat'ed, read and skipped to
 ``runs``. Existing runs keep every value; their new columns are NULL (not measured then).
 
-Revision ID: 0003_run_phases
-Revises: 0002
+Revision ID: 0004_run_phases
+Revises: 0003_repair_ack
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_run_phases"
-down_revision = "0002"
+revision = "0004_run_phases"
+down_revision = "0003_repair_ack"
 branch_labels = None
 depends_on = None
 
