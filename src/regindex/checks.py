@@ -658,6 +658,12 @@ def run_checks(conn: Connection, registry_ids: Sequence[int], opts: CheckOptions
     ctx = _Context(conn, list(registry_ids))
     out: dict[str, FindingRow] = {}
     for check in CHECKS.values():
-        for f in check(ctx, opts or CheckOptions()):
+        # in a stable order (the SQL has no ORDER BY): findings get their ids in the same order on every
+        # database, whatever plan it chose
+        for f in sorted(check(ctx, opts or CheckOptions()), key=_order):
             out.setdefault(f.key, f)
     return list(out.values())
+
+
+def _order(f: FindingRow) -> tuple[str, ...]:
+    return (f.registry, f.repository or "", f.digest or "", f.tag or "", f.parent_digest or "", f.key)
