@@ -171,6 +171,7 @@ SPECS: dict[str, EpisodeSpec] = {
 ROW_KINDS = {"RepoRow": "repositories", "LinkRow": "links", "BlobRow": "blobs", "UploadRow": "uploads",
              "Anomaly": "anomalies"}
 STAGE_BATCH = 20000
+SQLITE_CACHE_KIB = 32 * 1024
 
 
 @dataclass
@@ -203,6 +204,12 @@ class Stage:
         self.pg = conn.dialect.name == "postgresql"
         self.buffers: dict[str, list[tuple[Any, ...]]] = {k: [] for k in SPECS}
         self.rows: dict[str, int] = dict.fromkeys(SPECS, 0)
+        if not self.pg:
+            # A bounded page cache for the inventory and the staging tables (SQLite's default is 2 MiB): with
+            # the default, diffing ~1M staged rows thrashed the temporary file (GBs of writes); this stays the
+            # same size whatever the tree's.
+            conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+            conn.exec_driver_sql(f"PRAGMA temp.cache_size = -{SQLITE_CACHE_KIB}")
         for key, spec in SPECS.items():
             cols = ", ".join(f"{c} {_sql_type(conn, spec.table, c)}" for c in spec.identity + spec.mutable)
             name = _stage_name(key)
