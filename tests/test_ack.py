@@ -117,6 +117,7 @@ def test_metrics_and_report_leave_acknowledged_findings_out_of_the_open_counts(d
     (["--kind", "orphan_layer_link", "--registry", R, "--until", "2001-01-01"], "not in the future"),
     (["--kind", "orphan_layer_link", "--registry", R, "--until", "soon"], "give a date"),
     (["--kind", "orphan_layer_link", "--registry", R, "--reason", " "], "must say why"),
+    (["7b4ee8"], "'7b4ee8' is not a finding key"),  # the KEY argument: no mention of repair's --finding
 ])
 def test_ack_errors_are_one_line(damaged, invoke, db_path, args, message):
     if "--reason" not in args:

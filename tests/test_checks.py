@@ -11,49 +11,19 @@ import json
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from regindex.layout import BlobDataPath
-from regindex.sample import Image, Index, StorageWriter
+from regindex.sample import StorageWriter
 
 from .conftest import ident
+from .worlds import World, build_world
 
 R = "private"
 E, W, I = "error", "warning", "info"
-
-
-@dataclass
-class World:
-    w: StorageWriter
-    rng: random.Random
-    base_layer: bytes
-    base_img: Image
-    api: Index
-    web: Index
-
-    def repos_linking(self, digest: str) -> list[str]:
-        repos = []
-        for link in (self.w.v2 / "repositories").rglob("_layers/*/*/link"):
-            if link.read_text() == digest:
-                repos.append(str(link.parent.parent.parent.parent.relative_to(self.w.v2 / "repositories")))
-        return sorted(repos)
-
-
-def build_world(base: Path, name: str = R) -> World:
-    rng = random.Random(11)
-    w = StorageWriter(base / name)
-    base_layer = rng.randbytes(3000)
-    base_img = w.push_image("library/base", rng, [base_layer])
-    w.tag("library/base", "latest", base_img.digest)
-    api = w.push_index("team/app/api", rng, shared_layers=[base_layer])
-    w.tag("team/app/api", "v1", api.digest)
-    web = w.push_index("team/app/web", rng, fmt="docker", attestations=False, shared_layers=[base_layer])
-    w.tag("team/app/web", "v2", web.digest)
-    return World(w, rng, base_layer, base_img, api, web)
 
 
 Expected = set[tuple]

@@ -139,6 +139,11 @@ def test_runs_show_utc_times_and_open_errors(story, base, invoke, db_path, findi
     assert "open_errors" in table[0].split() and table[2].split()[1].endswith("Z")
 
 
+def test_history_of_a_malformed_digest_says_so(story, invoke, db_path):
+    r = invoke("history", "sha256:zz", "--db", db_path, expect=2)
+    assert r.output.strip() == "Error: not a digest or digest prefix: 'sha256:zz'"  # not "unknown tag sha256:zz"
+
+
 def test_history_of_a_tag_and_as_json(story, invoke, db_path):
     text_ = invoke("history", f"{LONG_REPO}:{LONG_TAG}", "--db", db_path).output
     assert text_.startswith(f"{LONG_REPO}:{LONG_TAG} → sha256:") and "dangling_tag" in text_
@@ -175,3 +180,38 @@ def test_postgres_findings_runs_history(pg_url, base, invoke):  # noqa: F811
     assert runs[0]["started_at"].endswith("Z") and runs[0]["open_errors"] == len(fs("--severity", "error"))
     data = json.loads(invoke("history", "library/base:latest", "--db", pg_url, "--format", "json").output)
     assert [f["kind"] for f in data["findings"] if f["tag"] == "latest"] == ["dangling_tag"]
+
+
+def test_runs_keep_the_open_errors_each_summary_printed(story, base, invoke, db_path, findings, tmp_path):
+    """A later policy re-grade or acknowledgement does not rewrite what an earlier run's summary said."""
+    printed = []
+    for _ in range(2):
+        r = invoke("scan", base, "--db", db_path, expect=1)
+        printed.append(int(re.search(r"(\d+) open errors", r.output).group(1)))
+    err = next(f for f in findings("--severity", "error") if f["kind"] == "dangling_tag")
+    invoke("ack", err["key"], "--db", db_path, "--reason", "known")
+    cfg = tmp_path / "policy.toml"
+    cfg.write_text('[[severity]]\nkind = "orphan_layer_link"\nseverity = "info"\n')
+    r = invoke("scan", base, "--db", db_path, "--config", cfg, expect=None)
+    printed.append(int(re.search(r"(\d+) open errors", r.output).group(1)))
+    assert printed[2] < printed[1]  # the ack and the re-grade took effect ...
+    runs = json.loads(invoke("runs", "--db", db_path, "--format", "json").output)
+    by_id = {x["id"]: x["open_errors"] for x in runs}
+    latest = max(by_id)
+    # ... and each run still shows what its own summary line printed
+    assert [by_id[latest - 2], by_id[latest - 1], by_id[latest]] == printed
+
+
+def test_tag_also_finds_what_breaks_the_pull_of_that_tag(base, scan, findings):
+    """`findings --tag v2` after an API DELETE of a child of the v2 index: the orphan child breaks that pull."""
+    world = build_world(base)
+    child = world.web.children[1].digest
+    world.w.delete_revision_link("team/app/web", child)
+    world.w.remove_tag_current("library/base", "latest")
+    scan()
+    (f,) = findings("--tag", "v2")
+    assert (f["kind"], f["repository"], f["digest"]) == ("orphan_index_child", "team/app/web", child)
+    assert [x["kind"] for x in findings("--tag", "latest")] == ["dangling_tag"]  # its own tag, as before
+    assert len(findings("--tag", "v2", "--tag", "latest")) == 2
+    assert len(findings("--tag", "v2", "--tag", "latest", "--limit", "1")) == 1
+    assert findings("--tag", "v1") == []

@@ -4,9 +4,7 @@ registry 2.8's garbage-collect does to such a tree (see regindex.gc and tests/re
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,40 +12,15 @@ import pytest
 from click.testing import Result
 
 from regindex import gc
-from regindex.layout import EMPTY_SHA256
-from regindex.sample import Image, Index, StorageWriter
 
-BASE, API, WEB = "library/base", "team/app/api", "team/app/web"
+from .worlds import API, BASE, WEB, World, build_world
 
 Invoke = Callable[..., Result]
 Scan = Callable[..., Result]
 
 
-@dataclass
-class World:
-    w: StorageWriter
-    base_img: Image
-    api: Index
-    web: Index
-    orphan: str  # blob data no manifest names
-
-    @property
-    def children(self) -> dict[str, list[Image]]:
-        return {API: self.api.children, WEB: self.web.children}
-
-
 def build(base: Path, name: str = "private") -> World:
-    rng = random.Random(11)
-    w = StorageWriter(base / name)
-    shared = rng.randbytes(3000)
-    base_img = w.push_image(BASE, rng, [shared])
-    w.tag(BASE, "latest", base_img.digest)
-    api = w.push_index(API, rng, shared_layers=[shared])
-    w.tag(API, "v1", api.digest)
-    web = w.push_index(WEB, rng, fmt="docker", attestations=False, shared_layers=[shared])
-    w.tag(WEB, "v2", web.digest)
-    orphan = w.put_blob(b"left behind by an interrupted push")
-    return World(w, base_img, api, web, orphan)
+    return build_world(base, name, orphan=True)
 
 
 @pytest.fixture
@@ -356,31 +329,6 @@ def test_table_and_csv(world: World, invoke: Invoke, scan: Scan, db_path: Path) 
 def test_no_database(tmp_path: Path, invoke: Invoke) -> None:
     out = invoke("gc-preview", "--db", tmp_path / "none.db", expect=2)
     assert "run `regindex scan` first" in out.output
-
-
-# ---------------------------------------------------------------------------------------------
-# pure parts
-
-
-def test_repositories_are_met_in_walk_order() -> None:
-    names = ["ab", "a/b", "a", "a/0x", "a/b/c"]
-    assert sorted(names, key=gc._walk_key) == ["a/0x", "a", "a/b", "a/b/c", "ab"]
-
-
-@pytest.mark.parametrize(
-    ("name", "ok"),
-    [("library/base", True), ("a", True), ("team/App", False), ("My-Host.example:5000/app", True),
-     ("a__b/c--d/e.f", True), ("x" * 256, False), ("a/-b", False)],
-)
-def test_repository_names_as_reference_with_name(name: str, ok: bool) -> None:
-    assert gc.valid_repository_name(name) is ok
-
-
-def test_empty_blob_of_the_empty_digest_is_served() -> None:
-    inv = gc._Inventory("r", {"x": gc._Repo("x", True, layers={EMPTY_SHA256: gc._Link("ok", EMPTY_SHA256)})},
-                        {EMPTY_SHA256: 0}, {}, [])
-    server = gc._Server(gc._State(inv))
-    assert server.blob(inv.repos["x"], EMPTY_SHA256) is None
 
 
 def test_no_scanned_registry_is_an_error_and_a_failed_scan_is_warned_about(

@@ -134,3 +134,12 @@ def test_incidents_on_postgres_match_sqlite(pg_url, base, invoke, tmp_path):
     out = tmp_path / "r.html"
     invoke("report", "--db", pg_url, "--out", out)
     assert f'data-incident="{pg[0]["id"]}"' in out.read_text()
+
+
+def test_an_unknown_registry_is_one_line_not_an_empty_list(base, scan, invoke, db_path):
+    world = build_world(base)
+    CASES["shared_layer_gone"](world)
+    scan()
+    assert incidents(invoke, db_path)  # there are incidents ...
+    r = invoke("incidents", "--db", db_path, "--registry", "privat", expect=2)  # ... but not in a typo
+    assert r.output.strip().splitlines() == ["Error: unknown registry 'privat'; registries: private"]

@@ -41,7 +41,7 @@ def test_downgrade_to_base_and_back(db_path):
 
     engine = db.open_writer(str(db_path))
     with engine.begin() as c:
-        command.downgrade(db._alembic_config(c), "base")
+        command.downgrade(db.alembic_config(c), "base")
     assert inspect(engine).get_view_names() == []
     db.upgrade(engine)
     assert VIEWS <= set(inspect(engine).get_view_names())
@@ -65,7 +65,7 @@ def test_older_schema_asks_for_upgrade(db_path):
     from alembic import command
 
     with engine.begin() as c:
-        command.downgrade(db._alembic_config(c), "0001")
+        command.downgrade(db.alembic_config(c), "0001")
     with pytest.raises(SchemaError, match="regindex db upgrade"):
         with db.reader(str(db_path)):
             pass
@@ -111,3 +111,28 @@ def test_0003_upgrades_a_database_full_of_history(db_path):
     with e.connect() as c:
         assert c.execute(text("SELECT COUNT(*) FROM open_findings")).scalar() == 2
     e.dispose()
+
+
+def test_0004_keeps_every_run_and_recounts_the_open_errors_of_old_runs(db_path, invoke):
+    """A database built by the 0003 schema upgrades with its runs; `runs` recounts their open errors (NULL)."""
+    import json
+
+    url = f"sqlite:///{db_path}"
+    engine = db.make_engine(url)
+    db.upgrade(engine, "0003_repair_ack")
+    with engine.begin() as c:
+        for i in (1, 2):
+            c.execute(text("INSERT INTO runs (id, started_at, status, base, findings_open) VALUES "
+                           "(:i, '2026-11-0%s 03:30:00', 'complete', '/srv', 2)" % i), {"i": i})
+        for i in range(1, 4):
+            c.execute(text("INSERT INTO findings (key, episode, kind, severity, registry, repository, digest, "
+                           "detail, first_run, last_seen_run, resolved_run) VALUES (:k, 1, 'orphan_layer_link', "
+                           "'error', 'private', 'team/app', 'sha256:' || :k, '{}', 1, 2, :res)"),
+                      {"k": f"{i:064x}", "res": 2 if i == 3 else None})
+    db.upgrade(engine)
+    with engine.begin() as c:
+        assert db.current_revision(c) == db.head_revision()
+        assert c.execute(text("SELECT COUNT(*), COUNT(open_errors) FROM runs")).one() == (2, 0)
+    engine.dispose()
+    runs = json.loads(invoke("runs", "--db", db_path, "--format", "json").output)
+    assert [(r["id"], r["open_errors"]) for r in runs] == [(2, 2), (1, 3)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -172,6 +173,11 @@ def test_apply_moves_records_and_the_next_scan_resolves(gc_damaged, base, db_pat
     assert len(rows) == len(orphans)
     assert {(r["action"], r["outcome"], r["batch"]) for r in rows} == {("quarantine", "done", batch_dir.name)}
     assert all(r["os_user"] and r["at"] and len(r["finding_key"]) == 64 for r in rows)
+    table = invoke("repairs", "--db", db_path).output.splitlines()  # the table names the finding too, UTC ISO
+    assert table[0].split()[:5] == ["id", "batch", "at", "os_user", "finding"]
+    shown = {line.split()[4]: line.split()[2] for line in table[2:]}
+    assert set(shown) == {r["finding_key"][:12] for r in rows}
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", at) for at in shown.values())
     # the scan after the repair resolves exactly those findings; the orphan children stay
     invoke("scan", base, "--db", db_path, "-q", expect=1)
     assert findings("--kind", "orphan_layer_link") == []
@@ -193,7 +199,7 @@ def test_filters(gc_damaged, db_path, invoke, findings):
     r = invoke("repair", "--db", db_path, "--registry", "nope", expect=2)
     assert "unknown registry 'nope'" in r.output
     r = invoke("repair", "--db", db_path, "--finding", "zz", expect=2)
-    assert "at least 8 hex digits" in r.output
+    assert "first 8 hex digits" in r.output
     r = invoke("repair", "--db", db_path, "--finding", "0" * 12, expect=2)
     assert "no open finding" in r.output
     child = findings("--kind", "orphan_index_child")[0]["key"]
@@ -434,3 +440,27 @@ def test_restore_refuses_blob_data_that_is_a_symlink(base, db_path, invoke, tmp_
     data.symlink_to(elsewhere)
     out = invoke("repair", "--db", db_path, "--kind", "orphan_index_child").output  # the dry run goes on
     assert "refused" in out and "push again: team/app/api:v1" in out and "0 to do" in out
+
+
+@pytest.mark.parametrize("where", ["unwritable", "proc", "under_a_file"])
+def test_a_quarantine_that_cannot_be_written_is_one_line_before_any_step(gc_damaged, base, db_path, invoke,
+                                                                          tmp_path, where):
+    if where == "unwritable":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a mode 0555 directory")
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        q = ro / "q"
+    elif where == "proc":
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc")
+        q = Path("/proc/regindex-quarantine")
+    else:
+        (tmp_path / "afile").write_text("x")
+        q = tmp_path / "afile" / "q"
+    before = snapshot(base)
+    r = invoke("repair", "--db", db_path, "--apply", "--quarantine", q, expect=2)
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: quarantine {q}"), r.output
+    assert snapshot(base) == before
+    assert json.loads(invoke("repairs", "--db", db_path, "--format", "json").output) == []  # no step was tried

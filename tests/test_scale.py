@@ -1,5 +1,5 @@
 """Scale machinery: a re-scan's inventory equals a full scan's into a fresh database after every kind of change
-(SQLite and PostgreSQL), per-run phase timings, and the 0004 migration on a database built by the previous head."""
+(SQLite and PostgreSQL), per-run phase timings, and the 0005 migration on a database built by the previous head."""
 
 from __future__ import annotations
 
@@ -234,15 +234,15 @@ def test_runs_show_phase_timings_and_file_counts(urls, base, invoke):
     assert r["files_stat"] > seen // 2 and r["files_read"] >= r["links"]  # listings and stats; every link read
 
 
-def test_0004_upgrades_a_database_with_history(urls, base, invoke):
-    """A database built by 0003_repair_ack (the previous head) with real runs and findings keeps all of it;
+def test_0005_upgrades_a_database_with_history(urls, base, invoke):
+    """A database built by 0004_run_open_errors (the previous head) with real runs and findings keeps all of it;
     the new columns are NULL."""
     from alembic import command
 
     kept, _fresh = urls
     engine = db.make_engine(db.resolve_url(kept))
     with engine.begin() as c:
-        command.upgrade(db._alembic_config(c), "0003_repair_ack")
+        command.upgrade(db.alembic_config(c), "0004_run_open_errors")
         c.execute(text("INSERT INTO runs (id, started_at, status, base, links) VALUES (1, '2026-11-01 00:00:00', "
                        "'complete', '/x', 42)"))
         c.execute(text("INSERT INTO registries (id, name, root, role, first_run) VALUES (1, 'r', '/x', "

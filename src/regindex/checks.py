@@ -18,30 +18,13 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, text
 
-from regindex.layout import BlobDataPath, LinkKind, link_path, path_for
+from regindex import rules
+from regindex.layout import EMPTY_DIGESTS, blob_file, link_file, names_other_content
 from regindex.store import as_utc
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
-KINDS: dict[str, str] = {
-    "orphan_layer_link": "a _layers link file whose blob data is gone",
-    "orphan_index_child": "an index names a child manifest the repository cannot serve",
-    "dangling_revision": "a revision link whose manifest data is gone",
-    "dangling_tag": "a tag without a current link, or whose target the repository cannot serve",
-    "unlinked_blob_ref": "a servable image manifest names a config or layer the repository cannot serve",
-    "corrupt_link": "link bytes that do not parse (empty, garbage, whitespace, unreadable)",
-    "misdirected_link": "a link that names another digest than its path",
-    "empty_blob": "0-byte data for a digest that is not the empty digest",
-    "truncated_manifest": "manifest data that is not a valid manifest (truncated, not JSON)",
-    "size_mismatch": "blob data whose size differs from what a manifest declares",
-    "digest_mismatch": "blob data whose hash is not its digest (--verify-content)",
-    "gc_blocker": "something that makes registry garbage-collect abort",
-    "stale_upload": "an upload older than the purge age",
-    "unreferenced_blob": "blob data no link names (reclaimable)",
-    "storage_anomaly": "something in the tree regindex did not index (symlink, odd name, stray entry)",
-}
 
-EMPTY_DIGESTS = [f"{alg}:{hashlib.new(alg, b'').hexdigest()}" for alg in ("sha256", "sha384", "sha512")]
 
 
 @dataclass
@@ -71,14 +54,6 @@ class FindingRow:
 class CheckOptions:
     stale_upload_hours: float = 168.0
     now: datetime | None = None
-
-
-def _rel(kind: str, repo: str, digest: str | None = None, tag: str | None = None) -> str:
-    return str(link_path(LinkKind(kind), repo, digest, tag))
-
-
-def _blob_path(digest: str) -> str:
-    return str(path_for(BlobDataPath(digest)))
 
 
 def _q(conn: Connection, sql: str, regs: Sequence[int], **params: Any) -> list[Any]:
@@ -138,9 +113,32 @@ class _Context:
 
 
 # ---------------------------------------------------------------------------------------------
-# The checks
+# The checks, each registered once: the function's name is the finding kind, registration order is the order
+# findings are derived and kinds are listed (report, CLI).
+
+CheckFn = Callable[[_Context, CheckOptions], Iterable[FindingRow]]
 
 
+@dataclass(frozen=True)
+class Check:
+    kind: str
+    description: str
+    run: CheckFn
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def check(description: str) -> Callable[[CheckFn], CheckFn]:
+    def register(fn: CheckFn) -> CheckFn:
+        CHECKS[fn.__name__] = Check(fn.__name__, description, fn)
+        return fn
+
+    return register
+
+
+
+@check("a _layers link file whose blob data is gone")
 def orphan_layer_link(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     for r in _q(ctx.conn, "SELECT * FROM orphan_layer_links WHERE registry_id IN :regs", ctx.regs):
         target = r["target_digest"] if r["link_state"] == "ok" else r["digest"]
@@ -152,23 +150,24 @@ def orphan_layer_link(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]
             r["repository"],
             r["digest"],
             detail={
-                "link": _rel("layer", r["repository"], r["digest"]),
+                "link": link_file("layer", r["repository"], r["digest"]),
                 "link_state": r["link_state"],
                 "link_target": r["target_digest"],
                 "link_first_seen_run": r["link_first_run"],
-                "blob_data": _blob_path(target),
+                "blob_data": blob_file(target),
                 "blob_data_present": False,
                 "blob_data_gone_in_run": ctx.data_gone_run(r["registry_id"], target),
                 "other_repositories_linking_it": len(others),
             },
             hint=(
-                f"Removing the link {_rel('layer', r['repository'], r['digest'])} is safe: the blob data is gone, "
+                f"Removing the link {link_file('layer', r['repository'], r['digest'])} is safe: the blob data is gone, "
                 "so the link only turns pulls into 'unexpected EOF'/BLOB_UNKNOWN; images that need this layer "
                 "must be pushed again."
             ),
         )
 
 
+@check("an index names a child manifest the repository cannot serve")
 def orphan_index_child(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """
     SELECT o.*,
@@ -201,10 +200,10 @@ def orphan_index_child(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow
             "index_status": r["index_status"],
             "platform": r["platform"],
             "child_status": r["child_status"],
-            "child_revision_link": _rel("revision", repo, child),
+            "child_revision_link": link_file("revision", repo, child),
             "child_revision_link_state": r["child_revision_link"] or "no directory",
             "child_served_via": r["child_via"],
-            "child_blob_data": _blob_path(child),
+            "child_blob_data": blob_file(child),
             "child_blob_data_present": data_present,
             "child_blob_data_size": r["child_data_size"],
             "child_blob_data_gone_in_run": None if data_present else ctx.data_gone_run(r["registry_id"], child),
@@ -243,12 +242,13 @@ def _child_hint(r: Any, repo: str, child: str, tags: list[str], cache: bool, par
             f"{total - present} of {total} blobs of the child are gone: restoring its revision link would not "
             f"make it pullable. Rebuild and push the image (tags affected: {tag_text})."
         )
-    fix = f"Restore the revision link {_rel('revision', repo, child)} containing {child}"
+    fix = f"Restore the revision link {link_file('revision', repo, child)} containing {child}"
     if linked < total:
         fix += f" and the {total - linked} missing _layers links of its blobs"
     return fix + f": the child's manifest and all {total} of its blobs are present, so it would be servable again."
 
 
+@check("a revision link whose manifest data is gone")
 def dangling_revision(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT * FROM manifest_serving WHERE registry_id IN :regs AND via = 'revision'
              AND status = 'data_missing'"""
@@ -258,9 +258,9 @@ def dangling_revision(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]
         yield FindingRow(
             "dangling_revision", ERROR, r["registry"], repo, d,
             detail={
-                "revision_link": _rel("revision", repo, d),
+                "revision_link": link_file("revision", repo, d),
                 "link_target": r["target_digest"],
-                "blob_data": _blob_path(r["target_digest"]),
+                "blob_data": blob_file(r["target_digest"]),
                 "blob_data_present": False,
                 "blob_data_gone_in_run": ctx.data_gone_run(r["registry_id"], r["target_digest"]),
                 "tags": tags,
@@ -268,7 +268,7 @@ def dangling_revision(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]
             hint=(
                 f"The manifest data is gone: push the image again (tags affected: {', '.join(tags)})."
                 if tags
-                else f"The manifest data is gone and no tag names it: remove {_rel('revision', repo, d)[:-5]} "
+                else f"The manifest data is gone and no tag names it: remove {link_file('revision', repo, d)[:-5]} "
                 "or push the image again."
             ),
         )
@@ -291,13 +291,14 @@ _TAG_HINTS = {
 }
 
 
+@check("a tag without a current link, or whose target the repository cannot serve")
 def dangling_tag(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     for r in _q(ctx.conn, "SELECT * FROM tag_serving WHERE registry_id IN :regs AND status <> 'ok'", ctx.regs):
         repo, tag = r["repository"], r["tag"]
         yield FindingRow(
             "dangling_tag", ERROR, r["registry"], repo, r["target_digest"], tag=tag,
             detail={
-                "current_link": _rel("tag_current", repo, None, tag),
+                "current_link": link_file("tag_current", repo, None, tag),
                 "current_link_state": r["link_state"],
                 "target": r["target_digest"],
                 "target_served_via": r["via"],
@@ -307,6 +308,7 @@ def dangling_tag(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
         )
 
 
+@check("a servable image manifest names a config or layer the repository cannot serve")
 def unlinked_blob_ref(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """
     SELECT s.registry_id, s.registry, g.role AS registry_role, s.repository, s.digest AS manifest_digest,
@@ -329,30 +331,28 @@ def unlinked_blob_ref(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]
             "unlinked_blob_ref", INFO if cache else ERROR, r["registry"], repo, d, parent_digest=r["manifest_digest"],
             detail={
                 "role": r["role"],
-                "layer_link": _rel("layer", repo, d),
+                "layer_link": link_file("layer", repo, d),
                 "layer_link_present": False,
-                "blob_data": _blob_path(d),
+                "blob_data": blob_file(d),
                 "blob_data_present": present,
                 "declared_size": r["size"],
             },
             hint=(
-                f"Restore the link {_rel('layer', repo, d)} containing {d}: the blob data is present."
+                f"Restore the link {link_file('layer', repo, d)} containing {d}: the blob data is present."
                 if present
                 else "The blob data is gone too: push the image again."
             ),
         )
 
 
-_BAD_LINK_STATES = ("empty", "whitespace", "garbage", "unreadable")
-
-
+@check("link bytes that do not parse (empty, garbage, whitespace, unreadable)")
 def corrupt_link(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT l.*, g.name AS registry FROM links l JOIN registries g ON g.id = l.registry_id
              WHERE l.registry_id IN :regs AND l.gone_run IS NULL AND l.state IN ('empty', 'whitespace', 'garbage',
              'unreadable')"""
     for r in _q(ctx.conn, sql, ctx.regs):
         kind, repo = r["kind"], r["repository"]
-        path = _rel(kind, repo, r["path_digest"], r["tag"])
+        path = link_file(kind, repo, r["path_digest"], r["tag"])
         served = kind != "tag_index"
         yield FindingRow(
             "corrupt_link", ERROR if served else WARNING, r["registry"], repo, r["path_digest"], tag=r["tag"],
@@ -368,6 +368,7 @@ def corrupt_link(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
         )
 
 
+@check("a link that names another digest than its path")
 def misdirected_link(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT l.*, g.name AS registry,
                (SELECT b.size FROM blobs b WHERE b.registry_id = l.registry_id AND b.gone_run IS NULL
@@ -383,7 +384,7 @@ def misdirected_link(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
                                  AND v.computed_digest IS NOT NULL AND v.computed_digest <> v.digest))"""
     for r in _q(ctx.conn, sql, ctx.regs):
         kind, repo = r["kind"], r["repository"]
-        path = _rel(kind, repo, r["path_digest"], r["tag"])
+        path = link_file(kind, repo, r["path_digest"], r["tag"])
         served = kind in ("layer", "revision")
         yield FindingRow(
             "misdirected_link", ERROR if served else WARNING, r["registry"], repo, r["path_digest"], tag=r["tag"],
@@ -400,7 +401,7 @@ def _linking_repos(ctx: _Context, registry_id: int, digest: str) -> list[tuple[s
     link is its own finding)."""
     return sorted({
         (repo, kind) for repo, kind, path in ctx.linkers(registry_id, digest)
-        if path == digest or path[:7] != digest[:7]
+        if not names_other_content(path, digest)
     })
 
 
@@ -420,21 +421,23 @@ def _per_linking_repo(
                          hint=hint)
 
 
+@check("0-byte data for a digest that is not the empty digest")
 def empty_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT b.registry_id, g.name AS registry, b.digest FROM blobs b JOIN registries g ON g.id = b.registry_id
              WHERE b.registry_id IN :regs AND b.gone_run IS NULL AND b.size = 0 AND b.digest NOT IN :empty"""
     stmt_rows = ctx.conn.execute(
         text(sql).bindparams(bindparam("regs", expanding=True), bindparam("empty", expanding=True)),
-        {"regs": list(ctx.regs), "empty": EMPTY_DIGESTS},
+        {"regs": list(ctx.regs), "empty": list(EMPTY_DIGESTS)},
     ).mappings()
     for r in list(stmt_rows):
         yield from _per_linking_repo(
-            ctx, "empty_blob", r, {"blob_data": _blob_path(r["digest"]), "size": 0},
+            ctx, "empty_blob", r, {"blob_data": blob_file(r["digest"]), "size": 0},
             "The blob data is 0 bytes: delete it and push the image again (the registry serves it with 200 and an "
             "empty body; clients fail the digest check).",
         )
 
 
+@check("manifest data that is not a valid manifest (truncated, not JSON)")
 def truncated_manifest(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT DISTINCT s.registry_id, s.registry, s.target_digest AS digest, s.data_size, s.manifest_kind,
                     s.parse_error
@@ -443,12 +446,13 @@ def truncated_manifest(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow
     for r in _q(ctx.conn, sql, ctx.regs):
         yield from _per_linking_repo(
             ctx, "truncated_manifest", r,
-            {"blob_data": _blob_path(r["digest"]), "size": r["data_size"], "parse_error": r["parse_error"],
+            {"blob_data": blob_file(r["digest"]), "size": r["data_size"], "parse_error": r["parse_error"],
              "kind": r["manifest_kind"]},
             "The manifest data is not a valid manifest: delete the blob data and push the image again.",
         )
 
 
+@check("blob data whose size differs from what a manifest declares")
 def size_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     # A digest names one content, so the size any valid manifest of this registry declares for it is the size
     # of its data: data of another size is broken in every repository that links it, whether or not that
@@ -473,7 +477,7 @@ def size_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
         declared_by = sorted({(r["manifest_digest"], r["role"], r["declared"]) for r in rows})
         yield from _per_linking_repo(
             ctx, "size_mismatch", first,
-            {"blob_data": _blob_path(first["digest"]), "data_size": first["actual"],
+            {"blob_data": blob_file(first["digest"]), "data_size": first["actual"],
              "declared_sizes": sorted({r["declared"] for r in rows}),
              "declared_by": [{"manifest": m, "role": role, "size": size} for m, role, size in declared_by[:20]],
              "declared_by_count": len(declared_by)},
@@ -482,6 +486,7 @@ def size_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
         )
 
 
+@check("blob data whose hash is not its digest (--verify-content)")
 def digest_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT v.registry_id, g.name AS registry, v.digest, v.computed_digest, v.size, v.verified_run
              FROM blob_verifications v
@@ -497,79 +502,47 @@ def digest_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     for r in _q(ctx.conn, sql, ctx.regs):
         yield from _per_linking_repo(
             ctx, "digest_mismatch", r,
-            {"blob_data": _blob_path(r["digest"]), "size": r["size"], "computed": r["computed_digest"],
+            {"blob_data": blob_file(r["digest"]), "size": r["size"], "computed": r["computed_digest"],
              "verified_run": r["verified_run"]},
             "The blob data does not hash to its digest: delete it and push the image again.",
         )
 
 
-# A revision garbage-collect enumerates: its link parses and its data exists (2.8 skips the others silently).
-_ENUMERATED_REVISION = """EXISTS (SELECT 1 FROM links e JOIN blobs eb ON eb.registry_id = e.registry_id
-    AND eb.digest = e.target_digest AND eb.gone_run IS NULL
-    WHERE e.registry_id = {reg} AND e.gone_run IS NULL AND e.repository = {repo} AND e.kind = 'revision'
-      AND e.state = 'ok')"""
+_BLOCKER_HINTS = {
+    "invalid_name": "garbage-collect aborts on a repository name the registry refuses: rename or remove it.",
+    "no_tags_dir": "{aborts} aborts on a repository with revisions but no _manifests/tags directory: create the "
+    "empty directory.",
+    "invalid_manifest": "garbage-collect reads this manifest to mark its blobs and aborts on it: push the image "
+    "again or remove the revision directory.",
+}
 
 
+@check("something that makes registry garbage-collect abort")
 def gc_blocker(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
-    """What makes registry 2.8's garbage-collect abort with nothing deleted (the same rules as gc-preview)."""
-    every, untagged = "every garbage-collect run", "garbage-collect --delete-untagged"
-    # A revision link that does not parse: every run reads every revision link.
-    sql = """SELECT l.registry_id, g.name AS registry, l.repository, l.kind, l.path_digest, l.tag, l.state
-             FROM links l JOIN registries g ON g.id = l.registry_id
-             WHERE l.registry_id IN :regs AND l.gone_run IS NULL AND l.state IN ('empty', 'whitespace', 'garbage',
-               'unreadable')
-               AND (l.kind = 'revision' OR (l.kind = 'tag_current' AND """ + _ENUMERATED_REVISION.format(
-        reg="l.registry_id", repo="l.repository") + "))"
-    for r in _q(ctx.conn, sql, ctx.regs):
-        path = _rel(r["kind"], r["repository"], r["path_digest"], r["tag"])
-        when = every if r["kind"] == "revision" else untagged
-        yield FindingRow(
-            "gc_blocker", WARNING, r["registry"], r["repository"], r["path_digest"], tag=r["tag"],
-            detail={"link": path, "state": r["state"], "aborts": when},
-            hint=f"{when} aborts on {path} and deletes nothing: fix or remove the link first.",
-            subject=r["kind"],
-        )
-    # Marked manifest data that does not parse: a run without --delete-untagged reads every revision's data.
-    sql = """SELECT DISTINCT s.registry_id, s.registry, s.repository, s.digest, s.parse_error
-             FROM manifest_serving s
-             WHERE s.registry_id IN :regs AND s.via = 'revision' AND s.status IN ('unparsable', 'data_empty')"""
-    for r in _q(ctx.conn, sql, ctx.regs):
-        yield FindingRow(
-            "gc_blocker", WARNING, r["registry"], r["repository"], r["digest"],
-            detail={"revision_link": _rel("revision", r["repository"], r["digest"]),
-                    "parse_error": r["parse_error"] or "empty", "aborts": "garbage-collect without --delete-untagged"},
-            hint="garbage-collect reads this manifest to mark its blobs and aborts on it: push the image again or "
-            "remove the revision directory.",
-            subject="invalid_manifest",
-        )
-    # A repository with enumerated revisions but no _manifests/tags: the tag lookup of --delete-untagged fails.
-    sql = """SELECT p.registry_id, g.name AS registry, p.name AS repository FROM repositories p
-             JOIN registries g ON g.id = p.registry_id
-             WHERE p.registry_id IN :regs AND p.gone_run IS NULL AND NOT p.has_tags_dir AND """ + \
-        _ENUMERATED_REVISION.format(reg="p.registry_id", repo="p.name")
-    for r in _q(ctx.conn, sql, ctx.regs):
-        yield FindingRow(
-            "gc_blocker", WARNING, r["registry"], r["repository"], None,
-            detail={"missing": f"repositories/{r['repository']}/_manifests/tags", "aborts": untagged},
-            hint=f"{untagged} aborts on a repository with revisions but no _manifests/tags directory: create the "
-            "empty directory.",
-            subject="no_tags_dir",
-        )
-    # A repository name the reference grammar refuses: garbage-collect stops at it.
-    from regindex.gc import valid_repository_name
-
-    sql = """SELECT g.name AS registry, p.name AS repository FROM repositories p
-             JOIN registries g ON g.id = p.registry_id WHERE p.registry_id IN :regs AND p.gone_run IS NULL"""
-    for r in _q(ctx.conn, sql, ctx.regs):
-        if not valid_repository_name(r["repository"]):
+    """What makes registry 2.8's garbage-collect abort with nothing deleted: the blockers of
+    :func:`regindex.rules.mark`, the mark phase gc-preview runs, in either mode."""
+    for reg in _q(ctx.conn, "SELECT id, name FROM registries WHERE id IN :regs ORDER BY name", ctx.regs):
+        name = reg["name"]
+        inv = rules.load(ctx.conn, reg["id"], name)
+        for b, aborts in rules.blockers(inv):
+            if b.what == "invalid_name":
+                detail: dict[str, Any] = {"repository": b.path}
+            elif b.what == "no_tags_dir":
+                detail = {"missing": b.path}
+            elif b.what == "invalid_manifest":
+                detail = {"revision_link": b.path, "parse_error": b.error}
+            else:
+                detail = {"link": b.path, "state": b.state}
+            hint = _BLOCKER_HINTS.get(b.what, "{aborts} aborts on {path} and deletes nothing: fix or remove the "
+                                      "link first.")
             yield FindingRow(
-                "gc_blocker", WARNING, r["registry"], r["repository"], None,
-                detail={"repository": f"repositories/{r['repository']}", "aborts": every},
-                hint="garbage-collect aborts on a repository name the registry refuses: rename or remove it.",
-                subject="invalid_name",
+                "gc_blocker", WARNING, name, b.repository, b.digest, tag=b.tag,
+                detail={**detail, "aborts": aborts, "reason": b.reason},
+                hint=hint.format(aborts=aborts, path=b.path), subject=b.what,
             )
 
 
+@check("an upload older than the purge age")
 def stale_upload(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     now = opts.now or datetime.now(timezone.utc)
     cutoff = now - timedelta(hours=opts.stale_upload_hours)
@@ -590,6 +563,7 @@ def stale_upload(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
         )
 
 
+@check("blob data no link names (reclaimable)")
 def unreferenced_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT b.registry_id, g.name AS registry, b.digest, b.size,
                EXISTS (SELECT 1 FROM manifest_refs r WHERE r.digest = b.digest) AS named_by_manifest
@@ -604,7 +578,7 @@ def unreferenced_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]
         named = bool(r["named_by_manifest"])
         yield FindingRow(
             "unreferenced_blob", INFO, r["registry"], None, r["digest"],
-            detail={"blob_data": _blob_path(r["digest"]), "bytes": r["size"],
+            detail={"blob_data": blob_file(r["digest"]), "bytes": r["size"],
                     "reclaimable_bytes": 0 if named else r["size"], "named_by_a_manifest": named},
             hint=(
                 "No link names this blob, but a manifest does: garbage-collect keeps it while that manifest is "
@@ -615,6 +589,7 @@ def unreferenced_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]
         )
 
 
+@check("something in the tree regindex did not index (symlink, odd name, stray entry)")
 def storage_anomaly(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT a.path, a.reason, g.name AS registry FROM anomalies a JOIN registries g ON g.id = a.registry_id
              WHERE a.registry_id IN :regs AND a.gone_run IS NULL"""
@@ -631,24 +606,8 @@ def storage_anomaly(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
         )
 
 
-CHECKS: dict[str, Callable[[_Context, CheckOptions], Iterable[FindingRow]]] = {
-    "orphan_layer_link": orphan_layer_link,
-    "orphan_index_child": orphan_index_child,
-    "dangling_revision": dangling_revision,
-    "dangling_tag": dangling_tag,
-    "unlinked_blob_ref": unlinked_blob_ref,
-    "corrupt_link": corrupt_link,
-    "misdirected_link": misdirected_link,
-    "empty_blob": empty_blob,
-    "truncated_manifest": truncated_manifest,
-    "size_mismatch": size_mismatch,
-    "digest_mismatch": digest_mismatch,
-    "gc_blocker": gc_blocker,
-    "stale_upload": stale_upload,
-    "unreferenced_blob": unreferenced_blob,
-    "storage_anomaly": storage_anomaly,
-}
-assert set(CHECKS) == set(KINDS)
+# Finding kind -> what it means, in the order the checks are registered.
+KINDS: dict[str, str] = {kind: c.description for kind, c in CHECKS.items()}
 
 
 def run_checks(conn: Connection, registry_ids: Sequence[int], opts: CheckOptions | None = None) -> list[FindingRow]:
@@ -657,10 +616,10 @@ def run_checks(conn: Connection, registry_ids: Sequence[int], opts: CheckOptions
         return []
     ctx = _Context(conn, list(registry_ids))
     out: dict[str, FindingRow] = {}
-    for check in CHECKS.values():
+    for c in CHECKS.values():
         # in a stable order (the SQL has no ORDER BY): findings get their ids in the same order on every
         # database, whatever plan it chose
-        for f in sorted(check(ctx, opts or CheckOptions()), key=_order):
+        for f in sorted(c.run(ctx, opts or CheckOptions()), key=_order):
             out.setdefault(f.key, f)
     return list(out.values())
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from regindex import __version__, output, queries
 from regindex import config as config_mod
 from regindex import db as dbmod
-from regindex.errors import RegindexError
+from regindex.errors import RegindexError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,7 +45,7 @@ def core_errors(fn: F) -> F:
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(0)
         except SQLAlchemyError as exc:
-            raise Failure(f"database error: {dbmod._one_line(exc)}") from None
+            raise Failure(f"database error: {one_line(exc)}") from None
         except OSError as exc:
             raise Failure(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
         except KeyboardInterrupt:
@@ -94,7 +94,8 @@ format_option = click.option(
 )
 
 
-def _db(db: str | None, config_path: str | None = None) -> str | None:
+def resolve_db(db: str | None, config_path: str | None = None) -> str | None:
+    """The database a command opens: ``--db``, else the config file's (else db's default)."""
     return db or config_mod.load(config_path).db
 
 
@@ -215,7 +216,7 @@ def _report_anyway(engine: Any, report_dir: Path) -> None:
 
 def _progress() -> Callable[[str], None]:
     def show(msg: str) -> None:
-        click.echo(f"\r\033[K{output._printable(msg)[:100]}", nl=False, err=True)
+        click.echo(f"\r\033[K{output.printable(msg)[:100]}", nl=False, err=True)
 
     return show
 
@@ -246,7 +247,8 @@ TABLE_WIDTH = 120
 @click.option("--repository", "repositories", multiple=True, metavar="GLOB",
               help="Only repositories matching GLOB (* and ?; repeatable), e.g. 'team/*'.")
 @click.option("--digest", metavar="PREFIX", help="Only findings whose digest or parent starts with PREFIX.")
-@click.option("--tag", "tags", multiple=True, help="Only this tag (repeatable).")
+@click.option("--tag", "tags", multiple=True,
+              help="Only findings on this tag or that break its pull, e.g. an index's missing child (repeatable).")
 @click.option("--run", "run", type=click.IntRange(min=1, max=2**62), default=None,
               help="States relative to this finished run (default the latest).")
 @click.option("--since", metavar="DATE|DURATION",
@@ -270,7 +272,7 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
     query = FindingQuery(state=state, kinds=kinds, registries=registries, severities=severities,
                          repositories=repositories, digest=digest, tags=tags, run=run,
                          since=parse_when(since, "--since") if since else None, limit=limit)
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         known = set(conn.exec_driver_sql("SELECT name FROM registries").scalars())
         unknown = [r for r in registries if r not in known]
         if unknown:
@@ -291,7 +293,7 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
             for label, value in (("key", r["key"]), ("digest", r["digest"]), ("parent", r["parent_digest"]),
                                  ("hint", r["hint"])):
                 if value:
-                    text_ = output._printable(f"{label}: {value}")
+                    text_ = output.printable(f"{label}: {value}")
                     click.echo(textwrap.fill(text_, TABLE_WIDTH, initial_indent="    ", subsequent_indent="      ",
                                              break_long_words=False, break_on_hyphens=False))
 
@@ -314,7 +316,7 @@ def runs(db: str | None, config_path: str | None, limit: int, fmt: str) -> None:
 
     from regindex.history import list_runs
 
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         rows = list_runs(conn, limit)
         phases: dict[int, list[str]] = {}
         if rows:
@@ -365,7 +367,7 @@ def sql(query: str | None, query_file: str | None, params: tuple[tuple[str, str]
     fmt = chosen.pop() if chosen else "table"
     text_ = queries.read_query(query, query_file, click.get_binary_stream("stdin"))
     out = click.get_text_stream("stdout")
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         with queries.stream_readonly(conn, text_, dict(params), timeout) as result:
             output.write_stream(out, result.columns, result.rows, fmt, headers=not no_headers,
                                 json_columns=queries.JSON_COLUMNS, detect_json=json_cols)
@@ -384,7 +386,7 @@ def serve(db: str | None, config_path: str | None, host: str, port: int) -> None
     described, facets, and the post-mortem questions as canned queries. SQLite databases only."""
     from regindex import serve as serve_mod
 
-    url = dbmod.resolve_url(_db(db, config_path))
+    url = dbmod.resolve_url(resolve_db(db, config_path))
     if not dbmod.is_sqlite(url):
         raise Failure("regindex serve opens SQLite databases (Datasette); for PostgreSQL use `regindex sql`")
     with dbmod.reader(url):
@@ -412,7 +414,7 @@ def db_group() -> None:
 @core_errors
 def upgrade(db: str | None, config_path: str | None) -> None:
     """Create or upgrade the schema to this version of regindex."""
-    engine = dbmod.open_writer(_db(db, config_path))
+    engine = dbmod.open_writer(resolve_db(db, config_path))
     with engine.connect() as conn:
         click.echo(f"schema at {dbmod.current_revision(conn)} (head)")
     engine.dispose()
@@ -424,7 +426,7 @@ def upgrade(db: str | None, config_path: str | None) -> None:
 @core_errors
 def current(db: str | None, config_path: str | None) -> None:
     """Print the schema revision of the database and of this code."""
-    url = dbmod.resolve_url(_db(db, config_path))
+    url = dbmod.resolve_url(resolve_db(db, config_path))
     engine = dbmod.make_engine(url, readonly=True)
     try:
         with engine.connect() as conn:
@@ -478,7 +480,7 @@ def gc_preview(db: str | None, config_path: str | None, delete_untagged: bool, r
     something, 2 bad input."""
     from regindex import gc
 
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         preds = gc.predict(conn, delete_untagged, registries)
     click.echo(gc.render(preds, fmt), nl=False)
     if any(p.outcome != gc.COMPLETES or p.breakage for p in preds):
@@ -508,7 +510,7 @@ def report(db: str | None, config_path: str | None, out: Path | None, runs: int,
     end = parse_when(until, "--until") if until else None
     if start and end and start > end:
         raise Failure("--since is after --until")
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         written = report_mod.write(conn, out or Path(report_mod.DEFAULT_OUT), runs, since=start, until=end)
     click.echo(f"report: {written} (findings: {written.with_suffix('.csv')})")
 
@@ -528,12 +530,12 @@ def history_cmd(digest: str, db: str | None, config_path: str | None, fmt: str) 
 
     from regindex import report as report_mod
 
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         h = report_mod.history(conn, digest)
     if fmt == "json":
-        click.echo(json.dumps(report_mod.history_json(h), indent=2, default=output._json_default))
+        click.echo(json.dumps(report_mod.history_json(h), indent=2, default=output.json_default))
     else:
-        click.echo(report_mod.format_history(h, output._printable), nl=False)
+        click.echo(report_mod.format_history(h, output.printable), nl=False)
 
 
 # "From finding to fix" commands (repair, repairs, ack, unack, incidents) live in their own module.

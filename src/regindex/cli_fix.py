@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from regindex import db as dbmod
 from regindex import output
-from regindex.cli import EXIT_FINDINGS, _db, cli, config_option, core_errors, db_option, format_option
+from regindex.cli import EXIT_FINDINGS, Failure, cli, config_option, core_errors, db_option, format_option, resolve_db
 
 
 def _incident_findings() -> Callable[[Connection, str], list[int]]:
@@ -55,7 +55,7 @@ def repair(db: str | None, config_path: str | None, kinds: tuple[str, ...], regi
     """
     from regindex import repair as rp
 
-    url = dbmod.resolve_url(_db(db, config_path))
+    url = dbmod.resolve_url(resolve_db(db, config_path))
     if undo_ref is not None:
         if do_apply or kinds or registries or repositories or keys or incidents:
             raise click.UsageError("--undo takes no other selection")
@@ -105,14 +105,14 @@ def repair(db: str | None, config_path: str | None, kinds: tuple[str, ...], regi
 
 def _echo_lines(lines: list[str]) -> None:
     for line in lines:
-        click.echo(output._printable(line))
+        click.echo(output.printable(line))
 
 
 def _echo_undo(r: dict[str, Any]) -> None:
     text = f"{r['outcome']} undo of action {r['undoes']} ({r['action']}): {r['v2']}/{r['path']}"
     if r["reason"]:
         text += f": {r['reason']}"
-    click.echo(output._printable(text))
+    click.echo(output.printable(text))
 
 
 @cli.command()
@@ -123,12 +123,16 @@ def _echo_undo(r: dict[str, Any]) -> None:
 @format_option
 @core_errors
 def repairs(db: str | None, config_path: str | None, batch: str | None, limit: int, fmt: str) -> None:
-    """List what `regindex repair --apply` and `--undo` did, newest first (who, when, path, outcome)."""
+    """List what `regindex repair --apply` and `--undo` did, newest first (who, when, which finding, path,
+    outcome)."""
     from regindex import repair as rp
+    from regindex.timespec import iso
 
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
         rows = rp.list_actions(conn, limit, batch)
-    cols = rp.ACTION_COLUMNS if fmt != "table" else ("id", "batch", "at", "os_user", "action", "outcome",
+    if fmt == "table":  # the finding's short key (as `findings -v` and `repair --finding` take it), UTC to the second
+        rows = [{**r, "at": iso(r["at"]), "finding": (r["finding_key"] or "")[:12]} for r in rows]
+    cols = rp.ACTION_COLUMNS if fmt != "table" else ("id", "batch", "at", "os_user", "finding", "action", "outcome",
                                                     "registry", "repository", "path", "reason")
     click.echo(output.render(rows, cols, fmt), nl=False)
 
@@ -164,7 +168,7 @@ def ack(key: str | None, db: str | None, config_path: str | None, incident: str 
     from regindex.repair import os_user
 
     when = ackmod.parse_until(until)
-    engine = dbmod.open_writer(_db(db, config_path))
+    engine = dbmod.open_writer(resolve_db(db, config_path))
     try:
         with engine.begin() as conn:
             rows = ackmod.select_findings(conn, _ack_selection(key, incident, kind, registry, repositories),
@@ -191,7 +195,7 @@ def unack(key: str | None, db: str | None, config_path: str | None, incident: st
     from regindex import ack as ackmod
     from regindex.repair import os_user
 
-    engine = dbmod.open_writer(_db(db, config_path))
+    engine = dbmod.open_writer(resolve_db(db, config_path))
     try:
         with engine.begin() as conn:
             rows = ackmod.select_findings(conn, _ack_selection(key, incident, kind, registry, repositories),
@@ -213,7 +217,12 @@ def incidents(db: str | None, config_path: str | None, registries: tuple[str, ..
     with its counts, the tags a pull of which fails, and the one command that repairs it."""
     from regindex import incidents as inc
 
-    with dbmod.reader(_db(db, config_path)) as conn:
+    with dbmod.reader(resolve_db(db, config_path)) as conn:
+        known = set(conn.exec_driver_sql("SELECT name FROM registries").scalars())
+        unknown = [r for r in registries if r not in known]
+        if unknown:
+            raise Failure(
+                f"unknown registry {unknown[0]!r}; registries: {', '.join(sorted(known)) or 'none yet'}")
         rows = [i.as_row() for i in inc.group(conn, registries=registries)]
     click.echo(output.render(rows, inc.INCIDENT_COLUMNS if fmt != "table" else inc.TABLE_COLUMNS, fmt,
                              max_width=110), nl=False)

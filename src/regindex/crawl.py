@@ -10,6 +10,7 @@ recorded as anomalies.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -23,13 +24,13 @@ from regindex.storage import DIR, FILE, SYMLINK, Entry, FileSystem, Stat, Storag
 from regindex.layout import (
     DIGEST_HEX_LEN,
     MAX_LINK_BYTES,
-    MAX_REPO_NAME,
     V2_SUFFIX,
     LinkKind,
     LinkState,
+    blob_file,
     is_hex_for,
     parse_link,
-    valid_repo_component,
+    valid_repository_name,
     valid_tag,
 )
 
@@ -360,6 +361,8 @@ class _Walker:
             names = {e.name for e in entries}
             is_repo = bool(prefix) and "_layers" in names  # the catalog's own rule
             if is_repo:
+                if not valid_repository_name(prefix):  # judged once, on the repository's whole name
+                    self.anomaly(path, "name the registry would refuse")
                 self.visit_repository(path, prefix, names)
             children: list[tuple[str, str]] = []
             for entry in entries:
@@ -373,11 +376,7 @@ class _Walker:
                     continue  # stray files between repositories are ignored by the registry too
                 if not self.named(entry):
                     continue
-                name = f"{prefix}/{entry.name}" if prefix else entry.name
-                if not valid_repo_component(entry.name) or (
-                        len(name) > MAX_REPO_NAME and len(prefix) <= MAX_REPO_NAME):
-                    self.anomaly(entry.path, "name the registry would refuse")
-                children.append((entry.path, name))
+                children.append((entry.path, f"{prefix}/{entry.name}" if prefix else entry.name))
             stack.extend(reversed(children))
 
     def visit_repository(self, path: str, repo: str, names: set[str]) -> None:
@@ -546,9 +545,7 @@ class BlobTooLarge(Exception):
 
 def read_blob(v2: Path, digest: str, cap: int = DEFAULT_MAX_MANIFEST_BYTES) -> bytes | None:
     """Whole blob data, never truncated: ``None`` when missing, ``BlobTooLarge`` above ``cap``."""
-    alg, hex_ = digest.split(":", 1)
-    path = os.path.join(v2, "blobs", alg, hex_[:2], hex_, "data")
-    fd = _open_data(path)
+    fd = _open_data(os.path.join(v2, blob_file(digest)))
     if fd is None:
         return None
     try:
@@ -574,8 +571,6 @@ def read_blob(v2: Path, digest: str, cap: int = DEFAULT_MAX_MANIFEST_BYTES) -> b
 
 def digest_of(digest: str, data: bytes) -> str:
     """The digest of ``data`` with ``digest``'s algorithm."""
-    import hashlib
-
     alg = digest.split(":", 1)[0]
     return f"{alg}:{hashlib.new(alg, data).hexdigest()}"
 
@@ -583,12 +578,8 @@ def digest_of(digest: str, data: bytes) -> str:
 def hash_blob(v2: Path, digest: str, alg: str | None = None) -> str | None:
     """Hash blob data, streaming, with the digest's algorithm (or ``alg``: how a sha512 ``_layers`` alias of
     sha256 content is checked). ``None`` when missing."""
-    import hashlib
-
-    own, hex_ = digest.split(":", 1)
-    alg = alg or own
-    path = os.path.join(v2, "blobs", own, hex_[:2], hex_, "data")
-    fd = _open_data(path)
+    alg = alg or digest.split(":", 1)[0]
+    fd = _open_data(os.path.join(v2, blob_file(digest)))
     if fd is None:
         return None
     h = hashlib.new(alg)

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-from regindex.errors import SchemaError
+from regindex.errors import SchemaError, one_line
 
 DEFAULT_DB = "regindex.db"
 
@@ -111,7 +111,8 @@ def _sqlite_events(engine: Engine, readonly: bool) -> None:
 # Migrations
 
 
-def _alembic_config(conn: Connection):
+def alembic_config(conn: Connection):
+    """alembic's Config for the packaged migrations, sharing ``conn`` (no alembic.ini, no fileConfig())."""
     from alembic.config import Config
 
     cfg = Config()
@@ -123,7 +124,7 @@ def _alembic_config(conn: Connection):
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
-    cfg = _alembic_config(None)  # type: ignore[arg-type]
+    cfg = alembic_config(None)  # type: ignore[arg-type]
     head = ScriptDirectory.from_config(cfg).get_current_head()
     assert head is not None
     return head
@@ -140,9 +141,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     try:
         with engine.begin() as conn:
-            command.upgrade(_alembic_config(conn), revision)
+            command.upgrade(alembic_config(conn), revision)
     except OperationalError as exc:
-        raise SchemaError(f"cannot migrate the database: {_one_line(exc)}") from None
+        raise SchemaError(f"cannot migrate the database: {one_line(exc)}") from None
 
 
 def ensure_schema(engine: Engine) -> None:
@@ -151,7 +152,7 @@ def ensure_schema(engine: Engine) -> None:
         try:
             current = current_revision(conn)
         except OperationalError as exc:
-            raise SchemaError(f"cannot open the database: {_one_line(exc)}") from None
+            raise SchemaError(f"cannot open the database: {one_line(exc)}") from None
         has_tables = bool(inspect(conn).get_table_names())
     head = head_revision()
     if current == head:
@@ -170,7 +171,7 @@ def check_schema(conn: Connection) -> None:
     try:
         current = current_revision(conn)
     except OperationalError as exc:
-        raise SchemaError(f"cannot read the database: {_one_line(exc)}") from None
+        raise SchemaError(f"cannot read the database: {one_line(exc)}") from None
     head = head_revision()
     if current is None:
         raise SchemaError("the database has no regindex schema: run `regindex scan` or `regindex db upgrade`")
@@ -185,14 +186,9 @@ def _known_revision(rev: str) -> bool:
     from alembic.util.exc import CommandError
 
     try:
-        return ScriptDirectory.from_config(_alembic_config(None)).get_revision(rev) is not None  # type: ignore[arg-type]
+        return ScriptDirectory.from_config(alembic_config(None)).get_revision(rev) is not None  # type: ignore[arg-type]
     except CommandError:
         return False
-
-
-def _one_line(exc: BaseException) -> str:
-    text_ = str(getattr(exc, "orig", None) or exc)
-    return text_.strip().splitlines()[0] if text_.strip() else type(exc).__name__
 
 
 @contextmanager
@@ -205,7 +201,7 @@ def reader(db: str | None) -> Iterator[Connection]:
             check_schema(conn)
             yield conn
     except SQLAlchemyError as exc:
-        raise SchemaError(f"database error: {_one_line(exc)}") from None
+        raise SchemaError(f"database error: {one_line(exc)}") from None
     finally:
         engine.dispose()
 

@@ -43,3 +43,9 @@ class UnknownDigest(ReportError):
 
 class RepairError(RegindexError):
     """``regindex repair`` / ``ack``: bad selection, no quarantine directory, nothing to undo, a refused undo."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a driver error's own message, not SQLAlchemy's wrapping)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -4,43 +4,29 @@ The model follows distribution 2.8's ``MarkAndSweep`` (``registry/storage/garbag
 goes through (``linkedblobstore.go``, ``tagstore.go``, ``manifeststore.go``, ``vacuum.go``):
 
 mark
-    Repositories are the directories holding ``_layers``, walked in sorted path order. In each, every ``link``
-    file under ``_manifests/revisions`` is read: bytes that are not a digest abort the whole run. The digest
-    read (T) is then looked up as the linked blob statter does (the revision link for T, else the ``_layers``
-    link for T, then T's blob data); when that finds nothing the revision is *skipped silently*, so nothing it
-    names is marked. With ``--delete-untagged`` a manifest that no tag's ``current/link`` names is scheduled
-    for deletion and not marked (that includes every index child without a tag of its own); looking the tags
-    up aborts on a tag link that is not a digest, and on a repository without ``_manifests/tags``. Otherwise
-    T is marked, its data is parsed (invalid JSON aborts) and its *direct* references are marked: config and
-    layers of an image, the children of an index (not the children's own blobs).
+    :func:`regindex.rules.mark`, the one statement of the mark phase (and of what aborts it): which
+    revisions the walk reads, skips silently or schedules for deletion, and which digests it marks.
 sweep
     Each scheduled manifest loses its tag index entries (``tags/*/index/<T>``) and its revision directory
     (a revision directory that is not there stops the run with exit 1, after what was already removed). Then
     every blob whose digest is not marked loses its directory. ``_layers`` links are never touched.
 
-Breakage is found by evaluating the registry's serving rules on the current state and on the predicted
-post-GC state: a pull that works now and fails afterwards is predicted breakage.
+Breakage is found by evaluating the registry's serving rules (:mod:`regindex.rules`) on the current state and
+on the predicted post-GC state: a pull that works now and fails afterwards is predicted breakage.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, text
 
-from regindex import output
+from regindex import output, rules
 from regindex.errors import ConfigError
-from regindex.layout import (
-    LinkKind,
-    is_empty_digest,
-    link_path,
-    split_digest,
-    valid_repo_component,
-)
+from regindex.rules import Inventory, Mark, Repo, digest_key
 
 # Outcomes of a garbage-collect run.
 COMPLETES = "completes"  # exit 0
@@ -53,16 +39,7 @@ MANIFEST_TAG = "manifest_tag"  # GET /v2/<repo>/manifests/<tag>
 BLOB = "blob"  # GET /v2/<repo>/blobs/<digest>
 PULL_TAG = "pull_tag"  # the whole image behind a tag: manifest, children, configs and layers
 
-_SERVED_KINDS = frozenset({"image", "index", "schema1"})
-_MARKED_ROLES = frozenset({"config", "layer", "child"})  # 2.8 knows no OCI subject
 MAX_DEPTH = 8  # nested indexes deeper than this are treated as unpullable (and cycles end)
-
-# distribution 2.8's reference grammar for a repository name: an optional domain, then path components.
-_DOMAIN_RE = re.compile(
-    r"^(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
-    r"(?::[0-9]+)?$"
-)
-NAME_TOTAL_LENGTH_MAX = 255
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,253 +129,13 @@ def _command(delete_untagged: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Inventory of one registry, as loaded from the database
+# Sweep
 
 
-@dataclass(frozen=True, slots=True)
-class _Link:
-    state: str
-    target: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Manifest:
-    kind: str
-    media_type: str | None
-    parse_error: str | None
-    refs: tuple[tuple[str, str, bool], ...]  # (role, digest, foreign)
-
-    @property
-    def servable(self) -> bool:
-        """The registry answers a GET with this manifest (its data parses as a manifest it knows)."""
-        return self.kind in _SERVED_KINDS and self.parse_error is None
-
-    def get_error(self) -> str | None:
-        """Why 2.8's ``manifestService.Get`` fails on this data (and garbage-collect aborts), if it does."""
-        if self.kind == "invalid":
-            return self.parse_error or "not JSON"
-        if self.kind == "unknown":  # an unknown mediaType or a schemaVersion other than 1 and 2
-            return self.parse_error or f"unrecognized manifest content type {self.media_type}"
-        if self.kind in ("image", "index") and self.parse_error:
-            return self.parse_error
-        return None
-
-
-@dataclass
-class _Repo:
-    name: str
-    has_tags_dir: bool
-    revisions: dict[str, _Link] = field(default_factory=dict)  # path digest -> link (state absent included)
-    layers: dict[str, _Link] = field(default_factory=dict)
-    tags: dict[str, _Link] = field(default_factory=dict)  # tag -> current link (absent: no current/link)
-    tag_index: set[tuple[str, str]] = field(default_factory=set)  # (tag, digest) directories
-
-
-@dataclass
-class _Inventory:
-    registry: str
-    repos: dict[str, _Repo]
-    blobs: dict[str, int]  # digest -> size
-    manifests: dict[tuple[str, int], _Manifest]
-    anomalies: list[tuple[str, str]]
-    last_scan_failed: bool = False
-
-    def manifest_data(self, digest: str) -> _Manifest | None:
-        size = self.blobs.get(digest)
-        return None if size is None else self.manifests.get((digest, size))
-
-
-def _load(conn: Connection, registry_id: int, name: str) -> _Inventory:
-    p = {"r": registry_id}
-    repos: dict[str, _Repo] = {}
-    for row in conn.execute(
-        text("SELECT name, has_tags_dir FROM repositories WHERE registry_id = :r AND gone_run IS NULL"), p
-    ):
-        repos[row.name] = _Repo(row.name, bool(row.has_tags_dir))
-    for row in conn.execute(
-        text("""SELECT repository, kind, tag, path_digest, target_digest, state FROM links
-                WHERE registry_id = :r AND gone_run IS NULL"""),
-        p,
-    ):
-        repo = repos.get(row.repository)
-        if repo is None:
-            continue
-        link = _Link(row.state, row.target_digest)
-        if row.kind == LinkKind.REVISION.value:
-            repo.revisions[row.path_digest] = link
-        elif row.kind == LinkKind.LAYER.value:
-            repo.layers[row.path_digest] = link
-        elif row.kind == LinkKind.TAG_CURRENT.value:
-            repo.tags[row.tag] = link
-        elif row.kind == LinkKind.TAG_INDEX.value:
-            repo.tag_index.add((row.tag, row.path_digest))
-    blobs = {
-        row.digest: int(row.size)
-        for row in conn.execute(
-            text("SELECT digest, size FROM blobs WHERE registry_id = :r AND gone_run IS NULL"), p
-        )
-    }
-    on_disk = """FROM manifests m JOIN blobs b ON b.digest = m.digest AND b.size = m.size
-                 WHERE b.registry_id = :r AND b.gone_run IS NULL"""
-    refs: dict[int, list[tuple[str, str, bool]]] = {}
-    for row in conn.execute(
-        text(f"""SELECT r.manifest_id, r.role, r.digest, r.is_foreign FROM manifest_refs r
-                 JOIN (SELECT m.id {on_disk}) d ON d.id = r.manifest_id
-                 ORDER BY r.manifest_id, r.id"""),
-        p,
-    ):
-        refs.setdefault(row.manifest_id, []).append((row.role, row.digest, bool(row.is_foreign)))
-    manifests = {
-        (row.digest, int(row.size)): _Manifest(row.kind, row.media_type, row.parse_error, tuple(refs.get(row.id, ())))
-        for row in conn.execute(
-            text(f"SELECT m.id, m.digest, m.size, m.kind, m.media_type, m.parse_error {on_disk}"), p
-        )
-    }
-    # Data that is not its digest's content and does not parse (truncated, overwritten): its evidence is in
-    # blob_verifications, never in manifests (whose row belongs to the genuine content). 2.8 reads it as such.
-    for row in conn.execute(
-        text("""SELECT v.digest, v.size, v.parse_error FROM blob_verifications v
-                JOIN blobs b ON b.registry_id = v.registry_id AND b.digest = v.digest AND b.size = v.size
-                WHERE v.registry_id = :r AND b.gone_run IS NULL AND v.computed_digest <> v.digest
-                  AND v.parse_error IS NOT NULL"""),
-        p,
-    ):
-        manifests[(row.digest, int(row.size))] = _Manifest("invalid", None, row.parse_error, ())
-    anomalies = [
-        (row.path, row.reason)
-        for row in conn.execute(
-            text("SELECT path, reason FROM anomalies WHERE registry_id = :r AND gone_run IS NULL ORDER BY path"), p
-        )
-    ]
-    # The scan after this registry's last complete one failed, for it alone or outright (a failed run records
-    # no per-registry row): the inventory may be stale.
-    failed_since = conn.execute(
-        text("""SELECT COUNT(*) FROM runs r WHERE r.id > (SELECT last_scanned_run FROM registries WHERE id = :r)
-                AND (r.status = 'failed' OR EXISTS (SELECT 1 FROM run_registries x WHERE x.run_id = r.id
-                                                    AND x.registry_id = :r AND x.status = 'failed'))"""),
-        p,
-    ).scalar()
-    return _Inventory(name, repos, blobs, manifests, anomalies, last_scan_failed=bool(failed_since))
-
-
-# ---------------------------------------------------------------------------------------------
-# Mark and sweep
-
-
-def _walk_key(repo: str) -> tuple[str, ...]:
-    """The order 2.8 meets repositories: a sorted walk that reaches ``<repo>/_layers`` among its siblings."""
-    return (*repo.split("/"), "_layers")
-
-
-def _digest_key(digest: str) -> tuple[str, str]:
-    alg, _, hex_ = digest.partition(":")
-    return alg, hex_
-
-
-def valid_repository_name(name: str) -> bool:
-    """``reference.WithName`` of distribution 2.8: garbage-collect aborts on a repository it refuses."""
-    if len(name) > NAME_TOTAL_LENGTH_MAX:
-        return False
-    parts = name.split("/")
-    if len(parts) > 1 and not valid_repo_component(parts[0]) and _DOMAIN_RE.match(parts[0]):
-        parts = parts[1:]
-    return all(valid_repo_component(p) for p in parts)
-
-
-def _rel(kind: LinkKind, repo: str, digest: str | None = None, tag: str | None = None) -> str:
-    return str(link_path(kind, repo, digest, tag))
-
-
-class _Marker:
-    """The mark phase over one registry's inventory."""
-
-    def __init__(self, inv: _Inventory, delete_untagged: bool) -> None:
-        self.inv = inv
-        self.delete_untagged = delete_untagged
-        self.marked: set[str] = set()
-        self.scheduled: list[tuple[str, str]] = []  # (repository, digest), in the order GC schedules them
-        self.blockers: dict[str, None] = {}  # ordered set of reasons
-        self.skipped: list[Skipped] = []
-        self.unparsed: list[str] = []
-
-    def block(self, reason: str) -> None:
-        self.blockers.setdefault(reason, None)
-
-    def run(self) -> None:
-        for name in sorted(self.inv.repos, key=_walk_key):
-            if not valid_repository_name(name):
-                self.block(f"failed to parse repo name {name!r}")
-                continue
-            self.repository(self.inv.repos[name])
-
-    def repository(self, repo: _Repo) -> None:
-        for path_digest in sorted(repo.revisions, key=_digest_key):
-            link = repo.revisions[path_digest]
-            if link.state == "absent":
-                continue  # a revision directory without its link file: the walk finds nothing to read
-            if link.state != "ok" or link.target is None:
-                self.block(f"{_rel(LinkKind.REVISION, repo.name, path_digest)}: revision link is {link.state}")
-                continue
-            self.revision(repo, path_digest, link.target)
-
-    def _stat(self, repo: _Repo, digest: str) -> tuple[str | None, str | None]:
-        """The linked blob statter of the manifest store: (data digest or None when unknown, blocker)."""
-        for kind, links in ((LinkKind.REVISION, repo.revisions), (LinkKind.LAYER, repo.layers)):
-            link = links.get(digest)
-            if link is None or link.state == "absent":
-                continue
-            if link.state != "ok" or link.target is None:
-                return None, f"{_rel(kind, repo.name, digest)}: link is {link.state}"
-            return (link.target if link.target in self.inv.blobs else None), None
-        return None, None
-
-    def revision(self, repo: _Repo, path_digest: str, digest: str) -> None:
-        data, blocker = self._stat(repo, digest)
-        if blocker:
-            self.block(blocker)
-            return
-        if data is None:
-            why = "manifest data missing" if digest in repo.revisions or digest in repo.layers else (
-                "the revision link names a digest this repository does not link")
-            self.skipped.append(Skipped(repo.name, path_digest, why))
-            return
-        if self.delete_untagged and not self.tagged(repo, digest):
-            if not repo.has_tags_dir:
-                self.block(f"repositories/{repo.name}/_manifests/tags is missing: failed to retrieve tags")
-                return
-            self.scheduled.append((repo.name, digest))
-            return
-        self.marked.add(digest)
-        manifest = self.inv.manifest_data(data)
-        if manifest is None:
-            self.unparsed.append(f"{repo.name}@{data}")
-            return
-        error = manifest.get_error()
-        if error:
-            self.block(f"{repo.name}: failed to retrieve manifest {digest}: {error}")
-            return
-        for role, ref, _foreign in manifest.refs:
-            if role in _MARKED_ROLES:
-                self.marked.add(ref)
-
-    def tagged(self, repo: _Repo, digest: str) -> bool:
-        """``Tags().Lookup``: the tags whose current link names ``digest``; a link that is not a digest aborts."""
-        found = False
-        for tag in sorted(repo.tags):
-            link = repo.tags[tag]
-            if link.state == "absent":
-                continue
-            if link.state != "ok":
-                self.block(f"{_rel(LinkKind.TAG_CURRENT, repo.name, tag=tag)}: tag link is {link.state}")
-                continue
-            found = found or link.target == digest
-        return found
-
-
-def _sweep(inv: _Inventory, marker: _Marker, pred: Prediction) -> None:
+def _sweep(inv: Inventory, marked: Mark, pred: Prediction) -> None:
     existing = {(r.name, d) for r in inv.repos.values() for d in r.revisions}
     index_gone: set[tuple[str, str, str]] = set()
-    for repo_name, digest in marker.scheduled:
+    for repo_name, digest in marked.scheduled:
         repo = inv.repos[repo_name]
         for tag in sorted(repo.tags):  # every tag of the repository: its index entry for the digest goes
             if (tag, digest) in repo.tag_index and (repo_name, tag, digest) not in index_gone:
@@ -413,34 +150,13 @@ def _sweep(inv: _Inventory, marker: _Marker, pred: Prediction) -> None:
             return
         existing.discard((repo_name, digest))
         pred.deletions.append(Deletion("revision", repo_name, digest))
-    for digest in sorted(inv.blobs, key=_digest_key):
-        if digest not in marker.marked:
+    for digest in sorted(inv.blobs, key=digest_key):
+        if digest not in marked.marked:
             pred.deletions.append(Deletion("blob", None, digest, size=inv.blobs[digest]))
 
 
 # ---------------------------------------------------------------------------------------------
-# Serving rules (what a pull needs), evaluated on a state
-
-
-@dataclass
-class _State:
-    inv: _Inventory
-    gone_revisions: set[tuple[str, str]] = field(default_factory=set)
-    gone_blobs: set[str] = field(default_factory=set)
-
-    def data(self, digest: str) -> int | None:
-        return None if digest in self.gone_blobs else self.inv.blobs.get(digest)
-
-    def revision(self, repo: _Repo, digest: str) -> _Link | None:
-        if (repo.name, digest) in self.gone_revisions:
-            return None
-        link = repo.revisions.get(digest)
-        return None if link is None or link.state == "absent" else link
-
-
-def _same_content(requested: str, target: str) -> bool:
-    # a link naming another digest of the same algorithm serves other bytes; across algorithms it is an alias
-    return requested == target or split_digest(requested)[0] != split_digest(target)[0]
+# Why a request fails on a state (the registry's rules, in words), before and after the sweep
 
 
 def _missing(what: str, digest: str, target: str, swept: set[str]) -> str:
@@ -448,71 +164,67 @@ def _missing(what: str, digest: str, target: str, swept: set[str]) -> str:
     return f"{name} swept" if target in swept else f"{name} missing"
 
 
-def _link_problem(link: _Link, via: str, digest: str) -> str | None:
-    """Why a link present on disk does not lead to ``digest``'s content (None when it does)."""
-    if link.state != "ok" or link.target is None:
-        return f"{via} link is {link.state}"
-    if not _same_content(digest, link.target):
-        return f"{via} link names {link.target}"
-    return None
-
-
 class _Server:
-    """Why a request fails on a state (None when it works), memoised."""
+    """Why a request fails on a state (None when it works), memoised. ``gone_*``: what the sweep removed."""
 
-    def __init__(self, state: _State) -> None:
-        self.s = state
+    def __init__(self, inv: Inventory, gone_revisions: set[tuple[str, str]] | None = None,
+                 gone_blobs: set[str] | None = None) -> None:
+        self.gone_revisions = gone_revisions or set()
+        self.gone_blobs = gone_blobs or set()
+        self.inv = inv.after(self.gone_revisions, self.gone_blobs) if gone_revisions or gone_blobs else inv
         self.memo: dict[tuple[str, str, str], str | None] = {}
 
-    def manifest(self, repo: _Repo, digest: str) -> str | None:
+    def manifest(self, repo: Repo, digest: str) -> str | None:
         key = (MANIFEST_DIGEST, repo.name, digest)
         if key not in self.memo:
-            self.memo[key] = self._manifest(repo, digest)
+            self.memo[key] = self._manifest(self.inv.repos[repo.name], digest)
         return self.memo[key]
 
-    def _manifest(self, repo: _Repo, digest: str) -> str | None:
-        link, via = self.s.revision(repo, digest), "revision"
-        if link is None:  # no revision link file: the registry falls back to the _layers link
-            layer = repo.layers.get(digest)
-            link, via = (None if layer is None or layer.state == "absent" else layer), "_layers"
-        if link is None:
-            gone = (repo.name, digest) in self.s.gone_revisions
+    def _manifest(self, repo: Repo, digest: str) -> str | None:
+        served = rules.manifest(self.inv, repo, digest)
+        if served is None:
+            gone = (repo.name, digest) in self.gone_revisions
             return "revision directory removed" if gone else "no revision link"
-        problem = _link_problem(link, via, digest)
-        if problem or link.target is None:
-            return problem
-        size = self.s.data(link.target)
-        if size is None:
-            return _missing("manifest data", digest, link.target, self.s.gone_blobs)
-        m = self.s.inv.manifests.get((link.target, size))
-        if m is None or not m.servable:
-            return "manifest data does not parse"
-        return None
+        via = "revision" if served.via == rules.VIA_REVISION else "_layers"
+        link, status = served.link, served.status
+        if status == rules.SERVED:
+            return None
+        if status == rules.CORRUPT_LINK or link.target is None:
+            return f"{via} link is {link.state}"
+        if status == rules.MISDIRECTED:
+            return f"{via} link names {link.target}"
+        if status == rules.DATA_MISSING:
+            return _missing("manifest data", digest, link.target, self.gone_blobs)
+        if status == rules.DIGEST_MISMATCH:
+            return "manifest data is not its digest's content"
+        return "manifest data does not parse"
 
-    def blob(self, repo: _Repo, digest: str) -> str | None:
+    def blob(self, repo: Repo, digest: str) -> str | None:
+        repo = self.inv.repos[repo.name]
+        status = rules.blob(self.inv, repo, digest)
         link = repo.layers.get(digest)
-        if link is None or link.state == "absent":
+        if status == rules.SERVED:
+            return None
+        if status == rules.NOT_LINKED or link is None:
             return "no _layers link"
-        problem = _link_problem(link, "_layers", digest)
-        if problem or link.target is None:
-            return problem
-        size = self.s.data(link.target)
-        if size is None:
-            return _missing("blob data", digest, link.target, self.s.gone_blobs)
-        if size == 0 and not is_empty_digest(link.target):
-            return "blob data is empty"
-        return None
+        if status == rules.CORRUPT_LINK or link.target is None:
+            return f"_layers link is {link.state}"
+        if status == rules.MISDIRECTED:
+            return f"_layers link names {link.target}"
+        if status == rules.DATA_MISSING:
+            return _missing("blob data", digest, link.target, self.gone_blobs)
+        return "blob data is empty"
 
-    def tag(self, repo: _Repo, tag: str) -> str | None:
+    def tag(self, repo: Repo, tag: str) -> str | None:
         link = repo.tags.get(tag)
-        if link is None or link.state == "absent":
+        if link is None or link.state == rules.ABSENT:
             return "no current link"
-        if link.state != "ok" or link.target is None:
+        if link.state != rules.OK or link.target is None:
             return f"current link is {link.state}"
         problem = self.manifest(repo, link.target)
         return None if problem is None else f"{link.target}: {problem}"
 
-    def pull(self, repo: _Repo, tag: str) -> str | None:
+    def pull(self, repo: Repo, tag: str) -> str | None:
         problem = self.tag(repo, tag)
         if problem is not None:
             return problem
@@ -520,7 +232,7 @@ class _Server:
         assert target is not None
         return self.content(repo, target, 0)
 
-    def content(self, repo: _Repo, digest: str, depth: int) -> str | None:
+    def content(self, repo: Repo, digest: str, depth: int) -> str | None:
         """Everything below a servable manifest: children (recursively), configs and layers."""
         key = ("content", repo.name, digest)
         if key in self.memo:
@@ -528,8 +240,9 @@ class _Server:
         self.memo[key] = "index nested too deeply (or a cycle)"
         problem = None if depth <= MAX_DEPTH else self.memo[key]
         if problem is None:
-            link = self.s.revision(repo, digest) or repo.layers.get(digest)
-            m = self.s.inv.manifest_data(link.target) if link and link.target else None
+            served = rules.manifest(self.inv, self.inv.repos[repo.name], digest)
+            target = served.link.target if served else None
+            m = self.inv.manifest_data(target) if target else None
             for role, ref, foreign in m.refs if m else ():
                 if role == "child":
                     why = self.manifest(repo, ref)
@@ -545,7 +258,7 @@ class _Server:
         return problem
 
 
-def _requests(inv: _Inventory) -> Iterable[tuple[str, _Repo, str]]:
+def _requests(inv: Inventory) -> Iterable[tuple[str, Repo, str]]:
     for name in sorted(inv.repos):
         repo = inv.repos[name]
         for d in sorted(set(repo.revisions) | set(repo.layers)):
@@ -557,7 +270,7 @@ def _requests(inv: _Inventory) -> Iterable[tuple[str, _Repo, str]]:
             yield PULL_TAG, repo, t
 
 
-def _ask(server: _Server, kind: str, repo: _Repo, ref: str) -> str | None:
+def _ask(server: _Server, kind: str, repo: Repo, ref: str) -> str | None:
     if kind == MANIFEST_DIGEST:
         return server.manifest(repo, ref)
     if kind == BLOB:
@@ -567,15 +280,12 @@ def _ask(server: _Server, kind: str, repo: _Repo, ref: str) -> str | None:
     return server.pull(repo, ref)
 
 
-def _breakage(inv: _Inventory, pred: Prediction) -> None:
+def _breakage(inv: Inventory, pred: Prediction) -> None:
     if pred.outcome == ABORTS:
         return
-    after = _State(
-        inv,
-        gone_revisions={(d.repository or "", d.digest) for d in pred.of_kind("revision")},
-        gone_blobs={d.digest for d in pred.of_kind("blob")},
-    )
-    now, later = _Server(_State(inv)), _Server(after)
+    now = _Server(inv)
+    later = _Server(inv, {(d.repository or "", d.digest) for d in pred.of_kind("revision")},
+                    {d.digest for d in pred.of_kind("blob")})
     for kind, repo, ref in _requests(inv):
         if _ask(now, kind, repo, ref) is not None:
             continue  # already failing: not something GC breaks
@@ -588,24 +298,23 @@ def _breakage(inv: _Inventory, pred: Prediction) -> None:
 # Entry point
 
 
-def predict_inventory(inv: _Inventory, delete_untagged: bool) -> Prediction:
+def predict_inventory(inv: Inventory, delete_untagged: bool) -> Prediction:
     pred = Prediction(inv.registry, delete_untagged)
-    marker = _Marker(inv, delete_untagged)
-    marker.run()
-    pred.skipped = marker.skipped
-    pred.marked = len(marker.marked)
-    pred.scheduled = len(marker.scheduled)
-    if marker.blockers:
+    marked = rules.mark(inv, delete_untagged)
+    pred.skipped = [Skipped(s.repository, s.digest, s.why) for s in marked.skipped]
+    pred.marked = len(marked.marked)
+    pred.scheduled = len(marked.scheduled)
+    if marked.blockers:
         pred.outcome = ABORTS
-        pred.reasons = list(marker.blockers)
+        pred.reasons = [b.reason for b in marked.blockers]
     else:
-        _sweep(inv, marker, pred)
+        _sweep(inv, marked, pred)
     _breakage(inv, pred)
-    pred.warnings = _warnings(inv, marker)
+    pred.warnings = _warnings(inv, marked)
     return pred
 
 
-def _warnings(inv: _Inventory, marker: _Marker) -> list[str]:
+def _warnings(inv: Inventory, marked: Mark) -> list[str]:
     out: list[str] = []
     if inv.last_scan_failed:
         out.append("a scan after this registry's last complete one failed: the prediction uses that older scan")
@@ -615,9 +324,9 @@ def _warnings(inv: _Inventory, marker: _Marker) -> list[str]:
             f"{len(inv.anomalies)} storage anomalies ({shown}): garbage-collect may treat paths regindex did "
             "not index differently (under blobs/ an odd name stops the blob sweep with exit 1)"
         )
-    if marker.unparsed:
+    if marked.unparsed:
         out.append(
-            f"{len(marker.unparsed)} marked manifests were never parsed (e.g. {marker.unparsed[0]}): their "
+            f"{len(marked.unparsed)} marked manifests were never parsed (e.g. {marked.unparsed[0]}): their "
             "references are not marked here, and garbage-collect may abort on them"
         )
     if not inv.repos:
@@ -641,7 +350,7 @@ def predict(
     if not known:
         raise ConfigError("no scanned registry in the database: run `regindex scan` first")
     wanted = [n for n in known if not registries or n in registries]
-    return [predict_inventory(_load(conn, known[n], n), delete_untagged) for n in wanted]
+    return [predict_inventory(rules.load(conn, known[n], n), delete_untagged) for n in wanted]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -698,4 +407,4 @@ def render(preds: Sequence[Prediction], fmt: str) -> str:
     table = output.render(rows(preds), COLUMNS, fmt, max_width=240)  # abort reasons are read whole
     if fmt == "csv":
         return table
-    return "".join(output._printable(summary(p)) + "\n" for p in preds) + "\n" + table
+    return "".join(output.printable(summary(p)) + "\n" for p in preds) + "\n" + table

@@ -28,7 +28,6 @@ class HistoryCounts:
     reopened: int = 0
     persisting: int = 0
     resolved: int = 0
-    open_errors: int = 0
     new_errors: int = 0
 
 
@@ -94,7 +93,6 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
     counts.new = len(fresh)
     counts.persisting = len(persisting)
     counts.resolved = len(resolved)
-    counts.open_errors = sum(1 for f in current.values() if f.severity == "error")
     return counts
 
 
@@ -120,10 +118,6 @@ def state_of(first_run: int, episode: int, resolved_run: int | None, latest_run:
     return "persisting"
 
 
-FINDING_KEYS = (
-    "key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state", "first_seen_run",
-    "last_seen_run", "resolved_run", "detail", "ack", "policy",
-)
 STATES = ("open", "new", "persisting", "resolved", "resolved-ever", "all")
 SEVERITY_ORDER = ("error", "warning", "info")
 
@@ -186,7 +180,9 @@ def selected_run(conn: Connection, run: int | None) -> int | None:
 
 
 def list_findings(conn: Connection, query: FindingQuery | None = None, **kwargs: Any) -> list[dict[str, Any]]:
-    """Findings as dicts with exactly FINDING_KEYS (+ hint), ``state`` relative to the selected run.
+    """Findings as dicts (key, kind, severity, registry, repository, digest, tag, parent_digest, state,
+    first_seen_run, last_seen_run, resolved_run, detail, ack, policy, hint), ``state`` relative to the selected
+    run.
 
     ``state``: open (new, re-opened and persisting), new (opened in the run, re-opened included), persisting,
     resolved (in the run), resolved-ever (in the run or before), all (everything seen up to the run). Sorted
@@ -225,8 +221,7 @@ def list_findings(conn: Connection, query: FindingQuery | None = None, **kwargs:
         q = q.where(F.c.severity.in_(list(q_.severities)))
     if q_.repositories:
         q = q.where(or_(*[F.c.repository.like(_like_glob(g), escape="\\") for g in q_.repositories]))
-    if q_.tags:
-        q = q.where(F.c.tag.in_(list(q_.tags)))
+    wanted_tags = set(q_.tags)  # the finding's own tag, or a tag whose pull it breaks (filtered below)
     if q_.digest is not None:
         m = _DIGEST_PREFIX.match(q_.digest.strip().lower())
         if not m:
@@ -241,14 +236,18 @@ def list_findings(conn: Connection, query: FindingQuery | None = None, **kwargs:
         q = q.where(F.c.first_run >= (first if first is not None else n + 1))
     rank = case({s: i for i, s in enumerate(SEVERITY_ORDER)}, value=F.c.severity, else_=len(SEVERITY_ORDER))
     q = q.order_by(rank, F.c.registry, F.c.repository, F.c.kind, F.c.digest, F.c.tag, F.c.parent_digest, F.c.id)
-    if q_.limit is not None:
+    if q_.limit is not None and not wanted_tags:
         q = q.limit(q_.limit)
     from regindex.ack import active
 
     acks = active(conn) if q_.state not in ("resolved", "resolved-ever") else {}
-    out = []
+    out: list[dict[str, Any]] = []
     for r in conn.execute(q).mappings():
+        if q_.limit is not None and len(out) >= q_.limit:
+            break
         detail = json.loads(r["detail"])
+        if wanted_tags and not wanted_tags & _tags_of(r["kind"], r["tag"], detail):
+            continue
         if r["hint"]:
             detail["hint"] = r["hint"]  # the JSON keys are fixed; the repair hint travels with the evidence
         out.append(
@@ -265,9 +264,16 @@ def list_findings(conn: Connection, query: FindingQuery | None = None, **kwargs:
     return out
 
 
+def _tags_of(kind: str, tag: str | None, detail: dict[str, Any]) -> set[str]:
+    """The finding's own tag and the tags whose pulls it breaks (an index's missing child, a dangling revision)."""
+    names = detail.get("index_tags") if kind == "orphan_index_child" else detail.get("tags")
+    return ({tag} if tag else set()) | {t for t in (names or []) if isinstance(t, str)}
+
+
 def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
-    """Runs, newest first, with ISO 8601 UTC times and ``open_errors``: error findings open as of each finished
-    run (counted from the findings, with their latest severity), the number the scan's summary line prints."""
+    """Runs, newest first, with ISO 8601 UTC times and ``open_errors``: the unacknowledged open errors the scan's
+    summary line printed (stored by the run; runs recorded before that column existed are recounted from the
+    findings, with their latest severity)."""
     import json
 
     from regindex.models import Run
@@ -276,7 +282,7 @@ def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
 
     R = table(Run)
     rows = [dict(r) for r in conn.execute(select(R).order_by(R.c.id.desc()).limit(limit)).mappings()]
-    finished = [r["id"] for r in rows if r["status"] in ("complete", "partial")]
+    finished = [r["id"] for r in rows if r["status"] in ("complete", "partial") and r["open_errors"] is None]
     errors: dict[int, int] = {}
     for part in chunks(finished, 500):
         q = (
@@ -288,7 +294,10 @@ def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
         errors.update({rid: int(n) for rid, n in conn.execute(q)})
     for r in rows:
         r["started_at"], r["finished_at"] = iso(as_utc(r["started_at"])), iso(as_utc(r["finished_at"]))
-        r["open_errors"] = errors.get(r["id"], 0) if r["status"] in ("complete", "partial") else None
+        if r["status"] not in ("complete", "partial"):
+            r["open_errors"] = None
+        elif r["open_errors"] is None:
+            r["open_errors"] = errors.get(r["id"], 0)
         if r["duration_seconds"] is not None:
             r["duration_seconds"] = round(r["duration_seconds"], 2)
         if r.get("options"):

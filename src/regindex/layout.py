@@ -22,10 +22,19 @@ _HEX_RE = re.compile(r"[0-9a-f]+")
 
 # Repository name component, as distribution's reference grammar has it.
 REPO_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
+# reference.WithName also accepts a domain (with an optional port) as the first of several components.
+_DOMAIN_RE = re.compile(
+    r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
+    r"(?::[0-9]+)?"
+)
+# The storage driver's path grammar (driver.PathRegexp): every path component is [A-Za-z0-9._-]+.
+_DRIVER_COMPONENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 MAX_REPO_NAME = 255
 
 EMPTY_SHA256 = "sha256:" + hashlib.sha256(b"").hexdigest()
+# The digest of zero bytes under each algorithm: 0-byte data is correct for these alone.
+EMPTY_DIGESTS = tuple(f"{alg}:{hashlib.new(alg, b'').hexdigest()}" for alg in ("sha256", "sha384", "sha512"))
 
 
 class LinkKind(str, Enum):
@@ -62,10 +71,15 @@ def split_digest(digest: str) -> tuple[str, str]:
 
 def is_empty_digest(digest: str) -> bool:
     """The digest of zero bytes (any algorithm): 0-byte data is correct for it."""
-    if not is_digest(digest):
-        return False
-    alg, hex_ = digest.split(":", 1)
-    return hashlib.new(alg, b"").hexdigest() == hex_
+    return digest in EMPTY_DIGESTS
+
+
+def names_other_content(path_digest: str, target: str) -> bool:
+    """A link at ``path_digest`` whose file names ``target`` leads to other content: another digest of the same
+    algorithm. Across algorithms it is an alias (``_layers/sha512/<hex>`` naming the sha256 digest of the same
+    bytes), which registry 2.8 serves; only hashing can tell a false alias (``--verify-content``).
+    SQL spells the same rule ``substr(target, 1, 7) = substr(path, 1, 7)`` ("sha256:" is 7 characters)."""
+    return target != path_digest and target.split(":", 1)[0] == path_digest.split(":", 1)[0]
 
 
 MAX_LINK_BYTES = 1024  # a valid link is at most 7 + 128 bytes; anything longer is garbage
@@ -101,6 +115,25 @@ def _preview(raw: bytes, limit: int = 64) -> str:
 
 def valid_repo_component(name: str) -> bool:
     return bool(REPO_COMPONENT_RE.fullmatch(name))
+
+
+def valid_repository_name(name: str) -> bool:
+    """Whether registry 2.8.2 can use ``name`` (the path of a directory holding ``_layers`` under
+    ``repositories/``): ``reference.WithName`` accepts it (path components of the grammar, the first of several
+    may be a domain with a port, 255 characters at most) and the storage driver accepts it as a path (no colon).
+
+    Observed (tests/realreg/test_rules.py): ``Team/app`` is served and collected; ``team/App``, ``team/-app``,
+    ``-team/app``, ``team/app:1`` answer 404 and make garbage-collect abort; ``localhost:5000/app`` answers 500
+    ("filesystem: invalid path") and makes garbage-collect abort. Components starting with ``_`` are never
+    repositories at all (the walk skips them)."""
+    if not name or len(name) > MAX_REPO_NAME:
+        return False
+    parts = name.split("/")
+    if not all(_DRIVER_COMPONENT_RE.fullmatch(p) for p in parts):
+        return False
+    if len(parts) > 1 and not valid_repo_component(parts[0]) and _DOMAIN_RE.fullmatch(parts[0]):
+        parts = parts[1:]
+    return all(valid_repo_component(p) for p in parts)
 
 
 def valid_tag(name: str) -> bool:
@@ -201,3 +234,13 @@ def link_path(kind: LinkKind, repository: str, digest: str | None, tag: str | No
     if kind is LinkKind.TAG_CURRENT:
         return path_for(TagCurrentLinkPath(repository, tag or ""))
     return path_for(TagIndexLinkPath(repository, tag or "", digest or ""))
+
+
+def link_file(kind: LinkKind | str, repository: str, digest: str | None = None, tag: str | None = None) -> str:
+    """``link_path`` as text (evidence and hints name files relative to the v2 root)."""
+    return str(link_path(LinkKind(kind), repository, digest, tag))
+
+
+def blob_file(digest: str) -> str:
+    """The data file of a blob, relative to the v2 root."""
+    return str(path_for(BlobDataPath(digest)))

@@ -23,8 +23,6 @@ DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyj
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
-# The Accept header that lets registry 2.8.2 answer for every manifest kind.
-ALL_MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
 
 FOREIGN_LAYER_TYPES = frozenset(
     {

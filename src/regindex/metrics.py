@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from sqlalchemy import Connection, text
+
+from regindex.files import atomic_write
 
 
 def render(conn: Connection, run_id: int) -> str:
@@ -51,8 +51,4 @@ def _esc(v: str) -> str:
 
 
 def write(path: Path, body: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".regindex-", suffix=".prom.tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(body)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, body)

@@ -61,11 +61,12 @@ class Run(Base):
     uploads: Mapped[int | None] = mapped_column(Integer)
     inventory_changes: Mapped[int | None] = mapped_column(Integer)
     findings_open: Mapped[int | None] = mapped_column(Integer)
+    open_errors: Mapped[int | None] = mapped_column(Integer)  # not acknowledged: what the summary line printed
     findings_new: Mapped[int | None] = mapped_column(Integer)
     findings_resolved: Mapped[int | None] = mapped_column(Integer)
     duration_seconds: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
-    # storage work of the run (0004): files and directories stat'ed or listed, files read, files skipped
+    # storage work of the run (0005): files and directories stat'ed or listed, files read, files skipped
     files_stat: Mapped[int | None] = mapped_column(Integer)
     files_read: Mapped[int | None] = mapped_column(Integer)
     files_skipped: Mapped[int | None] = mapped_column(Integer)

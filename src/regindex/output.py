@@ -28,7 +28,7 @@ def _cell(v: Any) -> str:
 
 def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, max_width: int = 72) -> str:
     if fmt == "json":
-        return json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2, default=_json_default) + "\n"
+        return json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2, default=json_default) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -36,7 +36,7 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, max
         for r in rows:
             w.writerow([csv_safe(_cell(r.get(c))) for c in columns])
         return buf.getvalue()
-    cells = [[_trim(_printable(_cell(r.get(c))), max_width) for c in columns] for r in rows]
+    cells = [[_trim(printable(_cell(r.get(c))), max_width) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
@@ -50,7 +50,7 @@ def fit_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], width: int
     """An aligned table no wider than ``width``: the ``flexible`` columns give up space (widest first, values
     trimmed with …) until it fits. ``headers`` renames columns for display."""
     heads = [(headers or {}).get(c, c) for c in columns]
-    cells = [[_printable(_cell(r.get(c))) for c in columns] for r in rows]
+    cells = [[printable(_cell(r.get(c))) for c in columns] for r in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(heads)]
     flex = [i for i, c in enumerate(columns) if c in flexible]
     while sum(widths) + 2 * (len(widths) - 1) > width:
@@ -79,7 +79,7 @@ def csv_safe(v: Any) -> Any:
     return v
 
 
-def _printable(s: str) -> str:
+def printable(s: str) -> str:
     """Storage names are hostile: never send control characters to a terminal."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in s)
 
@@ -88,7 +88,7 @@ def _trim(s: str, width: int) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
-def _json_default(v: Any) -> Any:
+def json_default(v: Any) -> Any:
     if isinstance(v, (bytes, memoryview)):
         return bytes(v).hex()
     if isinstance(v, decimal.Decimal):  # PostgreSQL's SUM and numeric: a number, not a string
@@ -129,7 +129,7 @@ def write_stream(
         out.write("[" if fmt == "json" else "")
         for row in rows:
             obj = {c: _json_value(v, j, detect_json) for c, v, j in zip(columns, row, as_json)}
-            text_ = json.dumps(obj, default=_json_default)
+            text_ = json.dumps(obj, default=json_default)
             if fmt == "json":
                 out.write(("" if count == 0 else ",\n ") + text_)
             else:
@@ -149,7 +149,7 @@ def write_stream(
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}")
     it = iter(rows)
-    sample = [[_trim(_printable(_cell(v)), max_width) for v in row] for row in itertools.islice(it, TABLE_SAMPLE)]
+    sample = [[_trim(printable(_cell(v)), max_width) for v in row] for row in itertools.islice(it, TABLE_SAMPLE)]
     widths = [max([len(c) if headers else 0] + [len(r[i]) for r in sample]) for i, c in enumerate(columns)]
 
     def line(cells: Sequence[str]) -> str:
@@ -163,6 +163,6 @@ def write_stream(
         count += 1
     del sample
     for row in it:
-        out.write(line([_trim(_printable(_cell(v)), max_width) for v in row]))
+        out.write(line([_trim(printable(_cell(v)), max_width) for v in row]))
         count += 1
     return count

@@ -199,8 +199,8 @@ def resolve_key(conn: Connection, value: str) -> int:
     """The open episode of the finding whose key is ``value`` (or starts with it: 8 hex digits or more)."""
     v = value.strip().lower()
     if len(v) < 8 or any(c not in "0123456789abcdef" for c in v):
-        raise RepairError(f"--finding {value!r}: give a finding key (at least 8 hex digits; `findings --format json`"
-                          " shows them)")
+        raise RepairError(f"{value!r} is not a finding key: give at least its first 8 hex digits (`findings -v` "
+                          "and `findings --format json` show keys)")
     rows = list(conn.execute(select(F.c.id, F.c.key).where(F.c.resolved_run.is_(None), F.c.key.like(v + "%"))))
     keys = {r.key for r in rows}
     if not rows:
@@ -477,6 +477,8 @@ def apply(engine: Engine, db_url: str, sel: Selection, quarantine: Path | None,
             run = latest_run(conn)
             roots = [Path(r) for r in conn.execute(select(G.c.root)).scalars()]
         _outside_storage(qdir, roots)
+        if any(t.kind == LAYER for t in targets):
+            _prepare_quarantine(qdir)  # a quarantine that cannot be written is one error before any step
         batch = new_batch_id()
         batch_dir = qdir / batch
         steps: list[Step] = []
@@ -492,7 +494,11 @@ def apply(engine: Engine, db_url: str, sel: Selection, quarantine: Path | None,
                     if step.action == QUARANTINE:
                         if manifest is None:
                             _prepare_quarantine(qdir)
-                            batch_dir.mkdir(mode=0o700)
+                            try:
+                                batch_dir.mkdir(mode=0o700)
+                            except OSError as exc:
+                                raise RepairError(f"quarantine {qdir}: cannot create {batch_dir.name}: "
+                                                  f"{exc.strerror or exc}") from None
                             manifest = _Manifest(batch_dir, batch, user,
                                                  make_url(db_url).render_as_string(hide_password=True))
                         _do_quarantine(step, batch_dir)
@@ -526,8 +532,14 @@ def _prepare_quarantine(qdir: Path) -> None:
     if qdir.exists() and not qdir.is_dir():
         raise RepairError(f"quarantine {qdir} is not a directory")
     if not qdir.parent.is_dir():
-        raise RepairError(f"quarantine {qdir}: directory {qdir.parent} does not exist")
-    qdir.mkdir(mode=0o700, exist_ok=True)
+        what = "is not a directory" if qdir.parent.exists() else "does not exist"
+        raise RepairError(f"quarantine {qdir}: {qdir.parent} {what}")
+    try:
+        qdir.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise RepairError(f"quarantine {qdir} cannot be created: {exc.strerror or exc}") from None
+    if not os.access(qdir, os.W_OK | os.X_OK):
+        raise RepairError(f"quarantine {qdir} is not writable: choose another --quarantine")
 
 
 def _manifest_entry(step: Step) -> dict[str, Any]:

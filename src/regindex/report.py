@@ -13,13 +13,10 @@ post-mortem sections and ``regindex history DIGEST``.
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
-import os
 import re
-import tempfile
 from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -35,6 +32,7 @@ from sqlalchemy import Connection, Engine, or_, select
 from regindex import __version__, output
 from regindex.checks import KINDS
 from regindex.errors import ReportError, UnknownDigest
+from regindex.files import atomic_write
 from regindex.models import (
     Blob,
     Finding,
@@ -1028,7 +1026,7 @@ def visible(value: Any) -> Any:
     that shows ``gnp.exe`` as ``exe.png``, zero-width joiners) are shown escaped, as on the terminal."""
     if type(value) is not str or value.isprintable():
         return value
-    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in value)
+    return output.printable(value)
 
 
 @functools.cache
@@ -1078,23 +1076,7 @@ def write_csv(conn: Connection, items: Sequence[Item], path: Path, shown: Collec
                 row = [_csv_cell(getattr(it, c)) for c in CSV_COLUMNS[:-1]]
                 yield row + ["#" + it.anchor if it.id in shown else ""]
 
-    _atomic_write(path, rows=rows())
-
-
-def _atomic_write(path: Path, text: str | None = None, rows: Iterable[list[Any]] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".regindex-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            if rows is not None:
-                csv.writer(fh).writerows(rows)
-            else:
-                fh.write(text or "")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, rows=rows(), make_parents=True)
 
 
 def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT,
@@ -1108,7 +1090,7 @@ def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DE
              for card in cards}
     shown |= {card.item.id for v in report.incidents for card in v.cards}
     write_csv(conn, report.items, csv_path, shown)
-    _atomic_write(out, render_report(report))
+    atomic_write(out, render_report(report), make_parents=True)
     return out
 
 
@@ -1145,7 +1127,7 @@ def write_index(report_dir: Path, run_info: Runs | None = None) -> Path:
     html = environment().get_template("index.html.j2").render(
         entries=entries, generated_at=datetime.now(timezone.utc), version=__version__)
     path = Path(report_dir) / "index.html"
-    _atomic_write(path, html)
+    atomic_write(path, html, make_parents=True)
     return path
 
 
@@ -1196,7 +1178,7 @@ class History:
     tag_links: list[dict[str, Any]] = field(default_factory=list)
 
 
-_DIGEST_LIKE = re.compile(r"^(?:sha256|sha384|sha512):[0-9a-fA-F]*$|^[0-9a-fA-F]+$")
+_DIGEST_LIKE = re.compile(r"^(?:sha256|sha384|sha512):|^[0-9a-fA-F]+$")  # an algorithm prefix: a digest, never REPO:TAG
 _TAG_REF = re.compile(r"^(?P<repo>[^:\s]+):(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 
 

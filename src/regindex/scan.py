@@ -32,7 +32,7 @@ from regindex.crawl import (
     read_blob,
     safe_text,
 )
-from regindex.errors import ConfigError, LockError, RegindexError, ScanAborted, StorageError
+from regindex.errors import ConfigError, LockError, RegindexError, ScanAborted, StorageError, one_line
 from regindex.manifests import KIND_UNKNOWN, ParsedManifest, parse_manifest
 
 Progress = Callable[[str], None]
@@ -159,14 +159,14 @@ def _run(engine: Engine, opts: ScanOptions, progress: Progress | None) -> ScanOu
         elif isinstance(exc, RegindexError):
             message = str(exc)
         else:
-            message = f"{type(exc).__name__}: {_one_line(exc)}"
+            message = f"{type(exc).__name__}: {one_line(exc)}"
         _mark_failed(engine, run_id, started, message)
         if isinstance(exc, RegindexError):
             raise
         if isinstance(exc, KeyboardInterrupt):
             raise ScanAborted(f"run {run_id} interrupted, nothing changed") from None
         if isinstance(exc, SQLAlchemyError):
-            raise ScanAborted(f"run {run_id} failed, nothing changed: database error: {_one_line(exc)}") from exc
+            raise ScanAborted(f"run {run_id} failed, nothing changed: database error: {one_line(exc)}") from exc
         if os.environ.get("REGINDEX_DEBUG"):
             raise
         raise ScanAborted(
@@ -187,11 +187,6 @@ def _mark_failed(engine: Engine, run_id: int, started: datetime, message: str) -
             time.sleep(0.2 * (attempt + 1))
         except KeyboardInterrupt:
             return  # a second interrupt: give up; the next scan marks the run failed (fail_stale_runs)
-
-
-def _one_line(exc: BaseException) -> str:
-    s = str(getattr(exc, "orig", None) or exc).strip()
-    return s.splitlines()[0] if s else type(exc).__name__
 
 
 def _say(progress: Progress | None, msg: str) -> None:
@@ -304,7 +299,7 @@ def _scan(
             registries=outcome.registries, repositories=outcome.repositories, links=outcome.links,
             blobs=outcome.blobs, blob_bytes=outcome.blob_bytes, manifests_parsed=outcome.manifests_parsed,
             uploads=outcome.uploads, inventory_changes=outcome.inventory_changes,
-            findings_open=_open_count(conn), findings_new=outcome.counts.new,
+            findings_open=_open_count(conn), open_errors=outcome.open_errors, findings_new=outcome.counts.new,
             findings_resolved=outcome.counts.resolved,
             error=safe_text("; ".join(failures.values()))[:2000] if failures else None,
             files_stat=outcome.files_stat, files_read=outcome.files_read, files_skipped=outcome.files_skipped,
@@ -325,7 +320,7 @@ _STORAGE_OR_ODD: tuple[type[BaseException], ...] = (StorageError, *_ODD_CONTENT)
 def _odd(name: str, what: str, exc: BaseException) -> str:
     if os.environ.get("REGINDEX_DEBUG"):
         raise exc
-    return (f"{name}: {what} this registry: {type(exc).__name__}: {_one_line(exc)} "
+    return (f"{name}: {what} this registry: {type(exc).__name__}: {one_line(exc)} "
             "(REGINDEX_DEBUG=1 shows the traceback)")
 
 
@@ -407,10 +402,12 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
     A manifest's parse is stored once per (digest, size), ever. Its bytes are read again only when the blob's
     size or mtime changed since they were last hashed in this registry: every read is hashed, so a same-size
     rewrite of a known manifest is a digest mismatch, and bytes that are not the digest's content never
-    replace the parse of the genuine content (another registry may hold it).
+    replace the parse of the genuine content (another registry may hold it): their parse is stored under their
+    own hash.
     """
     queue = store.manifest_roots(conn, registry_id)
     aliases = store.layer_aliases(conn, registry_id)
+    own: set[tuple[str, int]] = set()  # parses stored under the hash of non-genuine bytes in this run
     done: set[str] = set()
     parsed_total = 0
     while queue:
@@ -445,7 +442,7 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
                     raw = read_blob(v2, digest, cap)
                 except BlobTooLarge as big:
                     raw, pm = None, ParsedManifest(
-                        KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte cap: not parsed")
+                        KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte manifest cap: not parsed")
                 else:
                     if raw is None:
                         continue
@@ -454,7 +451,15 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
                 genuine = computed is None or computed == digest
                 hashes.append((digest, size, mtime, computed, None if genuine else pm.error))
                 if not genuine:
-                    continue  # evidence lives in blob_verifications; the manifest row is the genuine content's
+                    # The evidence lives in blob_verifications and the (digest, size) row stays the genuine
+                    # content's. These bytes are what the registry serves and garbage-collect reads and marks,
+                    # so their parse is kept under the digest they do hash to (regindex.rules looks it up there).
+                    assert computed is not None
+                    if (computed, size) not in own and not store.manifest_exists(conn, computed, size):
+                        own.add((computed, size))
+                        new.append((computed, size, pm))
+                        queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
+                    continue
                 if is_known:
                     already.append(key)
                 else:

@@ -40,7 +40,8 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
         "one per scan: `started_at`, `finished_at`, `status` (`running`, `complete`, `partial`, `failed`), "
         "`base`, `options` (JSON), counts (`registries`, `repositories`, `links`, `blobs`, `blob_bytes`, "
         "`manifests_parsed`, `uploads`, `inventory_changes`, `findings_open`, `findings_new`, "
-        "`findings_resolved`), `duration_seconds`, `error`",
+        "`findings_resolved`), `open_errors` (the unacknowledged open errors the summary line printed), "
+        "`duration_seconds`, `error`",
         {
             "id": "the run number",
             "started_at": "when the scan started (UTC)",
@@ -59,6 +60,7 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
             "uploads": "upload directories seen",
             "inventory_changes": "inventory rows that appeared or vanished",
             "findings_open": "findings open after the run, every severity",
+            "open_errors": "unacknowledged open errors after the run, as its summary line printed them",
             "findings_new": "findings opened in the run (re-opened included)",
             "findings_resolved": "findings resolved in the run",
             "duration_seconds": "how long it took",

@@ -430,6 +430,11 @@ def aliases_to_verify(conn: Connection, registry_id: int) -> list[tuple[str, str
     return out
 
 
+def manifest_exists(conn: Connection, digest: str, size: int) -> bool:
+    m = table(Manifest)
+    return conn.execute(select(m.c.id).where(m.c.digest == digest, m.c.size == size)).first() is not None
+
+
 def manifest_refs_of(conn: Connection, keys: Iterable[tuple[str, int]]) -> list[tuple[str, str]]:
     """(role, digest) of the child and subject references of already parsed manifests."""
     m, r = table(Manifest), table(ManifestRef)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,14 @@ class Outcome:
     new_failures: set[tuple[str, str, str]]
     probed: bool = True
     copied: bool = True  # skopeo copy ran in the probes (else pull predictions are not compared)
+    findings: list[dict[str, Any]] = field(default_factory=list)  # open findings of the scan before GC
+    delete_untagged: bool = False
+
+    @property
+    def blockers(self) -> list[dict[str, Any]]:
+        """The gc_blocker findings that say this garbage-collect run aborts."""
+        return [f for f in self.findings
+                if f["kind"] == "gc_blocker" and aborts_in(f["detail"]["aborts"], self.delete_untagged)]
 
     @property
     def predicted(self) -> Snapshot:
@@ -105,6 +113,9 @@ class Outcome:
         if p["outcome"] == "aborts":
             assert self.deleted == Snapshot(frozenset(), frozenset(), frozenset())
             assert "failed to mark" in gc.stderr
+        # the findings agree with the registry too: a gc_blocker for this run exactly when it aborted in the mark
+        aborted = gc.returncode != 0 and "failed to mark" in gc.stderr
+        assert bool(self.blockers) is aborted, (gc.stderr[-1000:], self.blockers)
         assert p["bytes_reclaimed"] == sum(b["size"] for b in p["blobs"])
         if p["outcome"] == "completes":  # garbage-collect's own count line agrees with the mark set
             m = re.search(r"(\d+) blobs marked, (\d+) blobs and (\d+) manifests eligible for deletion", gc.stdout)
@@ -113,6 +124,12 @@ class Outcome:
 
 
 Damage = Callable[[h.Registry, h.World], None]
+
+
+def aborts_in(aborts: str, delete_untagged: bool) -> bool:
+    """Whether a gc_blocker finding's ``detail.aborts`` covers this garbage-collect run."""
+    return {"every garbage-collect run": True, "garbage-collect --delete-untagged": delete_untagged,
+            "garbage-collect without --delete-untagged": not delete_untagged}[aborts]
 
 
 @pytest.fixture
@@ -137,11 +154,14 @@ def scenario(pristine: tuple[Path, h.World], tmp_path: Path) -> Iterator[Callabl
             out = runner.invoke(cli, args + (["--delete-untagged"] if delete_untagged else []),
                                 catch_exceptions=False)
             [prediction] = json.loads(out.output)
+            listed = runner.invoke(cli, ["findings", "--db", str(db), "--format", "json"], catch_exceptions=False)
+            findings = json.loads(listed.output)
             snap0 = Snapshot.of(reg.v2)
             gc = reg.garbage_collect(delete_untagged=delete_untagged)
             snap1 = Snapshot.of(reg.v2)
             after = h.failure_keys(h.probe(reg, asked, copy=copy)) if probe else set()
-        outcome = Outcome(prediction, out.exit_code, gc, snap0.minus(snap1), after - before, probe, copy)
+        outcome = Outcome(prediction, out.exit_code, gc, snap0.minus(snap1), after - before, probe, copy,
+                          findings, delete_untagged)
         outcome.check()
         return outcome
 

@@ -3,15 +3,15 @@
 Adds ``run_phases`` (wall time per phase of each run) and the counts of files stat'ed, read and skipped to
 ``runs``. Existing runs keep every value; their new columns are NULL (not measured then).
 
-Revision ID: 0004_run_phases
-Revises: 0003_repair_ack
+Revision ID: 0005_run_phases
+Revises: 0004_run_open_errors
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_run_phases"
-down_revision = "0003_repair_ack"
+revision = "0005_run_phases"
+down_revision = "0004_run_open_errors"
 branch_labels = None
 depends_on = None
 

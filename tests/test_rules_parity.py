@@ -1,0 +1,184 @@
+"""The SQL views are pinned to regindex.rules: both are evaluated over every damaged tree the check and
+gc-preview tests build (plus the variants registry 2.8.2 judged in tests/realreg/test_rules.py) and must say
+the same thing about every manifest request and every tag, on SQLite and on PostgreSQL.
+
+A rule changes in one function (regindex.rules) and one view (a new migration); this test fails if they drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from regindex import demo, rules
+from regindex.layout import BlobDataPath
+
+from . import test_gc
+from .test_checks import CASES
+from .test_postgres import pg_url  # noqa: F401  (fixture)
+from .worlds import API, BASE, World, build_world
+
+Damage = Callable[[World], Any]
+
+
+def _overwrite(world: World, digest: str, edit: Callable[[bytes], bytes]) -> None:
+    p = world.w.path(BlobDataPath(digest))
+    data = p.read_bytes()
+    new = edit(data)
+    assert len(new) == len(data) and new != data
+    p.write_bytes(new)
+
+
+def overwrite_naming_another_layer(world: World) -> None:
+    own, other = world.base_img.layers[0], world.api.children[0].layers[-1]
+    _overwrite(world, world.base_img.digest, lambda b: b.replace(own.encode(), other.encode()))
+
+
+def overwrite_changing_a_size(world: World) -> None:
+    def edit(b: bytes) -> bytes:
+        i = list(re.finditer(rb'"size":\s*(\d+)', b))[-1].end(1) - 1
+        return b[:i] + bytes([ord("0") + (b[i] - ord("0") + 1) % 10]) + b[i + 1:]
+    _overwrite(world, world.base_img.digest, edit)
+
+
+def overwrite_child_with_garbage(world: World) -> None:
+    _overwrite(world, world.api.children[1].digest, lambda b: b"x" * len(b))
+
+
+def misdirected_elsewhere_without_tags(world: World) -> None:
+    world.w.write_revision_link(BASE, world.base_img.digest, world.api.children[0].digest.encode())
+    world.w.remove_tags_dir(BASE)
+
+
+def misdirected_nowhere(world: World) -> None:
+    nowhere = "sha256:" + hashlib.sha256(b"no such manifest").hexdigest()
+    world.w.write_revision_link(BASE, world.base_img.digest, nowhere.encode())
+
+
+def odd_names(world: World) -> None:
+    for name in ("Team/app", "team/App", "localhost:5000/app", "team/-app"):
+        shutil.copytree(world.w.v2 / "repositories" / BASE, world.w.v2 / "repositories" / name)
+
+
+def layers_fallback_garbage(world: World) -> None:
+    child = world.api.children[1].digest
+    world.w.delete_revision_link(API, child)
+    world.w.write_layer_link(API, child, b"garbage")
+
+
+def tag_naming_an_unlinked_manifest(world: World) -> None:
+    world.w.write_tag_link(BASE, "latest", world.api.children[0].digest.encode())
+
+
+def empty_tagged_manifest(world: World) -> None:
+    world.w.truncate_blob(world.base_img.digest, 0)
+
+
+def sha512_revision_alias(world: World) -> None:
+    data = world.w.path(BlobDataPath(world.base_img.digest)).read_bytes()
+    world.w.write_revision_link(BASE, "sha512:" + hashlib.sha512(data).hexdigest(), world.base_img.digest.encode())
+
+
+def _check_cases() -> dict[str, Damage]:
+    return {f"checks-{name}": f for name, f in CASES.items()}
+
+
+def _gc_cases() -> dict[str, Damage]:
+    fns = [test_gc.garbage_revision, test_gc.newline_revision, test_gc.garbage_tag, test_gc.empty_tag,
+           test_gc.no_tags_dir, test_gc.truncated_tagged_manifest, test_gc.empty_tagged_manifest,
+           test_gc.config_as_revision, test_gc.bad_repository_name]
+    return {f"gc-{f.__name__}": f for f in fns}
+
+
+EXTRA: dict[str, Damage] = {f.__name__: f for f in (
+    overwrite_naming_another_layer, overwrite_changing_a_size, overwrite_child_with_garbage,
+    misdirected_elsewhere_without_tags, misdirected_nowhere, odd_names, layers_fallback_garbage,
+    tag_naming_an_unlinked_manifest, empty_tagged_manifest, sha512_revision_alias,
+)}
+ALL: dict[str, Damage] = {"healthy": lambda world: None, **_check_cases(), **_gc_cases(), **EXTRA}
+
+
+def _slug(case: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", case.lower()).strip("-")
+
+
+def damaged_trees(base: Path, invoke: Callable[..., Any], db: str, nightly: bool) -> int:
+    """Every case in its own registry under ``base``; scanned once after the damage, or (nightly) once before
+    and once after it. Returns the number of registries."""
+    worlds = {case: build_world(base, _slug(case)) for case in ALL}
+    if nightly:
+        invoke("scan", base, "--db", db, "-q", "--fail-on", "never")
+    for case, damage in ALL.items():
+        damage(worlds[case])
+    invoke("scan", base, "--db", db, "-q", "--fail-on", "never")
+    return len(worlds)
+
+
+def assert_views_agree_with_rules(url: str, registries: int, every_status: bool = True) -> set[str]:
+    """Compare; returns every status seen (manifests and tags)."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        regs = conn.execute(text("SELECT id, name FROM registries ORDER BY name")).all()
+        assert len(regs) == registries
+        py_manifests: list[tuple[str, ...]] = []
+        py_tags: list[tuple[str, ...]] = []
+        for reg_id, name in regs:
+            inv = rules.load(conn, reg_id, name)
+            for repo in inv.repos.values():
+                for d in set(repo.revisions) | set(repo.layers):
+                    served = rules.manifest(inv, repo, d)
+                    if served is not None:
+                        py_manifests.append((name, repo.name, d, served.via, served.status))
+                for t in repo.tags:
+                    py_tags.append((name, repo.name, t, rules.tag(inv, repo, t)))
+        sql_manifests = [tuple(r) for r in conn.execute(text(
+            "SELECT registry, repository, digest, via, status FROM manifest_serving"))]
+        sql_tags = [tuple(r) for r in conn.execute(text(
+            "SELECT registry, repository, tag, status FROM tag_serving"))]
+    engine.dispose()
+    assert sorted(sql_manifests) == sorted(py_manifests)
+    assert sorted(sql_tags) == sorted(py_tags)
+    seen = {s for *_, s in py_manifests} | {s for *_, s in py_tags}
+    if not every_status:
+        return seen
+    # the cases reach every status both sides know (a status no case produces is a status nobody pins)
+    assert {s for *_, s in py_manifests} == {
+        rules.SERVED, rules.CORRUPT_LINK, rules.DATA_MISSING, rules.DATA_EMPTY, rules.UNPARSABLE,
+        rules.DIGEST_MISMATCH, rules.MISDIRECTED, rules.NOT_PARSED}
+    assert {s for *_, s in py_tags} >= {rules.SERVED, rules.NO_CURRENT_LINK, rules.CORRUPT_LINK,
+                                        rules.TARGET_NOT_LINKED, rules.DATA_MISSING}
+    return seen
+
+
+@pytest.mark.parametrize("nightly", [False, True], ids=["first-scan", "nightly"])
+def test_views_agree_with_rules_on_sqlite(base, invoke, db_path, nightly):
+    n = damaged_trees(base, invoke, str(db_path), nightly)
+    assert_views_agree_with_rules(f"sqlite:///{db_path}", n)
+
+
+def test_views_agree_with_rules_on_the_demo_nights(base, invoke, db_path):
+    """The demo's generated registries (a private one after GC and tag cleanup, two pull-through caches), after
+    each of its two nights."""
+    rng = random.Random(5)
+    state = demo.build_night1(base, rng)
+    invoke("scan", base, "--db", db_path, "-q", "--fail-on", "never")
+    night1 = assert_views_agree_with_rules(f"sqlite:///{db_path}", 3, every_status=False)
+    assert night1 >= {rules.SERVED, rules.NO_CURRENT_LINK, rules.DATA_MISSING}
+    demo.apply_night2(state, rng)
+    invoke("scan", base, "--db", db_path, "-q", "--fail-on", "never")
+    night2 = assert_views_agree_with_rules(f"sqlite:///{db_path}", 3, every_status=False)
+    assert rules.SERVED in night2 and rules.NO_CURRENT_LINK not in night2  # the canary tag was cleaned up
+
+
+@pytest.mark.postgres
+def test_views_agree_with_rules_on_postgresql(base, invoke, pg_url):  # noqa: F811
+    n = damaged_trees(base, invoke, pg_url, nightly=True)
+    assert_views_agree_with_rules(pg_url, n)
