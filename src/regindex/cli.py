@@ -355,7 +355,7 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
 
 RUN_COLUMNS = ("id", "started_at", "status", "duration_seconds", "registries", "repositories", "links", "blobs",
                "manifests_parsed", "inventory_changes", "open_errors", "findings_open", "findings_new",
-               "findings_resolved", "error")
+               "findings_resolved", "files_stat", "files_read", "files_skipped", "phases", "error")
 
 
 @cli.command()
@@ -367,10 +367,21 @@ RUN_COLUMNS = ("id", "started_at", "status", "duration_seconds", "registries", "
 def runs(db: str | None, config_path: str | None, limit: int, fmt: str) -> None:
     """List scans, newest first: start time in UTC (ISO 8601), open errors and open findings (every severity)
     as of each run."""
+    from sqlalchemy import text
+
     from regindex.history import list_runs
 
     with dbmod.reader(resolve_db(db, config_path)) as conn:
         rows = list_runs(conn, limit)
+        phases: dict[int, list[str]] = {}
+        if rows:
+            q = text("SELECT run_id, phase, seconds, items FROM run_phases WHERE run_id >= :lo "
+                     "ORDER BY run_id, position")
+            for p in conn.execute(q, {"lo": rows[-1]["id"]}).mappings():
+                items = f" ({p['items']})" if p["items"] is not None else ""
+                phases.setdefault(p["run_id"], []).append(f"{p['phase']} {p['seconds']:.2f}s{items}")
+    for r in rows:
+        r["phases"] = ", ".join(phases.get(r["id"], [])) or None
     cols = RUN_COLUMNS + (("finished_at", "base", "options") if fmt != "table" else ())
     click.echo(output.render(rows, cols, fmt), nl=False)
 
