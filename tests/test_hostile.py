@@ -203,14 +203,17 @@ def test_odd_value_the_database_refuses_fails_one_registry_not_the_run(
 
     StorageWriter(base / "other").push_image("b", rng)
     private.push_image("a", rng)
-    real = store.load_crawl
+    from sqlalchemy import text
 
-    def boom(conn, run_id, rid, result):
-        if result.registry.name == "private":
+    real = store.Stage.apply
+
+    def boom(self, run_id, rid):
+        name = self.conn.execute(text("SELECT name FROM registries WHERE id = :i"), {"i": rid}).scalar_one()
+        if name == "private":
             "\udcff".encode("utf-8")
-        return real(conn, run_id, rid, result)
+        return real(self, run_id, rid)
 
-    monkeypatch.setattr(store, "load_crawl", boom)
+    monkeypatch.setattr(store.Stage, "apply", boom)
     r = scan(expect=2)
     assert "private: cannot index this registry: UnicodeEncodeError" in r.output
     run = last_run(invoke, db_path)
@@ -225,10 +228,16 @@ def run_unprivileged(fn: Any) -> Any:
     forked child that drops to ``nobody`` (everything it needs is imported by the parent first)."""
     if os.geteuid() != 0:
         return fn()
+    import importlib
     import pickle
     import pwd
     import traceback
 
+    # what the command imports lazily must be imported now: nobody may not read the interpreter's library
+    for mod in ("regindex.scan", "regindex.checks", "regindex.history", "regindex.report", "regindex.metrics",
+                "regindex.queries", "regindex.gc", "sqlalchemy.orm", "sqlalchemy.dialects.sqlite",
+                "sqlalchemy.dialects.sqlite.pysqlite", "sqlite3", "alembic.command", "alembic.runtime.migration"):
+        importlib.import_module(mod)
     nobody = pwd.getpwnam("nobody")
     r, w = os.pipe()
     pid = os.fork()

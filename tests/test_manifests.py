@@ -79,8 +79,11 @@ def test_bad_manifests_are_named_not_skipped(raw, kind, err):
 
 
 def test_bad_descriptors_are_counted():
-    pm = parse_manifest(doc(mediaType=OCI_INDEX, manifests=[{"digest": "sha256:nope"}, {"digest": D1}, 5]))
+    pm = parse_manifest(doc(mediaType=OCI_INDEX, manifests=[{"digest": "sha256:nope"}, {"digest": D1}, {}]))
     assert pm.bad_refs == 2 and [r.digest for r in pm.refs] == [D1]
+    # a descriptor that is not an object is a type error for Go's decoder: the registry refuses the manifest
+    pm = parse_manifest(doc(mediaType=OCI_INDEX, manifests=[{"digest": D1}, 5]))
+    assert pm.kind == "invalid" and "cannot decode number" in (pm.error or "")
 
 
 def test_schema_version_2_without_media_type_or_structure_is_an_image():

@@ -68,23 +68,22 @@ class _Context:
         self.conn = conn
         self.regs = regs
         self._tags: dict[tuple[int, str, str], list[str]] | None = None
-        self._gone: dict[tuple[int, str], int] | None = None
-        self._linkers: dict[tuple[int, str], list[tuple[str, str, str]]] | None = None
+        self._gone: dict[tuple[int, str], int | None] = {}
+        self._linkers: dict[tuple[int, str], list[tuple[str, str, str]]] = {}
 
     def linkers(self, registry_id: int, digest: str) -> list[tuple[str, str, str]]:
         """(repository, kind, path digest) of every _layers and revision link that parses and names
-        ``digest``, loaded once per run."""
-        if self._linkers is None:
-            self._linkers = defaultdict(list)
-            for r in _q(
-                self.conn,
-                "SELECT registry_id, repository, kind, path_digest, target_digest FROM links "
-                "WHERE gone_run IS NULL AND kind IN ('layer', 'revision') AND state = 'ok' AND registry_id IN :regs",
-                self.regs,
-            ):
-                self._linkers[(r["registry_id"], r["target_digest"])].append(
-                    (r["repository"], r["kind"], r["path_digest"]))
-        return self._linkers.get((registry_id, digest), [])
+        ``digest``: one indexed query per digest asked about (findings are few; the links are many, so they
+        are never all loaded into memory)."""
+        key = (registry_id, digest)
+        hit = self._linkers.get(key)
+        if hit is None:
+            hit = [(r["repository"], r["kind"], r["path_digest"]) for r in self.conn.execute(
+                text("SELECT repository, kind, path_digest FROM links WHERE registry_id = :rid "
+                     "AND target_digest = :d AND gone_run IS NULL AND kind IN ('layer', 'revision') "
+                     "AND state = 'ok'"), {"rid": registry_id, "d": digest}).mappings()]
+            self._linkers[key] = hit
+        return hit
 
     def layer_linkers(self, registry_id: int, digest: str) -> list[str]:
         """Repositories whose _layers link names ``digest`` (state ok)."""
@@ -103,17 +102,14 @@ class _Context:
         return sorted(self._tags.get((registry_id, repo, digest), []))
 
     def data_gone_run(self, registry_id: int, digest: str) -> int | None:
-        """The run in which a blob's data was last seen to disappear (None if never seen)."""
-        if self._gone is None:
-            self._gone = {}
-            for r in _q(
-                self.conn,
-                "SELECT registry_id, digest, MAX(gone_run) AS gone FROM blobs WHERE registry_id IN :regs "
-                "AND gone_run IS NOT NULL GROUP BY registry_id, digest",
-                self.regs,
-            ):
-                self._gone[(r["registry_id"], r["digest"])] = r["gone"]
-        return self._gone.get((registry_id, digest))
+        """The run in which a blob's data was last seen to disappear (None if never seen): one indexed query
+        per digest asked about, not the whole history of blobs in memory."""
+        key = (registry_id, digest)
+        if key not in self._gone:
+            self._gone[key] = self.conn.execute(
+                text("SELECT MAX(gone_run) FROM blobs WHERE digest = :d AND registry_id = :rid "
+                     "AND gone_run IS NOT NULL"), {"rid": registry_id, "d": digest}).scalar()
+        return self._gone[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,7 +570,10 @@ def unreferenced_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]
              FROM blobs b JOIN registries g ON g.id = b.registry_id
              WHERE b.registry_id IN :regs AND b.gone_run IS NULL
                AND NOT EXISTS (SELECT 1 FROM links l WHERE l.registry_id = b.registry_id AND l.gone_run IS NULL
-                                 AND l.state <> 'absent' AND (l.target_digest = b.digest OR l.path_digest = b.digest))"""
+                                 AND l.state <> 'absent' AND l.target_digest = b.digest)
+               AND NOT EXISTS (SELECT 1 FROM links l WHERE l.registry_id = b.registry_id AND l.gone_run IS NULL
+                                 AND l.state <> 'absent' AND l.path_digest = b.digest)"""
+    # two NOT EXISTS, not one with an OR: each is a hashable anti-join (PostgreSQL otherwise loops per blob)
     for r in _q(ctx.conn, sql, ctx.regs):
         named = bool(r["named_by_manifest"])
         yield FindingRow(
@@ -618,6 +617,12 @@ def run_checks(conn: Connection, registry_ids: Sequence[int], opts: CheckOptions
     ctx = _Context(conn, list(registry_ids))
     out: dict[str, FindingRow] = {}
     for c in CHECKS.values():
-        for f in c.run(ctx, opts or CheckOptions()):
+        # in a stable order (the SQL has no ORDER BY): findings get their ids in the same order on every
+        # database, whatever plan it chose
+        for f in sorted(c.run(ctx, opts or CheckOptions()), key=_order):
             out.setdefault(f.key, f)
     return list(out.values())
+
+
+def _order(f: FindingRow) -> tuple[str, ...]:
+    return (f.registry, f.repository or "", f.digest or "", f.tag or "", f.parent_digest or "", f.key)

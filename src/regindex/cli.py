@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import signal
@@ -19,6 +20,7 @@ from regindex import __version__, output, queries
 from regindex import config as config_mod
 from regindex import db as dbmod
 from regindex.errors import RegindexError, one_line
+from regindex.logs import LOG_FORMATS, ScanLog
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,18 +40,20 @@ def core_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RegindexError as exc:
-            raise Failure(str(exc)) from None
+            raise Failure(output.printable(str(exc))) from None
         except BrokenPipeError:
             # `regindex … | head`: the reader left; stop quietly (and keep Python from complaining at exit)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(0)
         except SQLAlchemyError as exc:
-            raise Failure(f"database error: {one_line(exc)}") from None
+            raise Failure(output.printable(f"database error: {one_line(exc)}")) from None
         except OSError as exc:
-            raise Failure(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+            raise Failure(output.printable(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))) from None
         except KeyboardInterrupt:
             raise Failure("interrupted") from None
+        except UnicodeError as exc:  # an argument (a path, a query) that is not valid UTF-8
+            raise Failure(f"an argument is not valid UTF-8 ({getattr(exc, 'reason', exc)}); use another name") from None
         except MemoryError:
             raise Failure("out of memory") from None
 
@@ -95,8 +99,10 @@ format_option = click.option(
 
 
 def resolve_db(db: str | None, config_path: str | None = None) -> str | None:
-    """The database a command opens: ``--db``, else the config file's (else db's default)."""
-    return db or config_mod.load(config_path).db
+    """The database a command opens: ``--db``, else the config file's (else db's default). The config file is
+    read either way: a malformed one is an error even when ``--db`` wins."""
+    settings = config_mod.load(config_path)
+    return db or settings.db
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,11 +134,12 @@ def cli() -> None:
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write Prometheus textfile metrics here (atomically).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stdout.")
-@core_errors
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              help="stderr: text for people, or json (one object a line: progress, errors, the run's summary).")
 def scan(
     base: Path, db: str | None, config_path: str | None, caches: tuple[str, ...], fail_on: str | None,
     verify_content: bool | None, stale_upload_hours: float | None, allow_empty: bool, report_dir: Path | None,
-    metrics_path: Path | None, quiet: bool,
+    metrics_path: Path | None, quiet: bool, log_format: str,
 ) -> None:
     """Index every registry under BASE and update findings.
 
@@ -140,9 +147,47 @@ def scan(
     Exit status: 0 no open error finding, 1 open error findings (see --fail-on), 2 bad input or a failed or
     partial scan (nothing is resolved from a registry that could not be read).
     """
-    from regindex.scan import ScanOptions, run_scan
+    log = ScanLog(log_format)
+    # SQLAlchemy's pool logs what an interrupt leaves it (a reset cut short); with no handler configured Python
+    # would print that to stderr as a traceback. The run's own outcome is reported below, once.
+    logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
+    try:
+        _scan(log, base, db, config_path, caches, fail_on, verify_content, stale_upload_hours, allow_empty,
+              report_dir, metrics_path, quiet)
+    except Failure as exc:
+        if log_format != "json":
+            raise
+        log.error(exc.message)
+        sys.exit(EXIT_ERROR)
+    finally:
+        # The run is over (recorded, rolled back or failed): a signal from now on ends the process the default
+        # way, without a traceback from wherever the interpreter happens to be.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    settings = config_mod.load(config_path)
+
+@core_errors
+def _scan(
+    log: ScanLog, base: Path, db: str | None, config_path: str | None, caches: tuple[str, ...], fail_on: str | None,
+    verify_content: bool | None, stale_upload_hours: float | None, allow_empty: bool, report_dir: Path | None,
+    metrics_path: Path | None, quiet: bool,
+) -> None:
+    from regindex.errors import ConfigError, LockError
+    from regindex.scan import ScanOptions, record_failed_run, run_scan
+
+    try:
+        settings = config_mod.load(config_path)
+    except ConfigError as exc:
+        # A bad config file must not leave yesterday's metrics saying all is well: when the command line names
+        # the metrics file and a database, the failure is recorded as a run and the metrics say so.
+        if metrics_path and (db or os.environ.get("REGINDEX_DB")):
+            _writable_target(metrics_path, "--metrics", is_dir=False)
+            engine = dbmod.open_writer(db)
+            run_id = record_failed_run(engine, base, str(exc))
+            if run_id is not None:
+                _write_metrics(engine, metrics_path, run_id)
+            engine.dispose()
+        raise
     opts = ScanOptions(
         base=base,
         caches=frozenset(caches) | frozenset(settings.caches),
@@ -159,21 +204,22 @@ def scan(
         _writable_target(report_dir, "--report", is_dir=True)
     engine = dbmod.open_writer(db or settings.db)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    progress = _progress() if sys.stderr.isatty() else None
+    signal.signal(signal.SIGINT, _terminate_as_interrupt)
     try:
-        outcome = run_scan(engine, opts, progress)
-    except RegindexError:
-        if report_dir:
-            _report_anyway(engine, report_dir)  # the dated page says this run failed; index.html stays honest
+        outcome = run_scan(engine, opts, log.progress)
+    except RegindexError as exc:
+        log.end_progress()
+        if exc.run_id is not None and not isinstance(exc, LockError):
+            # a failed or interrupted run: the metrics say so (they never go stale), and so does the report
+            if metrics_path:
+                _write_metrics(engine, metrics_path, exc.run_id)
+            if report_dir:
+                _report_anyway(engine, report_dir)
+        log.summary(status="failed", error=str(exc))
         raise
-    finally:
-        if progress:
-            click.echo("\r\033[K", nl=False, err=True)
-    with engine.connect() as conn:
-        if metrics_path:
-            from regindex import metrics
-
-            metrics.write(metrics_path, metrics.render(conn, outcome.run_id))
+    log.end_progress()
+    if metrics_path:
+        _write_metrics(engine, metrics_path, outcome.run_id)
     if report_dir:
         from regindex import render
 
@@ -194,7 +240,15 @@ def scan(
             + f" ({outcome.duration_seconds:.1f}s)"
         )
     for err in outcome.failures.values():
-        click.echo(f"error: {err}", err=True)
+        log.error(err)
+    log.summary(
+        status=outcome.status, registries=outcome.registries, repositories=outcome.repositories,
+        links=outcome.links, blobs=outcome.blobs, blob_bytes=outcome.blob_bytes,
+        manifests_parsed=outcome.manifests_parsed, uploads=outcome.uploads,
+        inventory_changes=outcome.inventory_changes, findings_new=c.new, findings_reopened=c.reopened,
+        findings_persisting=c.persisting, findings_resolved=c.resolved, open_errors=outcome.open_errors,
+        duration_seconds=round(outcome.duration_seconds, 3), failed_registries=sorted(outcome.failures),
+    )
     if outcome.failures:
         sys.exit(EXIT_ERROR)
     mode = fail_on or settings.fail_on or "open"
@@ -202,6 +256,14 @@ def scan(
         sys.exit(EXIT_FINDINGS)
     if mode == "new" and c.new_errors:
         sys.exit(EXIT_FINDINGS)
+
+
+def _write_metrics(engine: Any, path: Path, run_id: int) -> None:
+    from regindex import metrics
+
+    with engine.connect() as conn:
+        body = metrics.render(conn, run_id)
+    metrics.write(path, body)
 
 
 def _report_anyway(engine: Any, report_dir: Path) -> None:
@@ -212,13 +274,6 @@ def _report_anyway(engine: Any, report_dir: Path) -> None:
         render.write_dated(engine, report_dir)
     except ReportError:
         pass  # no finished scan yet: nothing to show
-
-
-def _progress() -> Callable[[str], None]:
-    def show(msg: str) -> None:
-        click.echo(f"\r\033[K{output.printable(msg)[:100]}", nl=False, err=True)
-
-    return show
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +355,7 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
 
 RUN_COLUMNS = ("id", "started_at", "status", "duration_seconds", "registries", "repositories", "links", "blobs",
                "manifests_parsed", "inventory_changes", "open_errors", "findings_open", "findings_new",
-               "findings_resolved", "error")
+               "findings_resolved", "files_stat", "files_read", "files_skipped", "phases", "error")
 
 
 @cli.command()
@@ -312,10 +367,21 @@ RUN_COLUMNS = ("id", "started_at", "status", "duration_seconds", "registries", "
 def runs(db: str | None, config_path: str | None, limit: int, fmt: str) -> None:
     """List scans, newest first: start time in UTC (ISO 8601), open errors and open findings (every severity)
     as of each run."""
+    from sqlalchemy import text
+
     from regindex.history import list_runs
 
     with dbmod.reader(resolve_db(db, config_path)) as conn:
         rows = list_runs(conn, limit)
+        phases: dict[int, list[str]] = {}
+        if rows:
+            q = text("SELECT run_id, phase, seconds, items FROM run_phases WHERE run_id >= :lo "
+                     "ORDER BY run_id, position")
+            for p in conn.execute(q, {"lo": rows[-1]["id"]}).mappings():
+                items = f" ({p['items']})" if p["items"] is not None else ""
+                phases.setdefault(p["run_id"], []).append(f"{p['phase']} {p['seconds']:.2f}s{items}")
+    for r in rows:
+        r["phases"] = ", ".join(phases.get(r["id"], [])) or None
     cols = RUN_COLUMNS + (("finished_at", "base", "options") if fmt != "table" else ())
     click.echo(output.render(rows, cols, fmt), nl=False)
 
@@ -423,7 +489,14 @@ def current(db: str | None, config_path: str | None) -> None:
     finally:
         engine.dispose()
     head = dbmod.head_revision()
-    state = "up to date" if rev == head else ("empty" if rev is None else "needs `regindex db upgrade`")
+    if rev == head:
+        state = "up to date"
+    elif rev is None:
+        state = "empty"
+    elif dbmod.known_revision(rev):
+        state = "needs `regindex db upgrade`"
+    else:
+        state = "newer than this regindex: upgrade regindex"
     click.echo(f"database: {rev or 'none'}; code: {head} ({state})")
 
 

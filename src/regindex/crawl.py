@@ -1,6 +1,6 @@
-"""Walk one registry root and yield plain rows. No database here.
+"""Walk one registry root and stream plain rows to a sink. No database here.
 
-Rules: ``os.scandir`` only, symlinks are never followed, every read is bounded, every name from storage is
+Rules: storage is reached only through ``storage.Storage`` (list, stat, bounded read), symlinks are never followed, every read is bounded, every name from storage is
 treated as hostile data. What regindex cannot see must never look deleted: a directory that cannot be listed,
 a path that cannot be stat'ed, or a symlink where content would be (what lies behind it is unknown) makes the
 whole registry crawl fail (``StorageError``: a failed registry in a partial run, none of its findings
@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from regindex.errors import StorageError
+from regindex.storage import DIR, FILE, SYMLINK, Entry, FileSystem, Stat, Storage
 from regindex.layout import (
     DIGEST_HEX_LEN,
     MAX_LINK_BYTES,
@@ -196,12 +198,30 @@ def _name_for_root(root: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 # Crawl
 
+Row = RepoRow | LinkRow | BlobRow | UploadRow | Anomaly
+
+
+@dataclass(slots=True)
+class CrawlStats:
+    """Storage work of one crawl: listings and stats, files read, files seen (links, blob data, uploads)."""
+
+    stat: int = 0
+    read: int = 0
+    skipped: int = 0
+    files_seen: int = 0
+
 
 class _Walker:
-    def __init__(self, root: RegistryRoot, progress: Callable[[int], None] | None) -> None:
+    """Streams rows to ``sink`` as it walks (memory does not grow with the tree). Every access to storage goes
+    through ``fs`` (list, stat, bounded read): the walk knows the registry's layout, not the storage's."""
+
+    def __init__(self, root: RegistryRoot, sink: Callable[[Row], None],
+                 progress: Callable[[int], None] | None, fs: Storage | None = None) -> None:
         self.root = root
-        self.result = CrawlResult(root)
+        self.sink = sink
         self.progress = progress
+        self.fs: Storage = fs or FileSystem()
+        self.stats = CrawlStats()
 
     # -- helpers -------------------------------------------------------------------------------
     def rel(self, path: str) -> str:
@@ -215,78 +235,78 @@ class _Walker:
             "storage root: what lies behind it is unknown, so nothing of this registry is updated or resolved "
             "(replace the symlink by what it points to)")
 
-    def lstat(self, path: str) -> os.stat_result | None:
+    def lstat(self, path: str) -> Stat | None:
         """``None`` when the path does not exist (or vanished); any other error means we cannot know."""
+        self.stats.stat += 1
         try:
-            return os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+            return self.fs.stat(path)
         except OSError as exc:
             raise StorageError(f"{self.root.name}: cannot stat {self.rel(path)}: {exc.strerror}") from None
 
-    def scandir(self, path: str) -> list[os.DirEntry[str]]:
+    def scandir(self, path: str) -> list[Entry]:
+        self.stats.stat += 1
         try:
-            with os.scandir(path) as it:
-                return sorted(it, key=lambda e: e.name)
-        except (FileNotFoundError, NotADirectoryError):
-            return []  # vanished while we walked: the registry deletes concurrently; treat as gone
+            entries = self.fs.list(path)
         except OSError as exc:
             raise StorageError(f"{self.root.name}: cannot list {self.rel(path)}: {exc.strerror}") from None
+        return entries or []  # None: vanished while we walked (the registry deletes concurrently): gone
 
-    def named(self, entry: os.DirEntry[str]) -> bool:
+    def named(self, entry: Entry) -> bool:
         """False (and an anomaly) for a name that is not UTF-8: no registry API can name it."""
         if _is_utf8(entry.name):
             return True
         self.anomaly(entry.path, "name is not UTF-8 (the registry cannot serve it)")
         return False
 
-    def subdirs(self, path: str) -> Iterator[os.DirEntry[str]]:
+    def subdirs(self, path: str) -> Iterator[Entry]:
         for entry in self.scandir(path):
-            if entry.is_symlink():
+            if entry.kind == SYMLINK:
                 raise self.not_followed(entry.path)
             if not self.named(entry):
                 continue
-            if entry.is_dir(follow_symlinks=False):
+            if entry.kind == DIR:
                 yield entry
             else:
                 self.anomaly(entry.path, "unexpected file")
 
     def anomaly(self, path: str, reason: str) -> None:
-        self.result.anomalies.append(Anomaly(self.rel(path), reason))
+        self.sink(Anomaly(self.rel(path), reason))
 
     def tick(self) -> None:
-        self.result.files_seen += 1
-        if self.progress and self.result.files_seen % 2000 == 0:
-            self.progress(self.result.files_seen)
+        self.stats.files_seen += 1
+        if self.progress and self.stats.files_seen % 2000 == 0:
+            self.progress(self.stats.files_seen)
 
     def real_dir(self, path: str) -> bool:
         """A directory that may be absent; a symlink or an unstat-able path there fails the crawl."""
         st = self.lstat(path)
         if st is None:
             return False
-        if stat.S_ISLNK(st.st_mode):
+        if st.kind == SYMLINK:
             raise self.not_followed(path)
-        return stat.S_ISDIR(st.st_mode)
+        return st.kind == DIR
 
     def read_link(self, dirpath: str) -> tuple[LinkState, str | None, str | None]:
-        path = os.path.join(dirpath, "link")
-        st = self.lstat(path)
-        if st is None:
+        """Open ``<dirpath>/link`` directly (the layout says where it is): one open, fstat and bounded read."""
+        path = self.fs.join(dirpath, "link")
+        self.stats.read += 1
+        got = self.fs.read(path, MAX_LINK_BYTES + 1)
+        if got is None:
             return LinkState.ABSENT, None, None
+        if got.kind == "error":
+            self.lstat(path)  # a path that cannot even be stat'ed fails the crawl; a file that cannot be read:
         self.tick()
-        if stat.S_ISLNK(st.st_mode):
+        if got.kind == SYMLINK:
             raise self.not_followed(path)
-        if not stat.S_ISREG(st.st_mode):
+        if got.kind == "error":
+            return LinkState.UNREADABLE, None, got.error  # ... is an unreadable link
+        if got.kind != FILE:
             return LinkState.UNREADABLE, None, "not a regular file"
-        try:
-            raw = _read_bounded(path, MAX_LINK_BYTES + 1)
-        except OSError as exc:
-            return LinkState.UNREADABLE, None, exc.strerror
-        parsed = parse_link(raw)
+        parsed = parse_link(got.data)
         return parsed.state, parsed.target, parsed.preview
 
     # -- walk ----------------------------------------------------------------------------------
-    def run(self) -> CrawlResult:
+    def run(self) -> CrawlStats:
         v2 = str(self.root.v2)
         blobs = self.structural_dir(os.path.join(v2, "blobs"))
         repos = self.structural_dir(os.path.join(v2, "repositories"))
@@ -294,20 +314,21 @@ class _Walker:
             self.walk_blobs(blobs)
         if repos:
             self.walk_repositories(repos)
-        return self.result
+        return self.stats
 
     def structural_dir(self, path: str) -> str | None:
         """A directory whose content would look deleted if it were skipped: a symlink there fails the crawl."""
         st = self.lstat(path)
         if st is None:
             return None
-        if stat.S_ISLNK(st.st_mode):
+        if st.kind == SYMLINK:
             raise self.not_followed(path)
-        if not stat.S_ISDIR(st.st_mode):
+        if st.kind != DIR:
             raise StorageError(f"{self.root.name}: {self.rel(path)} is not a directory")
         return path
 
     def walk_blobs(self, blobs: str) -> None:
+        join = self.fs.join
         for alg_dir in self.subdirs(blobs):
             if alg_dir.name not in DIGEST_HEX_LEN:
                 self.anomaly(alg_dir.path, "unknown digest algorithm")
@@ -319,17 +340,17 @@ class _Walker:
                     if not is_hex_for(alg, hex_) or hex_[:2] != prefix.name:
                         self.anomaly(hex_dir.path, "not a blob directory name")
                         continue
-                    data = os.path.join(hex_dir.path, "data")
+                    data = join(hex_dir.path, "data")
                     st = self.lstat(data)
                     if st is None:
                         continue  # a blob directory without data: nothing is stored
                     self.tick()
-                    if stat.S_ISLNK(st.st_mode):
+                    if st.kind == SYMLINK:
                         raise self.not_followed(data)
-                    if not stat.S_ISREG(st.st_mode):
+                    if st.kind != FILE:
                         self.anomaly(data, "blob data is not a regular file (not read)")
                         continue
-                    self.result.blobs.append(BlobRow(f"{alg}:{hex_}", st.st_size, st.st_mtime))
+                    self.sink(BlobRow(f"{alg}:{hex_}", st.size, st.mtime))
 
     def walk_repositories(self, top: str) -> None:
         """Depth-first, in name order, without recursion (nesting depth is the tree's, not ours)."""
@@ -349,9 +370,9 @@ class _Walker:
                     if not (is_repo and entry.name in _REPO_DIRS):
                         self.anomaly(entry.path, "underscore entry outside a repository (no _layers beside it)")
                     continue
-                if entry.is_symlink():
+                if entry.kind == SYMLINK:
                     raise self.not_followed(entry.path)  # it may be a repository or a namespace
-                if not entry.is_dir(follow_symlinks=False):
+                if entry.kind != DIR:
                     continue  # stray files between repositories are ignored by the registry too
                 if not self.named(entry):
                     continue
@@ -359,44 +380,49 @@ class _Walker:
             stack.extend(reversed(children))
 
     def visit_repository(self, path: str, repo: str, names: set[str]) -> None:
-        self.structural_dir(os.path.join(path, "_layers"))
-        manifests = os.path.join(path, "_manifests")
+        join = self.fs.join
+        layers = self.structural_dir(join(path, "_layers"))
+        manifests = join(path, "_manifests")
         has_manifests = "_manifests" in names and self.structural_dir(manifests) is not None
-        tags_dir = os.path.join(manifests, "tags")
+        tags_dir = join(manifests, "tags")
         has_tags = has_manifests and self.structural_dir(tags_dir) is not None
-        if has_manifests:
-            self.structural_dir(os.path.join(manifests, "revisions"))
-        self.result.repositories.append(RepoRow(repo, has_manifests, has_tags))
-        self.walk_digest_links(os.path.join(path, "_layers"), repo, LinkKind.LAYER, None)
-        if has_manifests:
-            self.walk_digest_links(os.path.join(manifests, "revisions"), repo, LinkKind.REVISION, None)
+        revisions = self.structural_dir(join(manifests, "revisions")) if has_manifests else None
+        self.sink(RepoRow(repo, has_manifests, has_tags))
+        if layers:
+            self.walk_digest_links(layers, repo, LinkKind.LAYER, None, known_dir=True)
+        if revisions:
+            self.walk_digest_links(revisions, repo, LinkKind.REVISION, None, known_dir=True)
         if has_tags:
             for tag_dir in self.subdirs(tags_dir):
                 tag = tag_dir.name
                 if not valid_tag(tag):
                     self.anomaly(tag_dir.path, "tag name the registry would refuse")
-                cur = os.path.join(tag_dir.path, "current")
+                cur = join(tag_dir.path, "current")
                 state: LinkState
                 target: str | None
                 preview: str | None
                 cur_st = self.lstat(cur)
                 if cur_st is None:
                     state, target, preview = LinkState.ABSENT, None, None
-                elif stat.S_ISLNK(cur_st.st_mode):
+                elif cur_st.kind == SYMLINK:
                     raise self.not_followed(cur)
-                elif not stat.S_ISDIR(cur_st.st_mode):
+                elif cur_st.kind != DIR:
                     state, target, preview = LinkState.UNREADABLE, None, "current is not a directory"
                 else:
                     state, target, preview = self.read_link(cur)
                 self.add_link(repo, LinkKind.TAG_CURRENT, tag, None, state, target, preview)
-                self.walk_digest_links(os.path.join(tag_dir.path, "index"), repo, LinkKind.TAG_INDEX, tag)
-        uploads = os.path.join(path, "_uploads")
+                self.walk_digest_links(join(tag_dir.path, "index"), repo, LinkKind.TAG_INDEX, tag)
+        uploads = join(path, "_uploads")
         if "_uploads" in names and self.real_dir(uploads):
             for up in self.subdirs(uploads):
                 self.visit_upload(up.path, repo, up.name)
 
-    def walk_digest_links(self, path: str, repo: str, kind: LinkKind, tag: str | None) -> None:
-        if not self.real_dir(path):
+    def walk_digest_links(self, path: str, repo: str, kind: LinkKind, tag: str | None,
+                          known_dir: bool = False) -> None:
+        """``<alg>/<hex>/link`` under ``path``: list the algorithm directories and their digest directories,
+        then open each ``link`` directly (never list a one-entry digest directory). ``known_dir``: ``path`` was
+        already stat'ed as a real directory by ``structural_dir``."""
+        if not known_dir and not self.real_dir(path):
             return
         for alg_dir in self.subdirs(path):
             alg = alg_dir.name
@@ -420,39 +446,51 @@ class _Walker:
         target: str | None,
         preview: str | None,
     ) -> None:
-        self.result.links.append(LinkRow(repo, kind.value, tag, path_digest, target, state.value, preview))
+        self.sink(LinkRow(repo, kind.value, tag, path_digest, target, state.value, preview))
 
     def visit_upload(self, path: str, repo: str, uuid: str) -> None:
         """An upload whose files cannot be seen fails the crawl: its age decides a finding."""
         started_raw: str | None = None
         started: datetime | None = None
-        sa = os.path.join(path, "startedat")
-        st = self.lstat(sa)
-        if st is not None and stat.S_ISLNK(st.st_mode):
+        sa = self.fs.join(path, "startedat")
+        self.stats.read += 1
+        got = self.fs.read(sa, MAX_STARTEDAT_BYTES)
+        if got is not None and got.kind == SYMLINK:
             raise self.not_followed(sa)
-        if st is not None and stat.S_ISREG(st.st_mode):
-            try:
-                raw = _read_bounded(sa, MAX_STARTEDAT_BYTES)
-            except OSError as exc:
-                raise StorageError(f"{self.root.name}: cannot read {self.rel(sa)}: {exc.strerror}") from None
-            started_raw = safe_text(raw.decode("utf-8", "replace").strip())
+        if got is not None and got.kind == "error":
+            self.lstat(sa)  # a path that cannot even be stat'ed says so
+            raise StorageError(f"{self.root.name}: cannot read {self.rel(sa)}: {got.error}")
+        if got is not None and got.kind == FILE:
+            started_raw = safe_text(got.data.decode("utf-8", "replace").strip())
             started = parse_rfc3339(started_raw)
         size: int | None = None
-        data = os.path.join(path, "data")
+        data = self.fs.join(path, "data")
         st = self.lstat(data)
-        if st is not None and stat.S_ISLNK(st.st_mode):
+        if st is not None and st.kind == SYMLINK:
             raise self.not_followed(data)
-        if st is not None and stat.S_ISREG(st.st_mode):
-            size = st.st_size
+        if st is not None and st.kind == FILE:
+            size = st.size
         self.tick()
-        self.result.uploads.append(UploadRow(repo, uuid, started, started_raw, size))
+        self.sink(UploadRow(repo, uuid, started, started_raw, size))
+
+
+def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
+               progress: Callable[[int], None] | None = None, fs: Storage | None = None) -> CrawlStats:
+    """Walk one registry root, handing each row to ``sink`` as it is found. Raises ``StorageError`` when any
+    part of the tree cannot be listed (rows already handed over must then be discarded)."""
+    if fs is None and not os.access(root.v2, os.R_OK | os.X_OK):
+        raise StorageError(f"{root.name}: cannot read {root.v2}")
+    return _Walker(root, sink, progress, fs).run()
 
 
 def crawl(root: RegistryRoot, progress: Callable[[int], None] | None = None) -> CrawlResult:
-    """Walk one registry root. Raises ``StorageError`` when any part of the tree cannot be listed."""
-    if not os.access(root.v2, os.R_OK | os.X_OK):
-        raise StorageError(f"{root.name}: cannot read {root.v2}")
-    return _Walker(root, progress).run()
+    """Walk one registry root into lists (tests, small trees); the scan streams with ``crawl_into``."""
+    result = CrawlResult(root)
+    lists: dict[type, list[Any]] = {RepoRow: result.repositories, LinkRow: result.links, BlobRow: result.blobs,
+                                    UploadRow: result.uploads, Anomaly: result.anomalies}
+    stats = crawl_into(root, lambda row: lists[type(row)].append(row), progress)
+    result.files_seen = stats.files_seen
+    return result
 
 
 def parse_rfc3339(text: str) -> datetime | None:

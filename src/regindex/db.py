@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from regindex.errors import SchemaError, one_line
@@ -31,11 +32,24 @@ def resolve_url(db: str | None) -> str:
             raise SchemaError(f"not a valid database URL: {value!r}") from None
         return value
     path = Path(value).expanduser()
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise SchemaError("--db: the database path is not valid UTF-8; use another path") from None
     if path.parent and not path.parent.exists():
         raise SchemaError(f"database directory {path.parent} does not exist")
     if path.is_dir():
         raise SchemaError(f"--db {path} is a directory, not a database file")
-    return f"sqlite:///{path.absolute()}"
+    # URL.create escapes '?', '#' and '%' in the path (a formatted string would make them a query or fragment:
+    # another file)
+    return URL.create("sqlite", database=str(path.absolute())).render_as_string(hide_password=False)
+
+
+def _in_memory(url: str) -> bool:
+    u = make_url(url)
+    return u.get_backend_name() == "sqlite" and (
+        not u.database or u.database == ":memory:" or u.query.get("mode") == "memory"
+        or "mode=memory" in (u.database or ""))
 
 
 def is_sqlite(url: str) -> bool:
@@ -44,15 +58,18 @@ def is_sqlite(url: str) -> bool:
 
 def make_engine(url: str, readonly: bool = False) -> Engine:
     kwargs: dict[str, object] = {}
+    if is_sqlite(url) and _in_memory(url):
+        raise SchemaError("an in-memory SQLite database keeps nothing: give --db a file path")
+    target: str | URL = url
     if is_sqlite(url):
         if readonly:
             path = make_url(url).database
             if not path or not Path(path).exists():
                 raise SchemaError(f"no database at {path}: run `regindex scan` first")
-            url = f"sqlite:///file:{Path(path).absolute()}?mode=ro&uri=true"
+            target = _readonly_url(Path(path).absolute())
         kwargs["connect_args"] = {"timeout": 30}
     try:
-        engine = create_engine(url, **kwargs)
+        engine = create_engine(target, **kwargs)
     except (ArgumentError, ImportError) as exc:
         raise SchemaError(f"cannot use database {make_url(url).render_as_string(hide_password=True)}: {exc}") from None
     if engine.dialect.name == "sqlite":
@@ -67,6 +84,18 @@ def make_engine(url: str, readonly: bool = False) -> Engine:
             dbapi_conn.commit()
 
     return engine
+
+
+def _readonly_url(path: Path) -> URL:
+    """A read-only SQLite URI for ``path`` (percent-encoded: '#', '?' and '%' are part of the name).
+
+    A reader that may not create files beside the database (another user reading the nightly database) cannot
+    create the WAL index (``-shm``) SQLite needs: when no scan is writing (no ``-wal`` file), the file is opened
+    ``immutable``, which needs no index and no lock."""
+    query = {"mode": "ro", "uri": "true"}
+    if not os.access(path.parent, os.W_OK) and not Path(f"{path}-wal").exists():
+        query["immutable"] = "1"
+    return URL.create("sqlite", database="file:" + quote(str(path)), query=query)
 
 
 # Pragmas whose argument names what to read (a table, an index), not a value to set.
@@ -159,7 +188,7 @@ def ensure_schema(engine: Engine) -> None:
         return
     if current is None and has_tables:
         raise SchemaError("the database holds tables that regindex did not create; use another --db")
-    if current is not None and not _known_revision(current):
+    if current is not None and not known_revision(current):
         raise SchemaError(
             f"the database schema ({current}) is newer than this regindex ({head}): upgrade regindex"
         )
@@ -176,12 +205,12 @@ def check_schema(conn: Connection) -> None:
     if current is None:
         raise SchemaError("the database has no regindex schema: run `regindex scan` or `regindex db upgrade`")
     if current != head:
-        if _known_revision(current):
+        if known_revision(current):
             raise SchemaError(f"the database schema ({current}) is older than this regindex: run `regindex db upgrade`")
         raise SchemaError(f"the database schema ({current}) is newer than this regindex ({head}): upgrade regindex")
 
 
-def _known_revision(rev: str) -> bool:
+def known_revision(rev: str) -> bool:
     from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
 

@@ -7,6 +7,7 @@ class RegindexError(Exception):
     """Base class: every expected failure of the core is one of these."""
 
     exit_code = 2
+    run_id: int | None = None  # the scan run this failure was recorded in (metrics are written for it)
 
 
 class StorageError(RegindexError):
@@ -39,6 +40,10 @@ class ReportError(RegindexError):
 
 class UnknownDigest(ReportError):
     """``regindex history``: the digest (or prefix) names nothing in the database, or more than one digest."""
+
+
+class OutputError(RegindexError):
+    """An output file (metrics, report) cannot be written, or its target is not a regular file."""
 
 
 class RepairError(RegindexError):

@@ -66,6 +66,22 @@ class Run(Base):
     findings_resolved: Mapped[int | None] = mapped_column(Integer)
     duration_seconds: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    # storage work of the run (0005): files and directories stat'ed or listed, files read, files skipped
+    files_stat: Mapped[int | None] = mapped_column(Integer)
+    files_read: Mapped[int | None] = mapped_column(Integer)
+    files_skipped: Mapped[int | None] = mapped_column(Integer)
+
+
+class RunPhase(Base):
+    """Wall time of each phase of a run (crawl, load, manifests, verify, checks, history), summed over its
+    registries; ``items`` is what the phase worked through (files, inventory changes, manifests, findings)."""
+
+    __tablename__ = "run_phases"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    items: Mapped[int | None] = mapped_column(Integer)
 
 
 class Registry(Base):

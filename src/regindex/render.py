@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine
 from regindex import __version__, output
 from regindex.episodes import Item, Runs, with_detail
 from regindex.errors import ReportError
-from regindex.files import atomic_write
+from regindex.files import atomic_write, check_target
 from regindex.postmortem import plural, short
 from regindex.report import DETAIL_LIMIT, DEFAULT_RUNS, Report, collect
 from regindex.store import chunks
@@ -127,7 +127,7 @@ def write_csv(conn: Connection, items: Sequence[Item], path: Path, shown: Collec
                 row = [_csv_cell(getattr(it, c)) for c in CSV_COLUMNS[:-1]]
                 yield row + ["#" + it.anchor if it.id in shown else ""]
 
-    atomic_write(path, rows=rows(), make_parents=True)
+    atomic_write(path, rows=rows(), make_parents=True, what="report")
 
 
 def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT,
@@ -135,13 +135,15 @@ def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DE
     """Write the report to ``out`` and every finding it covers to a CSV beside it (same name, ``.csv``)."""
     out = Path(out)
     csv_path = out.with_suffix(".csv")
+    for target in (out, csv_path):  # before anything is written
+        check_target(target, "report")
     report = collect(conn, runs, limit, since, until)
     report.csv_name = csv_path.name
     shown = {card.item.id for s in report.sections for _reg, repos in s.groups for _repo, cards in repos
              for card in cards}
     shown |= {card.item.id for v in report.incidents for card in v.cards}
     write_csv(conn, report.items, csv_path, shown)
-    atomic_write(out, render_report(report), make_parents=True)
+    atomic_write(out, render_report(report), make_parents=True, what="report")
     return out
 
 
@@ -178,7 +180,7 @@ def write_index(report_dir: Path, run_info: Runs | None = None) -> Path:
     html = environment().get_template("index.html.j2").render(
         entries=entries, generated_at=datetime.now(timezone.utc), version=__version__)
     path = Path(report_dir) / "index.html"
-    atomic_write(path, html, make_parents=True)
+    atomic_write(path, html, make_parents=True, what="report")
     return path
 
 

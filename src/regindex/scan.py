@@ -24,8 +24,8 @@ from regindex import __version__, checks, history, store
 from regindex.crawl import (
     DEFAULT_MAX_MANIFEST_BYTES,
     BlobTooLarge,
-    CrawlResult,
-    crawl,
+    RegistryRoot,
+    crawl_into,
     discover,
     digest_of,
     hash_blob,
@@ -76,6 +76,33 @@ class ScanOutcome:
     uploads: int = 0
     inventory_changes: int = 0
     duration_seconds: float = 0.0
+    files_stat: int = 0
+    files_read: int = 0
+    files_skipped: int = 0
+
+
+class PhaseClock:
+    """Wall time and work items per phase of a run, summed over registries (recorded in ``run_phases``)."""
+
+    ORDER = ("discover", "crawl", "load", "manifests", "verify", "checks", "history")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.items: dict[str, int] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
+
+    def count(self, phase: str, n: int) -> None:
+        self.items[phase] = self.items.get(phase, 0) + n
+
+    def rows(self) -> list[tuple[str, int, float, int | None]]:
+        return [(p, i, self.seconds[p], self.items.get(p)) for i, p in enumerate(self.ORDER) if p in self.seconds]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +113,8 @@ class ScanOutcome:
 def scan_lock(engine: Engine) -> Iterator[None]:
     url = engine.url
     if url.get_backend_name() == "sqlite":
-        path = Path(url.database or "regindex.db")
+        # the real path: two spellings of one database (a symlink) must take one lock
+        path = Path(os.path.realpath(url.database or "regindex.db"))
         lock_path = path.with_name(path.name + ".lock")
         fh = open(lock_path, "a+")
         try:
@@ -119,47 +147,124 @@ def run_scan(engine: Engine, opts: ScanOptions, progress: Progress | None = None
         return _run(engine, opts, progress)
 
 
+def record_failed_run(engine: Engine, base: Path, message: str) -> int | None:
+    """A scan that could not start (a bad config file) recorded as a failed run, for the metrics to show it.
+    None when another scan holds the lock (its own run speaks for the database)."""
+    try:
+        with scan_lock(engine):
+            with engine.begin() as conn:
+                run_id = store.start_run(conn, safe_text(str(base)), {}, __version__)
+                store.finish_run(conn, run_id, "failed", store.utcnow(), error=safe_text(message)[:2000])
+            return run_id
+    except LockError:
+        return None
+
+
 def _run(engine: Engine, opts: ScanOptions, progress: Progress | None) -> ScanOutcome:
     with engine.begin() as conn:
-        run_id = store.start_run(conn, str(opts.base), opts.for_record(), __version__)
+        run_id = store.start_run(conn, safe_text(str(opts.base)), opts.for_record(), __version__)
         store.fail_stale_runs(conn, before=run_id)  # we hold the lock: an older 'running' run was killed
     started = store.utcnow()
+    held: list[Connection] = []
     try:
-        return _scan(engine, run_id, started, opts, progress)
+        _say(progress, f"run {run_id} started")
+        return _scan(engine, run_id, started, opts, progress, held)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, RegindexError):
+            exc.run_id = run_id
+        # First let go of the run's own connection: an interrupt can land anywhere, even between the end of
+        # the work and the COMMIT, and a connection left checked out keeps SQLite's write lock (the run's
+        # failure could then not be recorded: a SIGTERM used to block ~150 s and leave the run 'running').
+        for conn in held:
+            _abandon(conn)
+        if _interrupted(exc):
+            exc = KeyboardInterrupt()  # also when the interrupt surfaced as another error (an assertion of the
+            # database library's commit, cut short by it)
             message = "interrupted"
         elif isinstance(exc, RegindexError):
             message = str(exc)
         else:
             message = f"{type(exc).__name__}: {one_line(exc)}"
-        _mark_failed(engine, run_id, started, message)
+        still_running = _mark_failed(engine, run_id, started, message)
+        if isinstance(exc, KeyboardInterrupt) and still_running is False:
+            raise _aborted(run_id, f"run {run_id} was interrupted after it was recorded as finished; its results "
+                           "are kept") from None
         if isinstance(exc, RegindexError):
             raise
         if isinstance(exc, KeyboardInterrupt):
-            raise ScanAborted(f"run {run_id} interrupted, nothing changed") from None
+            raise _aborted(run_id, f"run {run_id} interrupted, nothing changed") from None
         if isinstance(exc, SQLAlchemyError):
-            raise ScanAborted(f"run {run_id} failed, nothing changed: database error: {one_line(exc)}") from exc
+            raise _aborted(run_id, f"run {run_id} failed, nothing changed: database error: {one_line(exc)}") from exc
         if os.environ.get("REGINDEX_DEBUG"):
             raise
-        raise ScanAborted(
+        raise _aborted(
+            run_id,
             f"run {run_id} failed, nothing changed: internal error {message} (REGINDEX_DEBUG=1 shows the traceback)"
         ) from exc
 
 
-def _mark_failed(engine: Engine, run_id: int, started: datetime, message: str) -> None:
-    """Record the failure in a transaction of its own. An interrupt can leave a pooled connection holding
-    SQLite's write lock: drop the pool first, and retry briefly rather than leave the run 'running'."""
+def _aborted(run_id: int, message: str) -> ScanAborted:
+    exc = ScanAborted(message)
+    exc.run_id = run_id
+    return exc
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc, seen = exc.__context__ or exc.__cause__, seen + 1
+    return False
+
+
+def _abandon(conn: Connection) -> None:
+    """Close the driver connection under ``conn`` now: its open transaction is discarded and its locks go."""
+    try:
+        conn.invalidate()
+    except BaseException:  # already closed, or a second interrupt: nothing more to do here
+        pass
+
+
+class _WriteTransaction:
+    """``engine.begin()`` for the run's one transaction, with the connection registered in ``held`` until it
+    is closed, so that whoever catches an interrupt can abandon it. (``engine.begin()`` is a generator: an
+    interrupt inside its ``__exit__`` leaves the connection checked out, in its transaction, holding locks.)"""
+
+    def __init__(self, engine: Engine, held: list[Connection]) -> None:
+        self.engine = engine
+        self.held = held
+
+    def __enter__(self) -> Connection:
+        self.conn = self.engine.connect()
+        self.held.append(self.conn)
+        self.conn.begin()
+        return self.conn
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if typ is None:
+            self.conn.commit()
+        else:
+            _abandon(self.conn)
+        self.conn.close()
+        self.held.remove(self.conn)
+
+
+def _mark_failed(engine: Engine, run_id: int, started: datetime, message: str) -> bool | None:
+    """Record the failure in a transaction of its own, only while the run is still 'running' (an interrupt
+    after the COMMIT must not relabel a finished run). True: recorded; False: the run had finished; None:
+    could not record it (the next scan marks the run failed: fail_stale_runs)."""
     for attempt in range(5):
         engine.dispose()
         try:
             with engine.begin() as conn:
-                store.finish_run(conn, run_id, "failed", started, error=safe_text(message)[:2000])
-            return
+                return store.finish_run(conn, run_id, "failed", started, error=safe_text(message)[:2000],
+                                        only_running=True)
         except SQLAlchemyError:
             time.sleep(0.2 * (attempt + 1))
         except KeyboardInterrupt:
-            return  # a second interrupt: give up; the next scan marks the run failed (fail_stale_runs)
+            return None  # a second interrupt: give up
+    return None
 
 
 def _say(progress: Progress | None, msg: str) -> None:
@@ -168,78 +273,59 @@ def _say(progress: Progress | None, msg: str) -> None:
 
 
 def _scan(
-    engine: Engine, run_id: int, started: datetime, opts: ScanOptions, progress: Progress | None
+    engine: Engine, run_id: int, started: datetime, opts: ScanOptions, progress: Progress | None,
+    held: list[Connection],
 ) -> ScanOutcome:
-    roots = discover(opts.base)
+    clock = PhaseClock()
+    with clock("discover"):
+        roots = discover(opts.base)
     unknown_caches = opts.caches - {r.name for r in roots}
     if unknown_caches:
         raise ConfigError(f"--cache names no registry under {opts.base}: {', '.join(sorted(unknown_caches))}")
 
-    crawled: list[CrawlResult] = []
     failures: dict[str, str] = {}
-    for root in roots:
-        if root.problem:
-            failures[root.name] = root.problem
-            continue
-        _say(progress, f"crawling {root.name}")
-
-        def tick(n: int, name: str = root.name) -> None:
-            _say(progress, f"crawling {name}: {n} files")
-
-        try:
-            crawled.append(crawl(root, tick))
-        except StorageError as exc:
-            failures[root.name] = str(exc)
-        except _ODD_CONTENT as exc:
-            failures[root.name] = _odd(root.name, "cannot read", exc)
-
     outcome = ScanOutcome(run_id, "complete")
-    with engine.begin() as conn:
+    with _WriteTransaction(engine, held) as conn:
         known = store.registry_ids(conn)
         scanned: dict[str, int] = {}
-        manifests_known = store.known_manifests(conn)
-        for result in crawled:
-            name = result.registry.name
+        for root in roots:
+            if root.problem:
+                failures[root.name] = root.problem
+                continue
+            name = root.name
             role = "cache" if name in opts.caches else "authoritative"
             # absolute: repair acts on this root later, maybe from another directory
-            rid = store.upsert_registry(conn, name, str(result.registry.v2.absolute()), role, run_id)
-            emptied = _suddenly_empty(conn, rid, result)
-            if emptied and not opts.allow_empty:
-                failures[name] = (
-                    f"{name}: {emptied} suddenly empty (the last scan saw content); refusing to resolve "
-                    "everything (pass --allow-empty if it really was emptied)"
-                )
-                continue
-            _say(progress, f"loading {name}")
-            # One savepoint per registry: data that cannot be read fails this registry, not the others.
+            rid = store.upsert_registry(conn, name, safe_text(str(root.v2.absolute())), role, run_id)
+            # One savepoint per registry: storage that cannot be read fails this registry, not the others.
             savepoint = conn.begin_nested()
             try:
-                stats = store.load_crawl(conn, run_id, rid, result)
-                parsed = _parse_manifests(conn, run_id, rid, result, manifests_known, opts.max_manifest_bytes)
-                if opts.verify_content:
-                    _say(progress, f"verifying blob content of {name}")
-                    _verify_content(conn, run_id, rid, result)
+                loaded = _load_registry(conn, run_id, rid, root, opts, progress, clock)
             except _STORAGE_OR_ODD as exc:
                 savepoint.rollback()
-                manifests_known.clear()
-                manifests_known.update(store.known_manifests(conn))
                 failures[name] = str(exc) if isinstance(exc, StorageError) else _odd(name, "cannot index", exc)
                 continue
+            if isinstance(loaded, str):
+                savepoint.rollback()
+                failures[name] = loaded
+                continue
             savepoint.commit()
-            blob_bytes = sum(b.size for b in result.blobs)
+            counts, stats, parsed, work, files_seen = loaded
+            outcome.files_stat += work.stat
+            outcome.files_read += work.read
+            outcome.files_skipped += work.skipped
             store.record_run_registry(
                 conn, run_id, rid, "complete",
-                repositories=len(result.repositories), links=len(result.links), blobs=len(result.blobs),
-                blob_bytes=blob_bytes, uploads=len(result.uploads),
-                files_seen=result.files_seen, inventory_added=stats.added, inventory_removed=stats.removed,
+                repositories=counts.repositories, links=counts.links, blobs=counts.blobs,
+                blob_bytes=counts.blob_bytes, uploads=counts.uploads,
+                files_seen=files_seen, inventory_added=stats.added, inventory_removed=stats.removed,
             )
             store.mark_scanned(conn, rid, run_id)
             scanned[name] = rid
-            outcome.repositories += len(result.repositories)
-            outcome.links += len(result.links)
-            outcome.blobs += len(result.blobs)
-            outcome.blob_bytes += blob_bytes
-            outcome.uploads += len(result.uploads)
+            outcome.repositories += counts.repositories
+            outcome.links += counts.links
+            outcome.blobs += counts.blobs
+            outcome.blob_bytes += counts.blob_bytes
+            outcome.uploads += counts.uploads
             outcome.manifests_parsed += parsed
             outcome.inventory_changes += stats.added + stats.removed
 
@@ -260,7 +346,7 @@ def _scan(
                 )
         for name, err in failures.items():
             rid = known.get(name) or store.upsert_registry(
-                conn, name, str(opts.base / name), "cache" if name in opts.caches else "authoritative", run_id
+                conn, name, safe_text(str(opts.base / name)), "cache" if name in opts.caches else "authoritative", run_id
             )
             store.record_run_registry(conn, run_id, rid, "failed", error=safe_text(err)[:2000])
 
@@ -268,15 +354,20 @@ def _scan(
             raise StorageError("; ".join(failures.values()) or f"nothing to scan under {opts.base}")
 
         _say(progress, "checking")
-        _refresh_statistics(conn)
-        found = checks.run_checks(
-            conn, list(scanned.values()),
-            checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now),
-        )
-        from regindex.policy import grade
+        with clock("checks"):
+            _refresh_statistics(conn)
+            found = checks.run_checks(
+                conn, list(scanned.values()),
+                checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now),
+            )
+            from regindex.policy import grade
 
-        grade(found, opts.severity_rules)
-        outcome.counts = history.apply(conn, run_id, found, set(scanned))
+            grade(found, opts.severity_rules)
+        clock.count("checks", len(found))
+        _say(progress, "recording history")
+        with clock("history"):
+            outcome.counts = history.apply(conn, run_id, found, set(scanned))
+        store.record_phases(conn, run_id, clock.rows())
         outcome.open_errors = history.open_error_count(conn)
         outcome.acknowledged_errors = history.open_error_count(conn, acknowledged=True)
         outcome.status = "partial" if failures else "complete"
@@ -290,6 +381,7 @@ def _scan(
             findings_open=_open_count(conn), open_errors=outcome.open_errors, findings_new=outcome.counts.new,
             findings_resolved=outcome.counts.resolved,
             error=safe_text("; ".join(failures.values()))[:2000] if failures else None,
+            files_stat=outcome.files_stat, files_read=outcome.files_read, files_skipped=outcome.files_skipped,
         )
     outcome.duration_seconds = (store.utcnow() - started).total_seconds()
     return outcome
@@ -311,10 +403,60 @@ def _odd(name: str, what: str, exc: BaseException) -> str:
             "(REGINDEX_DEBUG=1 shows the traceback)")
 
 
-def _suddenly_empty(conn: Connection, registry_id: int, result: CrawlResult) -> str | None:
+@dataclass
+class StorageWork:
+    stat: int = 0  # files and directories stat'ed or listed
+    read: int = 0  # files read
+    skipped: int = 0  # files not read because nothing says they changed
+
+
+def _load_registry(
+    conn: Connection, run_id: int, rid: int, root: RegistryRoot, opts: ScanOptions, progress: Progress | None,
+    clock: PhaseClock,
+) -> tuple[store.StageCounts, store.LoadStats, int, StorageWork, int] | str:
+    """Crawl one registry into the staging tables and apply it to the inventory; parse its new manifests.
+    A string says why the registry must not be applied (it became suddenly empty)."""
+    name = root.name
+    t0 = time.perf_counter()
+    _say(progress, f"crawling {name}")
+
+    def tick(n: int) -> None:
+        rate = n / max(time.perf_counter() - t0, 1e-3)
+        _say(progress, f"crawling {name}: {n:,} files, {rate:,.0f} files/s")
+
+    with clock("crawl"):
+        stage = store.Stage(conn)
+        crawled = crawl_into(root, stage.add, tick)  # rows stream into the staging tables
+    work = StorageWork(stat=crawled.stat, read=crawled.read, skipped=crawled.skipped)
+    clock.count("crawl", crawled.files_seen)
+    _say(progress, f"loading {name}")
+    with clock("load"):
+        counts = stage.finish()
+        emptied = _suddenly_empty(conn, rid, counts)
+        if emptied and not opts.allow_empty:
+            return (
+                f"{name}: {emptied} suddenly empty (the last scan saw content); refusing to resolve "
+                "everything (pass --allow-empty if it really was emptied)"
+            )
+        stats = stage.apply(run_id, rid)
+        stage.drop()
+    clock.count("load", stats.added + stats.removed)
+    _say(progress, f"parsing manifests of {name}")
+    with clock("manifests"):
+        _refresh_statistics(conn)  # the planner must know the inventory it just loaded
+        parsed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
+    clock.count("manifests", parsed)
+    if opts.verify_content:
+        _say(progress, f"verifying blob content of {name}")
+        with clock("verify"):
+            _verify_content(conn, run_id, rid, root.v2)
+    return counts, stats, parsed, work, crawled.files_seen
+
+
+def _suddenly_empty(conn: Connection, registry_id: int, counts: store.StageCounts) -> str | None:
     """Which part of a registry vanished since the last scan saw content in it (repositories or blobs)."""
     repos, blobs = store.current_counts(conn, registry_id)
-    gone = [what for what, had, has in (("repositories/", repos, result.repositories), ("blobs/", blobs, result.blobs))
+    gone = [what for what, had, has in (("repositories/", repos, counts.repositories), ("blobs/", blobs, counts.blobs))
             if had and not has]
     return " and ".join(gone) + (" are" if len(gone) > 1 else " is") if gone else None
 
@@ -326,110 +468,100 @@ def _refresh_statistics(conn: Connection) -> None:
         conn.exec_driver_sql("PRAGMA analysis_limit=2000")
         conn.exec_driver_sql("ANALYZE")
     elif conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ANALYZE links, blobs, repositories, manifests, manifest_refs, uploads")
+        conn.exec_driver_sql("ANALYZE links, blobs, repositories, manifests, manifest_refs, uploads, blob_verifications")
 
 
 def _open_count(conn: Connection) -> int:
     return int(conn.execute(text("SELECT COUNT(*) FROM findings WHERE resolved_run IS NULL")).scalar_one())
 
 
-def _parse_manifests(
-    conn: Connection, run_id: int, registry_id: int, result: CrawlResult, known: set[tuple[str, int]], cap: int
-) -> int:
-    """Parse manifests from link targets to their children, to a fixpoint.
+def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, cap: int) -> int:
+    """Parse manifests from link targets to their children, to a fixpoint, driven by the inventory in SQL.
 
     A manifest's parse is stored once per (digest, size), ever. Its bytes are read again only when the blob's
-    size or mtime changed since they were last hashed: every read is hashed, so a same-size rewrite of a
-    known manifest is a digest mismatch, and bytes that are not the digest's content never replace the
-    parse of the genuine content (another registry may hold it): their parse is stored under their own hash.
+    size or mtime changed since they were last hashed in this registry: every read is hashed, so a same-size
+    rewrite of a known manifest is a digest mismatch, and bytes that are not the digest's content never
+    replace the parse of the genuine content (another registry may hold it): their parse is stored under their
+    own hash.
     """
-    blobs = {b.digest: b for b in result.blobs}
-    verified = store.load_verifications(conn, registry_id)
-    layer_targets: dict[str, str] = {}
-    queue: set[str] = set()
-    for link in result.links:
-        if link.state == "ok" and link.target_digest and link.kind in ("revision", "tag_current", "tag_index"):
-            queue.add(link.target_digest)
-        if link.kind == "revision" and link.path_digest:
-            queue.add(link.path_digest)  # the reference scanner reads revisions by their path digest
-        if link.kind == "layer" and link.state == "ok" and link.path_digest and link.target_digest:
-            layer_targets[link.path_digest] = link.target_digest
+    queue = store.manifest_roots(conn, registry_id)
+    aliases = store.layer_aliases(conn, registry_id)
+    own: set[tuple[str, int]] = set()  # parses stored under the hash of non-genuine bytes in this run
     done: set[str] = set()
     parsed_total = 0
     while queue:
         level = queue - done
         done |= level
-        queue = set()
+        queue = {t for d in level & aliases.keys() for t in aliases[d]}
         new: list[tuple[str, int, ParsedManifest]] = []
         hashes: list[tuple[str, int, float, str | None, str | None]] = []
         already: list[tuple[str, int]] = []
-        for digest in sorted(level):
-            if digest in layer_targets:
-                queue.add(layer_targets[digest])
-            blob = blobs.get(digest)
-            if blob is None:
-                continue
-            key = (digest, blob.size)
-            if key in known and _same_stat(verified.get(digest), (blob.size, blob.mtime)):
+
+        def flush(at_least: int) -> int:
+            """Write parses, hashes and follow known manifests' children in batches: memory stays flat."""
+            written = 0
+            if len(new) >= at_least:
+                store.insert_manifests(conn, run_id, new)
+                written = len(new)
+                new.clear()
+            if len(hashes) >= at_least:
+                store.save_verifications(conn, registry_id, run_id, hashes)
+                hashes.clear()
+            if len(already) >= at_least:
+                queue.update(d for _role, d in store.manifest_refs_of(conn, already))
+                already.clear()
+            return written
+
+        for digest, size, mtime, is_known, v_size, v_mtime in store.manifest_candidates(conn, registry_id, level):
+            key = (digest, size)
+            if is_known and _same_stat((v_size, v_mtime) if v_size is not None else None, (size, mtime)):
                 already.append(key)
-                continue
-            try:
-                raw = read_blob(result.registry.v2, digest, cap)
-            except BlobTooLarge as big:
-                raw, pm = None, ParsedManifest(
-                    KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte manifest cap: not parsed")
             else:
-                if raw is None:
+                try:
+                    raw = read_blob(v2, digest, cap)
+                except BlobTooLarge as big:
+                    raw, pm = None, ParsedManifest(
+                        KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte manifest cap: not parsed")
+                else:
+                    if raw is None:
+                        continue
+                    pm = parse_manifest(raw)
+                computed = digest_of(digest, raw) if raw is not None else None
+                genuine = computed is None or computed == digest
+                hashes.append((digest, size, mtime, computed, None if genuine else pm.error))
+                if not genuine:
+                    # The evidence lives in blob_verifications and the (digest, size) row stays the genuine
+                    # content's. These bytes are what the registry serves and garbage-collect reads and marks,
+                    # so their parse is kept under the digest they do hash to (regindex.rules looks it up there).
+                    assert computed is not None
+                    if (computed, size) not in own and not store.manifest_exists(conn, computed, size):
+                        own.add((computed, size))
+                        new.append((computed, size, pm))
+                        queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
                     continue
-                pm = parse_manifest(raw)
-            computed = digest_of(digest, raw) if raw is not None else None
-            genuine = computed is None or computed == digest
-            hashes.append((digest, blob.size, blob.mtime, computed, None if genuine else pm.error))
-            if not genuine:
-                # The evidence lives in blob_verifications and the (digest, size) row stays the genuine
-                # content's. These bytes are what the registry serves and garbage-collect reads and marks, so
-                # their parse is kept under the digest they do hash to (regindex.rules looks it up there).
-                assert computed is not None
-                if (computed, blob.size) not in known:
-                    new.append((computed, blob.size, pm))
-                    known.add((computed, blob.size))
+                if is_known:
+                    already.append(key)
+                else:
+                    new.append((digest, size, pm))
                     queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
-                continue
-            if key in known:
-                already.append(key)
-                continue
-            new.append((digest, blob.size, pm))
-            known.add(key)
-            queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
-        store.insert_manifests(conn, run_id, new)
-        store.save_verifications(conn, registry_id, run_id, hashes)
-        parsed_total += len(new)
-        queue.update(d for _role, d in store.manifest_refs_of(conn, already))
+            parsed_total += flush(2000)
+        parsed_total += flush(0)
     return parsed_total
 
 
-def _verify_content(conn: Connection, run_id: int, registry_id: int, result: CrawlResult) -> None:
+def _verify_content(conn: Connection, run_id: int, registry_id: int, v2: Path) -> None:
     """Re-hash blob data whose size or mtime changed since it was last hashed (or never hashed)."""
-    seen = store.load_verifications(conn, registry_id)
-    todo = [b for b in result.blobs if not _same_stat(seen.get(b.digest), (b.size, b.mtime))]
-    for part in store.chunks(todo, 500):
-        store.save_verifications(
-            conn, registry_id, run_id,
-            [(b.digest, b.size, b.mtime, hash_blob(result.registry.v2, b.digest), None) for b in part],
-        )
+    batch: list[tuple[str, int, float, str | None, str | None]] = []
+    for digest, size, mtime in store.blobs_to_verify(conn, registry_id):
+        batch.append((digest, size, mtime, hash_blob(v2, digest), None))
+        if len(batch) >= 500:
+            store.save_verifications(conn, registry_id, run_id, batch)
+            batch = []
+    store.save_verifications(conn, registry_id, run_id, batch)
     # A _layers link under another algorithm than its target (sha512 path, sha256 content) is a legitimate
     # alias only if the target's data hashes to the path's digest: its row is keyed by the alias digest.
-    blobs = {b.digest: b for b in result.blobs}
-    aliases = []
-    for link in result.links:
-        if (link.kind == "layer" and link.state == "ok" and link.path_digest and link.target_digest
-                and link.path_digest.split(":")[0] != link.target_digest.split(":")[0]
-                and link.target_digest in blobs):
-            target = blobs[link.target_digest]
-            if not _same_stat(seen.get(link.path_digest), (target.size, target.mtime)):
-                alg = link.path_digest.split(":")[0]
-                aliases.append((link.path_digest, target.size, target.mtime,
-                                hash_blob(result.registry.v2, target.digest, alg), None))
+    aliases = [(path_digest, size, mtime, hash_blob(v2, target, path_digest.split(":")[0]), None)
+               for path_digest, target, size, mtime in store.aliases_to_verify(conn, registry_id)]
     store.save_verifications(conn, registry_id, run_id, sorted(set(aliases)))
 
 

@@ -198,9 +198,9 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
     # Tables other branches add (issue 7: run phases; issue 8: repairs and acknowledgements): described here so
     # that the metadata covers them once they land; entries for tables a database lacks are ignored.
     "run_phases": (
-        "wall time of each phase of a run (crawl, load, manifests, verify, checks, history), summed over its "
-        "registries",
-        {"run_id": "the run (runs.id)", "phase": "crawl, load, manifests, verify, checks or history",
+        "wall time of each phase of a run (discover, crawl, load, manifests, verify, checks, history), summed over "
+        "its registries",
+        {"run_id": "the run (runs.id)", "phase": "discover, crawl, load, manifests, verify, checks or history",
          "position": "the phase's order in the run", "seconds": "wall time spent in it",
          "items": "what the phase worked through (files, inventory changes, manifests, findings)"},
     ),

@@ -1,0 +1,131 @@
+"""The crawl's only access to storage: list a directory, stat a path, read a file (bounded).
+
+Paths are opaque strings built with ``join``; for the filesystem they are absolute paths under the registry's
+v2 root. An object-store backend (S3: a listing with size, ETag and LastModified per key) implements the same
+four methods, and nothing after the crawl changes. Symlinks are reported, never followed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as st_
+from dataclasses import dataclass
+from typing import Protocol
+
+# entry and file kinds
+DIR, FILE, SYMLINK, OTHER = "dir", "file", "symlink", "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    name: str
+    path: str
+    kind: str  # dir | file | symlink | other (as the listing says, without following anything)
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    kind: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """What reading a file gave: ``kind`` file (``data`` holds at most the limit), symlink, other (not a
+    regular file), or error (``error`` says why: the file exists but cannot be read)."""
+
+    kind: str
+    data: bytes = b""
+    error: str | None = None
+
+
+class Storage(Protocol):
+    def join(self, path: str, name: str) -> str: ...
+
+    def list(self, path: str) -> list[Entry] | None:
+        """Entries sorted by name; ``None`` when ``path`` does not exist (vanished). Raises OSError otherwise."""
+        ...
+
+    def stat(self, path: str) -> Stat | None:
+        """``None`` when ``path`` does not exist. Raises OSError when it cannot be known."""
+        ...
+
+    def read(self, path: str, limit: int) -> Read | None:
+        """At most ``limit`` bytes of a file; ``None`` when it does not exist."""
+        ...
+
+
+def _kind(mode: int) -> str:
+    if st_.S_ISDIR(mode):
+        return DIR
+    if st_.S_ISREG(mode):
+        return FILE
+    if st_.S_ISLNK(mode):
+        return SYMLINK
+    return OTHER
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+class FileSystem:
+    """Storage on a local filesystem (registry's ``filesystem`` driver)."""
+
+    def join(self, path: str, name: str) -> str:
+        return os.path.join(path, name)
+
+    def list(self, path: str) -> list[Entry] | None:
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        out = []
+        for e in entries:
+            if e.is_symlink():
+                kind = SYMLINK
+            elif e.is_dir(follow_symlinks=False):
+                kind = DIR
+            elif e.is_file(follow_symlinks=False):
+                kind = FILE
+            else:
+                kind = OTHER
+            out.append(Entry(e.name, e.path, kind))
+        out.sort(key=lambda x: x.name)
+        return out
+
+    def stat(self, path: str) -> Stat | None:
+        try:
+            s = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return Stat(_kind(s.st_mode), s.st_size, s.st_mtime)
+
+    def read(self, path: str, limit: int) -> Read | None:
+        """One open (never following a symlink at the last component; the caller listed every directory above
+        it as a real directory), fstat, one bounded read."""
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == getattr(os, "ELOOP", None) or _is_symlink(path):
+                return Read(SYMLINK)
+            return Read("error", error=exc.strerror)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not st_.S_ISREG(mode):
+                return Read(OTHER)
+            return Read(FILE, os.read(fd, limit))
+        except OSError as exc:
+            return Read("error", error=exc.strerror)
+        finally:
+            os.close(fd)
+
+
+def _is_symlink(path: str) -> bool:
+    try:
+        return st_.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
