@@ -234,10 +234,19 @@ def run_unprivileged(fn: Any) -> Any:
     import traceback
 
     # what the command imports lazily must be imported now: nobody may not read the interpreter's library
-    for mod in ("regindex.scan", "regindex.checks", "regindex.history", "regindex.report", "regindex.metrics",
-                "regindex.queries", "regindex.gc", "sqlalchemy.orm", "sqlalchemy.dialects.sqlite",
-                "sqlalchemy.dialects.sqlite.pysqlite", "sqlite3", "alembic.command", "alembic.runtime.migration"):
+    # (an installed, non-editable package may live under root's home, which nobody cannot even traverse)
+    import pkgutil
+
+    import regindex
+    from regindex import db
+
+    for info in pkgutil.iter_modules(regindex.__path__, "regindex."):
+        if info.name not in ("regindex.__main__", "regindex.serve"):  # serve needs the optional datasette
+            importlib.import_module(info.name)
+    for mod in ("sqlalchemy.orm", "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.sqlite.pysqlite", "sqlite3",
+                "alembic.command", "alembic.runtime.migration"):
         importlib.import_module(mod)
+    db.head_revision()  # reads the migrations directory once; cached for the child
     nobody = pwd.getpwnam("nobody")
     r, w = os.pipe()
     pid = os.fork()

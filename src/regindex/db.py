@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
@@ -150,7 +151,10 @@ def alembic_config(conn: Connection):
     return cfg
 
 
+@cache
 def head_revision() -> str:
+    """The newest migration this code ships (read once: the installed package does not change under a running
+    process)."""
     from alembic.script import ScriptDirectory
 
     cfg = alembic_config(None)  # type: ignore[arg-type]
