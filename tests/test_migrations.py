@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -89,14 +91,7 @@ def test_0003_upgrades_a_database_full_of_history(db_path):
     engine = db.make_engine(url)
     db.upgrade(engine, "0002")
     with engine.begin() as c:
-        for i in (1, 2):
-            c.execute(text("INSERT INTO runs (id, started_at, status, base) VALUES (:i, '2026-11-0%s 03:30:00', "
-                           "'complete', '/srv')" % i), {"i": i})
-        for i in range(1, 4):
-            c.execute(text("INSERT INTO findings (key, episode, kind, severity, registry, repository, digest, "
-                           "detail, first_run, last_seen_run, resolved_run) VALUES (:k, 1, 'orphan_layer_link', "
-                           "'error', 'private', 'team/app', 'sha256:' || :k, '{}', 1, 2, :res)"),
-                      {"k": f"{i:064x}", "res": 2 if i == 3 else None})
+        _two_runs_three_findings(c)
     db.upgrade(engine)
     with engine.begin() as c:
         rows = c.execute(text("SELECT key, resolved_run, policy FROM findings ORDER BY key")).all()
@@ -121,14 +116,7 @@ def test_0004_keeps_every_run_and_recounts_the_open_errors_of_old_runs(db_path, 
     engine = db.make_engine(url)
     db.upgrade(engine, "0003_repair_ack")
     with engine.begin() as c:
-        for i in (1, 2):
-            c.execute(text("INSERT INTO runs (id, started_at, status, base, findings_open) VALUES "
-                           "(:i, '2026-11-0%s 03:30:00', 'complete', '/srv', 2)" % i), {"i": i})
-        for i in range(1, 4):
-            c.execute(text("INSERT INTO findings (key, episode, kind, severity, registry, repository, digest, "
-                           "detail, first_run, last_seen_run, resolved_run) VALUES (:k, 1, 'orphan_layer_link', "
-                           "'error', 'private', 'team/app', 'sha256:' || :k, '{}', 1, 2, :res)"),
-                      {"k": f"{i:064x}", "res": 2 if i == 3 else None})
+        _two_runs_three_findings(c, findings_open=2)
     db.upgrade(engine)
     with engine.begin() as c:
         assert db.current_revision(c) == db.head_revision()
@@ -136,3 +124,16 @@ def test_0004_keeps_every_run_and_recounts_the_open_errors_of_old_runs(db_path, 
     engine.dispose()
     runs = json.loads(invoke("runs", "--db", db_path, "--format", "json").output)
     assert [(r["id"], r["open_errors"]) for r in runs] == [(2, 2), (1, 3)]
+
+
+def _two_runs_three_findings(c: Any, findings_open: int | None = None) -> None:
+    """History as an older schema holds it: runs 1 and 2, three findings first seen in run 1, one resolved in 2."""
+    for i in (1, 2):
+        c.execute(text("INSERT INTO runs (id, started_at, status, base, findings_open) VALUES "
+                       "(:i, :at, 'complete', '/srv', :open)"),
+                  {"i": i, "at": f"2026-11-0{i} 03:30:00", "open": findings_open})
+    for i in range(1, 4):
+        c.execute(text("INSERT INTO findings (key, episode, kind, severity, registry, repository, digest, "
+                       "detail, first_run, last_seen_run, resolved_run) VALUES (:k, 1, 'orphan_layer_link', "
+                       "'error', 'private', 'team/app', 'sha256:' || :k, '{}', 1, 2, :res)"),
+                  {"k": f"{i:064x}", "res": 2 if i == 3 else None})
