@@ -139,6 +139,20 @@ def assert_views_agree_with_rules(url: str, registries: int, every_status: bool 
                         py_manifests.append((name, repo.name, d, served.via, served.status))
                 for t in repo.tags:
                     py_tags.append((name, repo.name, t, rules.tag(inv, repo, t)))
+            # the parts the gc_blocker check reads (a few repositories each) say what the whole says
+            for size in (1, 3):
+                parts = list(rules.load_parts(conn, reg_id, name, size=size))
+                assert sorted(r for inv in parts for r in inv.repos) == sorted(inv.repos)
+                assert sorted((x for part in parts for x in rules.blockers(part)), key=repr) == sorted(
+                    rules.blockers(inv), key=repr), (name, size)
+                assert sorted(
+                    (name, repo.name, d, served.via, served.status)
+                    for part in parts for repo in part.repos.values() for d in set(repo.revisions) | set(repo.layers)
+                    if (served := rules.manifest(part, repo, d)) is not None
+                ) == sorted(m for m in py_manifests if m[0] == name), (name, size)
+                assert sorted((name, repo.name, t, rules.tag(part, repo, t)) for part in parts
+                              for repo in part.repos.values() for t in repo.tags) == sorted(
+                    t for t in py_tags if t[0] == name), (name, size)
         sql_manifests = [tuple(r) for r in conn.execute(text(
             "SELECT registry, repository, digest, via, status FROM manifest_serving"))]
         sql_tags = [tuple(r) for r in conn.execute(text(

@@ -523,8 +523,9 @@ def gc_blocker(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     :func:`regindex.rules.mark`, the mark phase gc-preview runs, in either mode."""
     for reg in _q(ctx.conn, "SELECT id, name FROM registries WHERE id IN :regs ORDER BY name", ctx.regs):
         name = reg["name"]
-        inv = rules.load(ctx.conn, reg["id"], name)
-        for b, aborts in rules.blockers(inv):
+        # a part of the registry at a time: a repository's blockers read only its own links and the data they
+        # name, and the whole inventory in memory would grow with the tree
+        for b, aborts in (x for inv in rules.load_parts(ctx.conn, reg["id"], name) for x in rules.blockers(inv)):
             if b.what == "invalid_name":
                 detail: dict[str, Any] = {"repository": b.path}
             elif b.what == "no_tags_dir":
