@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from regindex.errors import StorageError
-from regindex.storage import DIR, FILE, SYMLINK, Entry, FileSystem, Stat, Storage
+from regindex.storage import DIR, FILE, SYMLINK, Entry, FileSystem, Read, Stat, Storage
 from regindex.layout import (
     DIGEST_HEX_LEN,
     MAX_LINK_BYTES,
@@ -37,6 +38,11 @@ from regindex.layout import (
 MAX_STARTEDAT_BYTES = 256
 _REPO_DIRS = frozenset({"_layers", "_manifests", "_uploads"})
 DEFAULT_MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+# Reads in flight at once. A cold read of a small file waits on the disk (~1 ms on the benchmark machine's
+# virtual disk, for 4 KiB) while the reading thread holds no lock: several at once keep the disk busy
+# (benchmarks/bench_scale.py, cold phases). 1 reads in the walking thread.
+DEFAULT_READERS = 8
+_READ_BATCH = 512  # link files read together (across directories and repositories)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,12 +222,16 @@ class _Walker:
     through ``fs`` (list, stat, bounded read): the walk knows the registry's layout, not the storage's."""
 
     def __init__(self, root: RegistryRoot, sink: Callable[[Row], None],
-                 progress: Callable[[int], None] | None, fs: Storage | None = None) -> None:
+                 progress: Callable[[int], None] | None, fs: Storage | None = None,
+                 readers: int = DEFAULT_READERS) -> None:
         self.root = root
         self.sink = sink
         self.progress = progress
         self.fs: Storage = fs or FileSystem()
         self.stats = CrawlStats()
+        self.pool = _Pool(readers)
+        # links found but not yet read: (link path, repository, kind, tag, path digest), read in batches
+        self.pending: list[tuple[str, str, LinkKind, str | None, str | None]] = []
 
     # -- helpers -------------------------------------------------------------------------------
     def rel(self, path: str) -> str:
@@ -286,11 +296,24 @@ class _Walker:
             raise self.not_followed(path)
         return st.kind == DIR
 
-    def read_link(self, dirpath: str) -> tuple[LinkState, str | None, str | None]:
-        """Open ``<dirpath>/link`` directly (the layout says where it is): one open, fstat and bounded read."""
-        path = self.fs.join(dirpath, "link")
+    def queue_link(self, dirpath: str, repo: str, kind: LinkKind, tag: str | None, path_digest: str | None) -> None:
+        """``<dirpath>/link`` is opened directly (the layout says where it is), later, in a batch read by the
+        pool: its row reaches the sink when the batch is read (rows carry no order)."""
+        self.pending.append((self.fs.join(dirpath, "link"), repo, kind, tag, path_digest))
+        if len(self.pending) >= _READ_BATCH:
+            self.flush_links()
+
+    def flush_links(self) -> None:
+        batch, self.pending = self.pending, []
+        fs = self.fs
+        got = self.pool.map(lambda path: fs.read(path, MAX_LINK_BYTES + 1), [b[0] for b in batch])
+        for (path, repo, kind, tag, path_digest), read in zip(batch, got):
+            state, target, preview = self.link_state(path, read)
+            self.sink(LinkRow(repo, kind.value, tag, path_digest, target, state.value, preview))
+
+    def link_state(self, path: str, got: Read | None) -> tuple[LinkState, str | None, str | None]:
+        """One open, fstat and bounded read of a link file, judged."""
         self.stats.read += 1
-        got = self.fs.read(path, MAX_LINK_BYTES + 1)
         if got is None:
             return LinkState.ABSENT, None, None
         if got.kind == "error":
@@ -310,10 +333,14 @@ class _Walker:
         v2 = str(self.root.v2)
         blobs = self.structural_dir(os.path.join(v2, "blobs"))
         repos = self.structural_dir(os.path.join(v2, "repositories"))
-        if blobs:
-            self.walk_blobs(blobs)
-        if repos:
-            self.walk_repositories(repos)
+        try:
+            if blobs:
+                self.walk_blobs(blobs)
+            if repos:
+                self.walk_repositories(repos)
+            self.flush_links()
+        finally:
+            self.pool.close()
         return self.stats
 
     def structural_dir(self, path: str) -> str | None:
@@ -398,19 +425,16 @@ class _Walker:
                 if not valid_tag(tag):
                     self.anomaly(tag_dir.path, "tag name the registry would refuse")
                 cur = join(tag_dir.path, "current")
-                state: LinkState
-                target: str | None
-                preview: str | None
                 cur_st = self.lstat(cur)
                 if cur_st is None:
-                    state, target, preview = LinkState.ABSENT, None, None
+                    self.add_link(repo, LinkKind.TAG_CURRENT, tag, None, LinkState.ABSENT, None, None)
                 elif cur_st.kind == SYMLINK:
                     raise self.not_followed(cur)
                 elif cur_st.kind != DIR:
-                    state, target, preview = LinkState.UNREADABLE, None, "current is not a directory"
+                    self.add_link(repo, LinkKind.TAG_CURRENT, tag, None, LinkState.UNREADABLE, None,
+                                  "current is not a directory")
                 else:
-                    state, target, preview = self.read_link(cur)
-                self.add_link(repo, LinkKind.TAG_CURRENT, tag, None, state, target, preview)
+                    self.queue_link(cur, repo, LinkKind.TAG_CURRENT, tag, None)
                 self.walk_digest_links(join(tag_dir.path, "index"), repo, LinkKind.TAG_INDEX, tag)
         uploads = join(path, "_uploads")
         if "_uploads" in names and self.real_dir(uploads):
@@ -433,8 +457,7 @@ class _Walker:
                 if not is_hex_for(alg, hex_dir.name):
                     self.anomaly(hex_dir.path, "not a digest directory name")
                     continue
-                state, target, preview = self.read_link(hex_dir.path)
-                self.add_link(repo, kind, tag, f"{alg}:{hex_dir.name}", state, target, preview)
+                self.queue_link(hex_dir.path, repo, kind, tag, f"{alg}:{hex_dir.name}")
 
     def add_link(
         self,
@@ -474,13 +497,34 @@ class _Walker:
         self.sink(UploadRow(repo, uuid, started, started_raw, size))
 
 
+class _Pool:
+    """``map`` over a thread pool of ``n`` readers, in ``n`` slices (one task per slice: a task per file would
+    cost more than a warm read); in the calling thread when ``n`` is 1 or there is little to do."""
+
+    def __init__(self, n: int) -> None:
+        self.n = max(1, n)
+        self.executor = ThreadPoolExecutor(self.n, thread_name_prefix="regindex-read") if self.n > 1 else None
+
+    def map(self, fn: Callable[[str], Any], items: list[str]) -> list[Any]:
+        if self.executor is None or len(items) < 2 * self.n:
+            return [fn(x) for x in items]
+        step = -(-len(items) // self.n)
+        parts = self.executor.map(lambda i: [fn(x) for x in items[i : i + step]], range(0, len(items), step))
+        return [r for part in parts for r in part]
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+
 def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
-               progress: Callable[[int], None] | None = None, fs: Storage | None = None) -> CrawlStats:
+               progress: Callable[[int], None] | None = None, fs: Storage | None = None,
+               readers: int = DEFAULT_READERS) -> CrawlStats:
     """Walk one registry root, handing each row to ``sink`` as it is found. Raises ``StorageError`` when any
     part of the tree cannot be listed (rows already handed over must then be discarded)."""
     if fs is None and not os.access(root.v2, os.R_OK | os.X_OK):
         raise StorageError(f"{root.name}: cannot read {root.v2}")
-    return _Walker(root, sink, progress, fs).run()
+    return _Walker(root, sink, progress, fs, readers).run()
 
 
 def crawl(root: RegistryRoot, progress: Callable[[int], None] | None = None) -> CrawlResult:
