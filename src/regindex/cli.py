@@ -136,10 +136,12 @@ def cli() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stdout.")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
               help="stderr: text for people, or json (one object a line: progress, errors, the run's summary).")
+@click.option("--full", is_flag=True,
+              help="Read every link file (by default one unchanged since a scan read it is only stat'ed).")
 def scan(
     base: Path, db: str | None, config_path: str | None, caches: tuple[str, ...], fail_on: str | None,
     verify_content: bool | None, stale_upload_hours: float | None, allow_empty: bool, report_dir: Path | None,
-    metrics_path: Path | None, quiet: bool, log_format: str,
+    metrics_path: Path | None, quiet: bool, log_format: str, full: bool,
 ) -> None:
     """Index every registry under BASE and update findings.
 
@@ -153,7 +155,7 @@ def scan(
     logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
     try:
         _scan(log, base, db, config_path, caches, fail_on, verify_content, stale_upload_hours, allow_empty,
-              report_dir, metrics_path, quiet)
+              report_dir, metrics_path, quiet, full)
     except Failure as exc:
         if log_format != "json":
             raise
@@ -170,7 +172,7 @@ def scan(
 def _scan(
     log: ScanLog, base: Path, db: str | None, config_path: str | None, caches: tuple[str, ...], fail_on: str | None,
     verify_content: bool | None, stale_upload_hours: float | None, allow_empty: bool, report_dir: Path | None,
-    metrics_path: Path | None, quiet: bool,
+    metrics_path: Path | None, quiet: bool, full: bool = False,
 ) -> None:
     from regindex.errors import ConfigError, LockError
     from regindex.scan import ScanOptions, record_failed_run, run_scan
@@ -195,7 +197,11 @@ def _scan(
         stale_upload_hours=stale_upload_hours or settings.stale_upload_hours or 168.0,
         allow_empty=allow_empty,
         severity_rules=tuple(settings.severity),
+        full=full,
+        full_scan_every=settings.full_scan_every,
     )
+    if settings.settle_seconds is not None:
+        opts.settle_seconds = settings.settle_seconds
     metrics_path = metrics_path or (Path(settings.metrics) if settings.metrics else None)
     report_dir = report_dir or (Path(settings.report_dir) if settings.report_dir else None)
     if metrics_path:
@@ -355,7 +361,7 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
 
 RUN_COLUMNS = ("id", "started_at", "status", "duration_seconds", "registries", "repositories", "links", "blobs",
                "manifests_parsed", "inventory_changes", "open_errors", "findings_open", "findings_new",
-               "findings_resolved", "files_stat", "files_read", "files_skipped", "phases", "error")
+               "findings_resolved", "files_stat", "files_read", "files_skipped", "full_scan", "phases", "error")
 
 
 @cli.command()

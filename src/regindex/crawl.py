@@ -68,6 +68,7 @@ class LinkRow:
     target_digest: str | None
     state: str
     preview: str | None
+    changed: float | None = None  # the file's change time when read, if settled (see crawl_into's ``settled``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,20 @@ def _name_for_root(root: Path) -> str:
 Row = RepoRow | LinkRow | BlobRow | UploadRow | Anomaly
 
 
+@dataclass(frozen=True, slots=True)
+class KnownLink:
+    """A link file as a previous scan read it, with its settled change time."""
+
+    changed: float
+    state: str
+    target: str | None
+    preview: str | None
+
+
+# A repository's links as the inventory knows them, by (kind, tag, path digest): for an incremental crawl.
+Known = Callable[[str], dict[tuple[str, str | None, str | None], KnownLink]]
+
+
 @dataclass(slots=True)
 class CrawlStats:
     """Storage work of one crawl: listings and stats, files read, files seen (links, blob data, uploads)."""
@@ -223,8 +238,11 @@ class _Walker:
 
     def __init__(self, root: RegistryRoot, sink: Callable[[Row], None],
                  progress: Callable[[int], None] | None, fs: Storage | None = None,
-                 readers: int = DEFAULT_READERS) -> None:
+                 readers: int = DEFAULT_READERS, known: Known | None = None, settled: float | None = None) -> None:
         self.root = root
+        self.known = known
+        self.settled = settled
+        self.prev: dict[tuple[str, str | None, str | None], KnownLink] = {}
         self.sink = sink
         self.progress = progress
         self.fs: Storage = fs or FileSystem()
@@ -298,8 +316,23 @@ class _Walker:
 
     def queue_link(self, dirpath: str, repo: str, kind: LinkKind, tag: str | None, path_digest: str | None) -> None:
         """``<dirpath>/link`` is opened directly (the layout says where it is), later, in a batch read by the
-        pool: its row reaches the sink when the batch is read (rows carry no order)."""
-        self.pending.append((self.fs.join(dirpath, "link"), repo, kind, tag, path_digest))
+        pool: its row reaches the sink when the batch is read (rows carry no order).
+
+        Incremental: a link the inventory read when its change time was settled, and whose change time is
+        still that one, is stat'ed instead and its row reused (a write, a truncation, a chmod, a rename over it
+        or a re-creation all change the later of mtime and ctime; a file removed from its directory is not
+        found by the stat)."""
+        path = self.fs.join(dirpath, "link")
+        prev = self.prev.get((kind.value, tag, path_digest))
+        if prev is not None:
+            st = self.lstat(path)
+            if st is not None and st.kind == FILE and st.changed == prev.changed:
+                self.stats.skipped += 1
+                self.tick()
+                self.sink(LinkRow(repo, kind.value, tag, path_digest, prev.target, prev.state, prev.preview,
+                                  prev.changed))
+                return
+        self.pending.append((path, repo, kind, tag, path_digest))
         if len(self.pending) >= _READ_BATCH:
             self.flush_links()
 
@@ -307,9 +340,13 @@ class _Walker:
         batch, self.pending = self.pending, []
         fs = self.fs
         got = self.pool.map(lambda path: fs.read(path, MAX_LINK_BYTES + 1), [b[0] for b in batch])
+        settled = self.settled
         for (path, repo, kind, tag, path_digest), read in zip(batch, got):
             state, target, preview = self.link_state(path, read)
-            self.sink(LinkRow(repo, kind.value, tag, path_digest, target, state.value, preview))
+            changed = read.changed if read is not None and read.kind == FILE else None
+            if changed is not None and (settled is None or changed >= settled):
+                changed = None  # changed too recently to trust: a write in the same clock tick would not show
+            self.sink(LinkRow(repo, kind.value, tag, path_digest, target, state.value, preview, changed))
 
     def link_state(self, path: str, got: Read | None) -> tuple[LinkState, str | None, str | None]:
         """One open, fstat and bounded read of a link file, judged."""
@@ -415,6 +452,7 @@ class _Walker:
         has_tags = has_manifests and self.structural_dir(tags_dir) is not None
         revisions = self.structural_dir(join(manifests, "revisions")) if has_manifests else None
         self.sink(RepoRow(repo, has_manifests, has_tags))
+        self.prev = self.known(repo) if self.known is not None else {}
         if layers:
             self.walk_digest_links(layers, repo, LinkKind.LAYER, None, known_dir=True)
         if revisions:
@@ -519,12 +557,18 @@ class _Pool:
 
 def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
                progress: Callable[[int], None] | None = None, fs: Storage | None = None,
-               readers: int = DEFAULT_READERS) -> CrawlStats:
+               readers: int = DEFAULT_READERS, known: Known | None = None,
+               settled: float | None = None) -> CrawlStats:
     """Walk one registry root, handing each row to ``sink`` as it is found. Raises ``StorageError`` when any
-    part of the tree cannot be listed (rows already handed over must then be discarded)."""
+    part of the tree cannot be listed (rows already handed over must then be discarded).
+
+    ``settled``: a link file whose change time is before it (the run's start minus a few seconds) keeps that
+    time in its row: a later crawl given ``known`` (the inventory's links of a repository) stats such a file
+    and reuses its row when the time is the same. Every directory is still listed and every other file
+    stat'ed or read, so nothing added, removed or rewritten is missed."""
     if fs is None and not os.access(root.v2, os.R_OK | os.X_OK):
         raise StorageError(f"{root.name}: cannot read {root.v2}")
-    return _Walker(root, sink, progress, fs, readers).run()
+    return _Walker(root, sink, progress, fs, readers, known, settled).run()
 
 
 def crawl(root: RegistryRoot, progress: Callable[[int], None] | None = None) -> CrawlResult:

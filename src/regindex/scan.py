@@ -37,6 +37,11 @@ from regindex.manifests import KIND_UNKNOWN, ParsedManifest, parse_manifest
 
 Progress = Callable[[str], None]
 
+# A link file whose change time is this close to (or after) the start of the run that read it is read again by
+# the next run: a write within the same tick of the filesystem's clock (or of a skewed NFS server's) would not
+# change the time a later stat shows.
+SETTLE_SECONDS = 10.0
+
 
 @dataclass
 class ScanOptions:
@@ -48,6 +53,9 @@ class ScanOptions:
     max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
     now: datetime | None = None  # for tests: the clock of stale_upload
     severity_rules: tuple[Any, ...] = ()  # regindex.policy.Rule, from the config file's [[severity]] tables
+    full: bool = False  # read every file (no link row reused from the inventory)
+    full_scan_every: int | None = None  # make every Nth run a full one (config); None: only with ``full``
+    settle_seconds: float = SETTLE_SECONDS  # a link changed this close to a run's start is read again next run
 
     def for_record(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,6 +87,7 @@ class ScanOutcome:
     files_stat: int = 0
     files_read: int = 0
     files_skipped: int = 0
+    full_scan: bool = True  # every file read (no row reused from the inventory)
 
 
 class PhaseClock:
@@ -287,6 +296,8 @@ def _scan(
     outcome = ScanOutcome(run_id, "complete")
     with _WriteTransaction(engine, held) as conn:
         known = store.registry_ids(conn)
+        outcome.full_scan = opts.full or store.full_scan_due(conn, run_id, opts.full_scan_every)
+        settled = started.timestamp() - opts.settle_seconds
         scanned: dict[str, int] = {}
         for root in roots:
             if root.problem:
@@ -299,7 +310,7 @@ def _scan(
             # One savepoint per registry: storage that cannot be read fails this registry, not the others.
             savepoint = conn.begin_nested()
             try:
-                loaded = _load_registry(conn, run_id, rid, root, opts, progress, clock)
+                loaded = _load_registry(conn, run_id, rid, root, opts, progress, clock, outcome.full_scan, settled)
             except _STORAGE_OR_ODD as exc:
                 savepoint.rollback()
                 failures[name] = str(exc) if isinstance(exc, StorageError) else _odd(name, "cannot index", exc)
@@ -382,6 +393,7 @@ def _scan(
             findings_resolved=outcome.counts.resolved,
             error=safe_text("; ".join(failures.values()))[:2000] if failures else None,
             files_stat=outcome.files_stat, files_read=outcome.files_read, files_skipped=outcome.files_skipped,
+            full_scan=outcome.full_scan,
         )
     outcome.duration_seconds = (store.utcnow() - started).total_seconds()
     return outcome
@@ -412,10 +424,11 @@ class StorageWork:
 
 def _load_registry(
     conn: Connection, run_id: int, rid: int, root: RegistryRoot, opts: ScanOptions, progress: Progress | None,
-    clock: PhaseClock,
+    clock: PhaseClock, full: bool, settled: float,
 ) -> tuple[store.StageCounts, store.LoadStats, int, StorageWork, int] | str:
     """Crawl one registry into the staging tables and apply it to the inventory; parse its new manifests.
-    A string says why the registry must not be applied (it became suddenly empty)."""
+    A string says why the registry must not be applied (it became suddenly empty). Unless ``full``, link files
+    unchanged since the inventory read them settled are stat'ed, not read (``crawl_into``)."""
     name = root.name
     t0 = time.perf_counter()
     _say(progress, f"crawling {name}")
@@ -426,7 +439,8 @@ def _load_registry(
 
     with clock("crawl"):
         stage = store.Stage(conn)
-        crawled = crawl_into(root, stage.add, tick)  # rows stream into the staging tables
+        known = None if full else (lambda repo: store.known_links(conn, rid, repo))
+        crawled = crawl_into(root, stage.add, tick, known=known, settled=settled)  # rows stream into staging
     work = StorageWork(stat=crawled.stat, read=crawled.read, skipped=crawled.skipped)
     clock.count("crawl", crawled.files_seen)
     _say(progress, f"loading {name}")

@@ -67,7 +67,8 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
             "error": "why it failed or was partial",
             "files_stat": "files and directories stat'ed or listed",
             "files_read": "files read",
-            "files_skipped": "files skipped",
+            "files_skipped": "link files not read: unchanged since a scan read them (incremental)",
+            "full_scan": "the run read every link file (--full, full_scan_every, or before 0006)",
         },
     ),
     "registries": (
@@ -119,6 +120,8 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
             "state": "ok, empty, whitespace, garbage, unreadable, absent = the directory without its link, the "
                      "trace of an API DELETE",
             "preview": "printable bad bytes",
+            "changed": "the file's change time (epoch seconds) when read, kept when settled: an incremental scan "
+                       "that stats the same time reuses the row without reading the file",
         },
     ),
     "blobs": (

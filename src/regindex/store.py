@@ -117,6 +117,24 @@ def record_phases(conn: Connection, run_id: int, rows: Sequence[tuple[str, int, 
         ])
 
 
+def full_scan_due(conn: Connection, run_id: int, every: int | None) -> bool:
+    """Whether this run reads every link: the first run (nothing to reuse), or ``every`` (the config's
+    ``full_scan_every``) says so: the runs since the last full one (runs before 0006 read everything) and this
+    one make ``every``."""
+    done = text("SELECT COUNT(*) FROM runs WHERE id < :run AND status IN ('complete', 'partial')")
+    if not conn.execute(done, {"run": run_id}).scalar_one():
+        return True
+    if not every:
+        return False
+    q = text(
+        "SELECT COUNT(*) FROM runs WHERE id < :run AND status IN ('complete', 'partial') AND id > COALESCE("
+        "(SELECT MAX(id) FROM runs WHERE id < :run AND status IN ('complete', 'partial') "
+        "AND (full_scan IS NULL OR full_scan = :yes)), 0)"
+    )
+    since = int(conn.execute(q, {"run": run_id, "yes": True}).scalar_one())
+    return since + 1 >= every
+
+
 def mark_scanned(conn: Connection, registry_id: int, run_id: int) -> None:
     t = table(Registry)
     conn.execute(update(t).where(t.c.id == registry_id).values(last_scanned_run=run_id))
@@ -165,7 +183,8 @@ SPECS: dict[str, EpisodeSpec] = {
     "repositories": EpisodeSpec(table(Repository), ("name", "has_manifests", "has_tags_dir"), index=("name",)),
     "links": EpisodeSpec(
         table(Link), ("repository", "kind", "tag", "path_digest", "target_digest", "state", "preview"),
-        nullable=("tag", "path_digest", "target_digest", "preview"), index=("repository", "kind", "path_digest"),
+        mutable=("changed",), nullable=("tag", "path_digest", "target_digest", "preview"),
+        index=("repository", "kind", "path_digest"),
     ),
     "blobs": EpisodeSpec(table(Blob), ("digest", "size"), ("mtime",), index=("digest",)),
     "uploads": EpisodeSpec(table(Upload), ("repository", "uuid", "started_raw"), ("started_at", "size"),
@@ -330,6 +349,19 @@ def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry
         f"(SELECT 1 FROM {t} t WHERE t.registry_id = :rid AND t.gone_run IS NULL AND {_match(conn, spec, 't', 's')})"
     ), p)
     stats.added += int(added.rowcount or 0)
+
+
+def known_links(conn: Connection, registry_id: int, repository: str) -> dict[tuple[str, str | None, str | None], Any]:
+    """A repository's current links whose file was read when its change time was settled (an incremental
+    crawl stats those instead of reading them), by (kind, tag, path digest)."""
+    from regindex.crawl import KnownLink
+
+    q = text(
+        "SELECT kind, tag, path_digest, changed, state, target_digest, preview FROM links "
+        "WHERE registry_id = :rid AND gone_run IS NULL AND repository = :repo AND changed IS NOT NULL"
+    )
+    return {(r[0], r[1], r[2]): KnownLink(float(r[3]), r[4], r[5], r[6])
+            for r in conn.execute(q, {"rid": registry_id, "repo": repository})}
 
 
 def close_registry(conn: Connection, run_id: int, registry_id: int) -> LoadStats:
