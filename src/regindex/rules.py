@@ -16,7 +16,7 @@ Read from distribution 2.8.2 (``registry/storage``: ``linkedblobstore.go``, ``ma
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, text
@@ -145,19 +145,52 @@ def load(conn: Connection, registry_id: int, name: str) -> Inventory:
 PART_REPOSITORIES = 200
 
 
-def load_parts(conn: Connection, registry_id: int, name: str, size: int = PART_REPOSITORIES) -> Iterator[Inventory]:
-    """One registry's current inventory in parts of ``size`` repositories each, with only the blob data, hashes
-    and manifest parses that those repositories' revision and ``_layers`` links name: everything
-    :func:`manifest` and :func:`mark`'s blockers read of a repository. (Not for :func:`blob` of a digest its
-    links do not name, nor for the sweep: use :func:`load`.) Memory stays flat however big the registry."""
-    names = [r[0] for r in conn.execute(
-        text("SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL ORDER BY name"),
-        {"r": registry_id})]
+def load_parts(conn: Connection, registry_id: int, name: str, size: int = PART_REPOSITORIES,
+               only: Iterable[str] | None = None) -> Iterator[Inventory]:
+    """One registry's current inventory (or that of the repositories ``only`` names) in parts of ``size``
+    repositories each, with only the blob data, hashes and manifest parses that those repositories' revision
+    and ``_layers`` links name: everything :func:`manifest` and :func:`mark`'s blockers read of a repository.
+    (Not for :func:`blob` of a digest its links do not name, nor for the sweep: use :func:`load`.) Memory
+    stays flat however big the registry."""
+    if only is None:
+        names = [r[0] for r in conn.execute(
+            text("SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL ORDER BY name"),
+            {"r": registry_id})]
+    else:
+        names = sorted(set(only))
     for i in range(0, len(names), size):
         _fill_scope(conn, "rules_scope_repos", "name", names[i : i + size])
         yield _load(conn, registry_id, name, scoped=True)
     for t in ("rules_scope_repos", "rules_scope_digests"):
         _drop_scope(conn, t)
+
+
+def blocker_candidates(conn: Connection, registry_id: int) -> set[str]:
+    """The repositories of a registry where :func:`mark` can find a blocker, in either mode: a superset, found
+    in SQL, of those holding one. Every other repository has a valid name, ``_manifests/tags``, only links that
+    parse (or are absent) where the walk reads them, and no revision or layer link naming data whose parse
+    fails or that is not its digest's content: nothing there can abort. (The parity test checks that
+    evaluating only these finds every blocker the whole inventory has.)"""
+    p = {"r": registry_id, "no": False}
+    names = {r[0] for r in conn.execute(
+        text("SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL"), p)}
+    out = {n for n in names if not valid_repository_name(n)}
+    out.update(r[0] for r in conn.execute(text(
+        """SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL AND has_tags_dir = :no
+           UNION
+           SELECT repository FROM links WHERE registry_id = :r AND gone_run IS NULL
+             AND kind IN ('revision', 'layer', 'tag_current') AND state NOT IN ('ok', 'absent')
+           UNION
+           SELECT l.repository FROM links l
+           WHERE l.registry_id = :r AND l.gone_run IS NULL AND l.kind IN ('revision', 'layer')
+             AND l.target_digest IN (
+               SELECT b.digest FROM manifests m JOIN blobs b ON b.digest = m.digest AND b.size = m.size
+                 AND b.registry_id = :r AND b.gone_run IS NULL
+               WHERE m.parse_error IS NOT NULL OR m.kind IN ('invalid', 'unknown')
+               UNION
+               SELECT v.digest FROM blob_verifications v WHERE v.registry_id = :r AND v.computed_digest <> v.digest)
+        """), p))  # (from the few broken manifests to the links naming them, not from every link)
+    return out & names
 
 
 def _drop_scope(conn: Connection, name: str) -> None:
