@@ -271,6 +271,19 @@ class _Walker:
         except OSError as exc:
             raise StorageError(f"{self.root.name}: cannot stat {self.rel(path)}: {exc.strerror}") from None
 
+    def try_stat(self, path: str) -> Stat | OSError | None:
+        """``fs.stat`` for the pool: an error is returned, for :meth:`stat_result` to raise in the walk."""
+        try:
+            return self.fs.stat(path)
+        except OSError as exc:
+            return exc
+
+    def stat_result(self, path: str, got: Stat | OSError | None) -> Stat | None:
+        self.stats.stat += 1
+        if isinstance(got, OSError):
+            raise StorageError(f"{self.root.name}: cannot stat {self.rel(path)}: {got.strerror}") from None
+        return got
+
     def scandir(self, path: str) -> list[Entry]:
         self.stats.stat += 1
         try:
@@ -399,13 +412,17 @@ class _Walker:
                 continue
             alg = alg_dir.name
             for prefix in self.subdirs(alg_dir.path):
+                datas: list[tuple[str, str]] = []
                 for hex_dir in self.subdirs(prefix.path):
                     hex_ = hex_dir.name
                     if not is_hex_for(alg, hex_) or hex_[:2] != prefix.name:
                         self.anomaly(hex_dir.path, "not a blob directory name")
                         continue
-                    data = join(hex_dir.path, "data")
-                    st = self.lstat(data)
+                    datas.append((hex_, join(hex_dir.path, "data")))
+                # the pool stats a prefix's data files together: cold, each waits on the disk for its inode
+                stats = self.pool.map(self.try_stat, [d for _h, d in datas])
+                for (hex_, data), st_or_error in zip(datas, stats):
+                    st = self.stat_result(data, st_or_error)
                     if st is None:
                         continue  # a blob directory without data: nothing is stored
                     self.tick()

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from regindex import __version__, checks, history, store
 from regindex.crawl import (
     DEFAULT_MAX_MANIFEST_BYTES,
+    DEFAULT_READERS,
     BlobTooLarge,
     RegistryRoot,
     crawl_into,
@@ -526,13 +527,16 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
                 already.clear()
             return written
 
-        for digest, size, mtime, is_known, v_size, v_mtime in store.manifest_candidates(conn, registry_id, level):
+        for digest, size, mtime, is_known, v_size, v_mtime, got in _prefetched(
+                v2, cap, store.manifest_candidates(conn, registry_id, level)):
             key = (digest, size)
             if is_known and _same_stat((v_size, v_mtime) if v_size is not None else None, (size, mtime)):
                 already.append(key)
             else:
                 try:
-                    raw = read_blob(v2, digest, cap)
+                    if isinstance(got, BaseException):
+                        raise got
+                    raw = got
                 except BlobTooLarge as big:
                     raw, pm = None, ParsedManifest(
                         KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte manifest cap: not parsed")
@@ -561,6 +565,44 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
             parsed_total += flush(2000)
         parsed_total += flush(0)
     return parsed_total
+
+
+# Manifest data read ahead by a pool (cold reads wait on the disk): at most this many files, and bytes (by the
+# sizes the crawl saw), at a time.
+_PREFETCH_FILES = 256
+_PREFETCH_BYTES = 16 * 1024 * 1024
+
+
+def _prefetched(
+    v2: Path, cap: int, candidates: list[tuple[str, int, float, bool, int | None, float | None]],
+) -> Iterator[tuple[str, int, float, bool, int | None, float | None, bytes | None | BaseException]]:
+    """The candidates with the bytes of those that must be read (``read_blob``'s result, or what it raised),
+    read by a pool of threads a bounded batch at a time; None for the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def needs_read(c: tuple[str, int, float, bool, int | None, float | None]) -> bool:
+        _d, size, mtime, known, v_size, v_mtime = c
+        return not (known and _same_stat((v_size, v_mtime) if v_size is not None else None, (size, mtime)))
+
+    def read(digest: str) -> bytes | None | BaseException:
+        try:
+            return read_blob(v2, digest, cap)
+        except (BlobTooLarge, StorageError) as exc:
+            return exc
+
+    with ThreadPoolExecutor(DEFAULT_READERS, thread_name_prefix="regindex-manifests") as pool:
+        i = 0
+        while i < len(candidates):
+            j, total = i, 0
+            while j < len(candidates) and j - i < _PREFETCH_FILES and (j == i or total < _PREFETCH_BYTES):
+                total += candidates[j][1] if needs_read(candidates[j]) else 0
+                j += 1
+            batch = candidates[i:j]
+            wanted = [c[0] for c in batch if needs_read(c)]
+            got = dict(zip(wanted, pool.map(read, wanted)))
+            for c in batch:
+                yield (*c, got.get(c[0]))
+            i = j
 
 
 def _verify_content(conn: Connection, run_id: int, registry_id: int, v2: Path) -> None:
