@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ DEFAULT_MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 # (benchmarks/bench_scale.py, cold phases). 1 reads in the walking thread.
 DEFAULT_READERS = 8
 _READ_BATCH = 512  # link files read together (across directories and repositories)
+_PROBE, _SLOW = 4, 0.0002  # a batch whose first 4 reads or stats take 200 µs each is waiting on the disk
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,11 +563,19 @@ class _Pool:
         self.executor = ThreadPoolExecutor(self.n, thread_name_prefix="regindex-read") if self.n > 1 else None
 
     def map(self, fn: Callable[[str], Any], items: list[str]) -> list[Any]:
+        """Warm (the first few calls of a batch take less than ``_SLOW`` each) the rest runs in this thread:
+        threads would only contend for the interpreter lock (measured at 200k warm: 3.7 s alone, 4.9-5.7 s
+        with 8 threads). Cold, the rest goes to the pool."""
         if self.executor is None or len(items) < 2 * self.n:
             return [fn(x) for x in items]
-        step = -(-len(items) // self.n)
-        parts = self.executor.map(lambda i: [fn(x) for x in items[i : i + step]], range(0, len(items), step))
-        return [r for part in parts for r in part]
+        t = time.perf_counter()
+        head = [fn(x) for x in items[:_PROBE]]
+        rest = items[_PROBE:]
+        if time.perf_counter() - t < _SLOW * _PROBE:
+            return head + [fn(x) for x in rest]
+        step = -(-len(rest) // self.n)
+        parts = self.executor.map(lambda i: [fn(x) for x in rest[i : i + step]], range(0, len(rest), step))
+        return head + [r for part in parts for r in part]
 
     def close(self) -> None:
         if self.executor is not None:

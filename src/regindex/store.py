@@ -10,9 +10,10 @@ of work is never used.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -228,6 +229,16 @@ class Stage:
         self.pg = conn.dialect.name == "postgresql"
         self.buffers: dict[str, list[tuple[Any, ...]]] = {k: [] for k in SPECS}
         self.rows: dict[str, int] = dict.fromkeys(SPECS, 0)
+        # per row kind: the columns' values in one C call (attrgetter); the few kinds holding datetimes or
+        # booleans go through _to_db on SQLite (this runs once per file of the tree: it must be cheap)
+        self.getters: dict[str, Callable[[Any], tuple[Any, ...]]] = {}
+        for kind, key in ROW_KINDS.items():
+            cols = SPECS[key].identity + SPECS[key].mutable
+            get = attrgetter(*cols)
+            if key in ("repositories", "uploads") and not self.pg:
+                self.getters[kind] = lambda row, get=get: tuple(_to_db(conn, v) for v in get(row))
+            else:
+                self.getters[kind] = get
         if not self.pg:
             # A bounded page cache for the inventory and the staging tables (SQLite's default is 2 MiB): with
             # the default, diffing ~1M staged rows thrashed the temporary file (GBs of writes); this stays the
@@ -241,10 +252,10 @@ class Stage:
             conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({cols})")
 
     def add(self, row: Any) -> None:
-        key = ROW_KINDS[type(row).__name__]
-        spec = SPECS[key]
+        kind = type(row).__name__
+        key = ROW_KINDS[kind]
         buf = self.buffers[key]
-        buf.append(tuple(_to_db(self.conn, getattr(row, c)) for c in spec.identity + spec.mutable))
+        buf.append(self.getters[kind](row))
         if len(buf) >= STAGE_BATCH:
             self._flush(key)
 
