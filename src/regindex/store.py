@@ -233,12 +233,8 @@ class Stage:
         # booleans go through _to_db on SQLite (this runs once per file of the tree: it must be cheap)
         self.getters: dict[str, Callable[[Any], tuple[Any, ...]]] = {}
         for kind, key in ROW_KINDS.items():
-            cols = SPECS[key].identity + SPECS[key].mutable
-            get = attrgetter(*cols)
-            if key in ("repositories", "uploads") and not self.pg:
-                self.getters[kind] = lambda row, get=get: tuple(_to_db(conn, v) for v in get(row))
-            else:
-                self.getters[kind] = get
+            get = attrgetter(*(SPECS[key].identity + SPECS[key].mutable))
+            self.getters[kind] = _converted(conn, get) if key in ("repositories", "uploads") and not self.pg else get
         if not self.pg:
             # A bounded page cache for the inventory and the staging tables (SQLite's default is 2 MiB): with
             # the default, diffing ~1M staged rows thrashed the temporary file (GBs of writes); this stays the
@@ -300,6 +296,10 @@ class Stage:
     def drop(self) -> None:
         for key in SPECS:
             drop_temp(self.conn, _stage_name(key))
+
+
+def _converted(conn: Connection, get: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], tuple[Any, ...]]:
+    return lambda row: tuple(_to_db(conn, v) for v in get(row))
 
 
 def drop_temp(conn: Connection, name: str) -> None:
