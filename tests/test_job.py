@@ -17,7 +17,7 @@ from regindex.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, ConfigError, Out
 from regindex.logs import ScanLog
 from regindex.policy import Rule
 from regindex.scan import ScanOptions
-from tests.worlds import build_world
+from .worlds import build_world
 
 
 def _run(base: Path, db_path: Path, log: ScanLog | None = None, **given) -> job.JobOutcome:

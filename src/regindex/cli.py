@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from regindex import __version__, output, queries
 from regindex import config as config_mod
 from regindex import db as dbmod
-from regindex.config import FAIL_ON, MAX_HOURS
+from regindex.config import FAIL_ON, MAX_HOURS, REPORT_FILE, REPORT_RUNS
 from regindex.errors import EXIT_ERROR, EXIT_FINDINGS, RegindexError, one_line
 from regindex.logs import LOG_FORMATS, ScanLog
 from regindex.rules import UPLOAD_PURGE_HOURS
@@ -72,7 +72,7 @@ db_option = click.option(
     envvar="REGINDEX_DB",
     default=None,
     metavar="PATH|URL",
-    help="Database: a SQLite file path or a SQLAlchemy URL (env REGINDEX_DB; default ./regindex.db).",
+    help=f"Database: a SQLite file path or a SQLAlchemy URL (env REGINDEX_DB; default ./{dbmod.DEFAULT_DB}).",
 )
 config_option = click.option(
     "--config", "config_path", envvar="REGINDEX_CONFIG", type=click.Path(dir_okay=False), default=None,
@@ -428,8 +428,8 @@ def gc_preview(db: str | None, config_path: str | None, delete_untagged: bool, r
 @db_option
 @config_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="HTML file to write (default ./regindex-report.html); every finding goes to a CSV beside it.")
-@click.option("--runs", type=click.IntRange(min=1, max=2**62), default=30, show_default=True,
+              help=f"HTML file to write (default ./{REPORT_FILE}); every finding goes to a CSV beside it.")
+@click.option("--runs", type=click.IntRange(min=1, max=2**62), default=REPORT_RUNS, show_default=True,
               help="How many finished runs the trend covers.")
 @click.option("--since", metavar="DATE|DURATION",
               help="The trend covers every finished run started since then (instead of --runs): 2026-11-30, "
@@ -448,7 +448,7 @@ def report(db: str | None, config_path: str | None, out: Path | None, runs: int,
     if start and end and start > end:
         raise Failure("--since is after --until")
     with dbmod.reader(resolve_db(db, config_path)) as conn:
-        written = render.write(conn, out or Path(render.DEFAULT_OUT), runs, since=start, until=end)
+        written = render.write(conn, out or Path(REPORT_FILE), runs, since=start, until=end)
     click.echo(f"report: {written} (findings: {written.with_suffix('.csv')})")
 
 

@@ -25,6 +25,10 @@ from typing import Any
 
 from regindex.errors import ConfigError
 
+# Defaults of options more than one command or module offers, each defined here once (the 168 h upload age is the
+# registry's own: rules.UPLOAD_PURGE_HOURS; the database file is db.DEFAULT_DB).
+REPORT_RUNS = 30  # finished runs a report's trend covers
+REPORT_FILE = "regindex-report.html"  # `regindex report` without --out
 MAX_HOURS = 24 * 365 * 10  # the longest number of hours an option takes (stale_upload_hours, sql --timeout)
 FAIL_ON = ("new", "open", "never")
 
