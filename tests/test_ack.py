@@ -128,32 +128,13 @@ def test_ack_errors_are_one_line(damaged, invoke, db_path, args, message):
 
 
 @pytest.mark.postgres
-def test_ack_on_postgres(tmp_path, invoke):
-    from .test_postgres import PG_URL
-
-    if not PG_URL:
-        pytest.skip("REGINDEX_TEST_PG_URL not set")
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    name = "regindex_test_" + uuid.uuid4().hex[:10]
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_URL.rsplit("/", 1)[0] + "/" + name
-    try:
-        base = tmp_path / "storage"
-        CASES["shared_layer_gone"](build_world(base))
-        invoke("scan", base, "--db", url, "-q", expect=1)
-        until = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
-        invoke("ack", "--kind", "orphan_layer_link", "--registry", R, "--db", url, "--reason", "pg", "--until", until)
-        fs = json.loads(invoke("findings", "--db", url, "--format", "json").output)
-        assert {f["ack"]["reason"] for f in fs if f["severity"] == "error"} == {"pg"}
-        invoke("scan", base, "--db", url, "-q", expect=0)
-        invoke("unack", "--kind", "orphan_layer_link", "--registry", R, "--db", url)
-        invoke("scan", base, "--db", url, "-q", expect=1)
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def test_ack_on_postgres(pg_url, base, invoke):
+    CASES["shared_layer_gone"](build_world(base))
+    invoke("scan", base, "--db", pg_url, "-q", expect=1)
+    until = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    invoke("ack", "--kind", "orphan_layer_link", "--registry", R, "--db", pg_url, "--reason", "pg", "--until", until)
+    fs = json.loads(invoke("findings", "--db", pg_url, "--format", "json").output)
+    assert {f["ack"]["reason"] for f in fs if f["severity"] == "error"} == {"pg"}
+    invoke("scan", base, "--db", pg_url, "-q", expect=0)
+    invoke("unack", "--kind", "orphan_layer_link", "--registry", R, "--db", pg_url)
+    invoke("scan", base, "--db", pg_url, "-q", expect=1)

@@ -18,7 +18,6 @@ import pytest
 from regindex.queries import pg_placeholders
 
 from .test_checks import build_world
-from .test_postgres import pg_url  # noqa: F401 - the fixture
 
 NEVER_RETURNS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c WHERE x < 0"
 PG_NEVER_RETURNS = "SELECT pg_sleep(600)"
