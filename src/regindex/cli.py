@@ -83,10 +83,6 @@ format_option = click.option(
 )
 
 
-def resolve_db(db: str | None, config_path: str | None = None) -> str | None:
-    return config_mod.database(db, config_path)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="regindex")
 def cli() -> None:
@@ -202,7 +198,7 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
     query = FindingQuery(state=state, kinds=kinds, registries=registries, severities=severities,
                          repositories=repositories, digest=digest, tags=tags, run=run,
                          since=parse_when(since, "--since") if since else None, limit=limit)
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
         known = set(conn.exec_driver_sql("SELECT name FROM registries").scalars())
         unknown = [r for r in registries if r not in known]
         if unknown:
@@ -246,7 +242,7 @@ def runs(db: str | None, config_path: str | None, limit: int, fmt: str) -> None:
 
     from regindex.history import list_runs
 
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
         rows = list_runs(conn, limit)
         phases: dict[int, list[str]] = {}
         if rows:
@@ -297,7 +293,7 @@ def sql(query: str | None, query_file: str | None, params: tuple[tuple[str, str]
     fmt = chosen.pop() if chosen else "table"
     text_ = queries.read_query(query, query_file, click.get_binary_stream("stdin"))
     out = click.get_text_stream("stdout")
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
         with queries.stream_readonly(conn, text_, dict(params), timeout) as result:
             output.write_stream(out, result.columns, result.rows, fmt, headers=not no_headers,
                                 json_columns=queries.JSON_COLUMNS, detect_json=json_cols)
@@ -316,7 +312,7 @@ def serve(db: str | None, config_path: str | None, host: str, port: int) -> None
     described, facets, and the post-mortem questions as canned queries. SQLite databases only."""
     from regindex import serve as serve_mod
 
-    url = dbmod.resolve_url(resolve_db(db, config_path))
+    url = dbmod.resolve_url(config_mod.database(db, config_path))
     if not dbmod.is_sqlite(url):
         raise Failure("regindex serve opens SQLite databases (Datasette); for PostgreSQL use `regindex sql`")
     with dbmod.reader(url):
@@ -344,7 +340,7 @@ def db_group() -> None:
 @core_errors
 def upgrade(db: str | None, config_path: str | None) -> None:
     """Create or upgrade the schema to this version of regindex."""
-    engine = dbmod.open_writer(resolve_db(db, config_path))
+    engine = dbmod.open_writer(config_mod.database(db, config_path))
     with engine.connect() as conn:
         click.echo(f"schema at {dbmod.current_revision(conn)} (head)")
     engine.dispose()
@@ -356,7 +352,7 @@ def upgrade(db: str | None, config_path: str | None) -> None:
 @core_errors
 def current(db: str | None, config_path: str | None) -> None:
     """Print the schema revision of the database and of this code."""
-    url = dbmod.resolve_url(resolve_db(db, config_path))
+    url = dbmod.resolve_url(config_mod.database(db, config_path))
     engine = dbmod.make_engine(url, readonly=True)
     try:
         with engine.connect() as conn:
@@ -417,7 +413,7 @@ def gc_preview(db: str | None, config_path: str | None, delete_untagged: bool, r
     something, 2 bad input."""
     from regindex import gc
 
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
         preds = gc.predict(conn, delete_untagged, registries)
     click.echo(gc.render(preds, fmt), nl=False)
     if any(p.outcome != gc.COMPLETES or p.breakage for p in preds):
@@ -447,7 +443,7 @@ def report(db: str | None, config_path: str | None, out: Path | None, runs: int,
     end = parse_when(until, "--until") if until else None
     if start and end and start > end:
         raise Failure("--since is after --until")
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
         written = render.write(conn, out or Path(REPORT_FILE), runs, since=start, until=end)
     click.echo(f"report: {written} (findings: {written.with_suffix('.csv')})")
 
@@ -467,7 +463,7 @@ def history_cmd(digest: str, db: str | None, config_path: str | None, fmt: str) 
 
     from regindex import timeline
 
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
         t = timeline.lookup(conn, digest)
     if fmt == "json":
         click.echo(json.dumps(timeline.as_json(t), indent=2, default=output.json_default))

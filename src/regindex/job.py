@@ -106,9 +106,7 @@ def exit_code(outcome: ScanOutcome, fail_on: str) -> int:
 
 
 def run(request: ScanRequest, log: ScanLog) -> JobOutcome:
-    # SQLAlchemy's pool logs what an interrupt leaves it (a reset cut short); with no handler configured Python
-    # would print that to stderr as a traceback. The run's own outcome is reported, once.
-    logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
+    _quiet_pool_logs()
     try:
         settings = config.load(request.config_path)
     except ConfigError as exc:
@@ -142,6 +140,11 @@ def run(request: ScanRequest, log: ScanLog) -> JobOutcome:
 
             report = render.write_dated(engine, plan.report_dir)
         engine.dispose()
+        _log_outcome(log, outcome)
+    return JobOutcome(scan=outcome, exit_code=exit_code(outcome, plan.fail_on), report=report)
+
+
+def _log_outcome(log: ScanLog, outcome: ScanOutcome) -> None:
     for err in outcome.failures.values():
         log.error(err)
     c = outcome.counts
@@ -153,7 +156,14 @@ def run(request: ScanRequest, log: ScanLog) -> JobOutcome:
         findings_persisting=c.persisting, findings_resolved=c.resolved, open_errors=outcome.open_errors,
         duration_seconds=round(outcome.duration_seconds, 3), failed_registries=sorted(outcome.failures),
     )
-    return JobOutcome(scan=outcome, exit_code=exit_code(outcome, plan.fail_on), report=report)
+
+
+def _quiet_pool_logs() -> None:
+    """SQLAlchemy's pool logs what an interrupt leaves it (a reset cut short); with no handler configured Python
+    would print that to stderr as a traceback. The run's own outcome is reported, once."""
+    pool_log = logging.getLogger("sqlalchemy")
+    if not any(isinstance(h, logging.NullHandler) for h in pool_log.handlers):
+        pool_log.addHandler(logging.NullHandler())
 
 
 def _record_bad_config(request: ScanRequest, exc: ConfigError) -> None:
