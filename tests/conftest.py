@@ -15,6 +15,8 @@ from sqlalchemy import create_engine, text
 from regindex.cli import cli
 from regindex.sample import StorageWriter
 
+from .worlds import World, build_world
+
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
@@ -60,6 +62,16 @@ def scan(invoke: Invoke, base: Path, db_path: Path) -> Callable[..., Result]:
         return invoke("scan", base, "--db", db_path, "-q", *extra, expect=expect)
 
     return run
+
+
+@pytest.fixture
+def damaged_world(base: Path, scan: Callable[..., Result]) -> World:
+    """The generated registry with three orphan layer links and a dangling tag (4 errors), scanned once."""
+    world = build_world(base)
+    world.w.remove_blob(world.base_img.layers[0])  # 3 orphan layer links
+    world.w.remove_tag_current("library/base", "latest")  # 1 dangling tag
+    assert scan().exit_code == 1
+    return world
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def _statuses(db_path: Path) -> list[str]:
 
 
 @pytest.fixture
-def damaged(base):
+def orphans(base):
     world = build_world(base)
     world.w.remove_blob(world.base_img.layers[0])  # 3 orphan layer links (errors)
     return world
@@ -81,7 +81,7 @@ def test_every_request_field_reaches_the_scan_or_the_job():
     assert settings <= {f.name for f in fields(job.ScanRequest)}, "a config key the command line cannot override"
 
 
-def test_the_config_file_is_read_through_the_request(base, tmp_path, db_path, damaged):
+def test_the_config_file_is_read_through_the_request(base, tmp_path, db_path, orphans):
     cfg = tmp_path / "c.toml"
     cfg.write_text('fail_on = "never"\n')
     assert _run(base, db_path, config_path=str(cfg)).exit_code == EXIT_OK
@@ -108,11 +108,11 @@ def test_exit_codes_of_a_healthy_and_a_damaged_registry(base, db_path):
     assert _run(base, db_path, fail_on="open").exit_code == EXIT_FINDINGS
 
 
-def test_fail_on_new_counts_the_run_that_found_them(base, db_path, damaged):
+def test_fail_on_new_counts_the_run_that_found_them(base, db_path, orphans):
     assert _run(base, db_path, fail_on="new").exit_code == EXIT_FINDINGS
 
 
-def test_a_registry_that_could_not_be_read_is_exit_2_whatever_fail_on_says(base, db_path, damaged):
+def test_a_registry_that_could_not_be_read_is_exit_2_whatever_fail_on_says(base, db_path, orphans):
     build_world(base, "other")
     v2 = base / "other/docker/registry/v2"
     (v2 / "blobs").rename(base / "moved")
@@ -139,7 +139,7 @@ def test_exit_code_rules():
 # -- outputs: checked before the run, written after it ----------------------------------------------------------------
 
 
-def test_an_output_that_cannot_be_written_stops_the_job_before_a_run_is_recorded(base, db_path, tmp_path, damaged):
+def test_an_output_that_cannot_be_written_stops_the_job_before_a_run_is_recorded(base, db_path, tmp_path, orphans):
     with pytest.raises(OutputError, match="--metrics: directory .* does not exist"):
         _run(base, db_path, metrics=tmp_path / "no/m.prom")
     (tmp_path / "afile").write_text("")
@@ -148,7 +148,7 @@ def test_an_output_that_cannot_be_written_stops_the_job_before_a_run_is_recorded
     assert not db_path.exists()
 
 
-def test_metrics_and_report_after_a_run(base, db_path, tmp_path, damaged):
+def test_metrics_and_report_after_a_run(base, db_path, tmp_path, orphans):
     prom, reports = tmp_path / "m.prom", tmp_path / "reports"
     reports.mkdir()
     done = _run(base, db_path, metrics=prom, report_dir=reports)
@@ -157,7 +157,7 @@ def test_metrics_and_report_after_a_run(base, db_path, tmp_path, damaged):
     assert "regindex_last_run_success 1" in prom.read_text()
 
 
-def test_a_failed_run_still_writes_the_metrics(tmp_path, db_path, base, damaged):
+def test_a_failed_run_still_writes_the_metrics(tmp_path, db_path, base, orphans):
     prom = tmp_path / "m.prom"
     _run(base, db_path)
     with pytest.raises(StorageError, match="does not exist") as caught:
