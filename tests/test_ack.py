@@ -11,20 +11,11 @@ import pytest
 from .test_checks import CASES, R, build_world
 
 
-@pytest.fixture
-def damaged(base, scan):
-    world = build_world(base)
-    world.w.remove_blob(world.base_img.layers[0])  # 3 orphan layer links (errors)
-    world.w.remove_tag_current("library/base", "latest")  # 1 dangling tag (error)
-    assert scan().exit_code == 1
-    return world
-
-
 def _errors(findings):
     return [f for f in findings() if f["severity"] == "error"]
 
 
-def test_ack_by_key_marks_the_finding_and_it_stops_failing(damaged, scan, invoke, db_path, findings):
+def test_ack_by_key_marks_the_finding_and_it_stops_failing(damaged_world, scan, invoke, db_path, findings):
     tag = next(f for f in findings() if f["kind"] == "dangling_tag")
     out = invoke("ack", tag["key"][:12], "--db", db_path, "--reason", "tag retired, ticket OPS-12").output
     assert "acknowledged 1 open finding until it resolves" in out
@@ -42,14 +33,14 @@ def test_ack_by_key_marks_the_finding_and_it_stops_failing(damaged, scan, invoke
     assert table.splitlines()[0].split()[-1] == "acked" and table.count(" yes") == 4
 
 
-def test_ack_by_kind_registry_and_repository_glob(damaged, invoke, db_path, findings):
+def test_ack_by_kind_registry_and_repository_glob(damaged_world, invoke, db_path, findings):
     invoke("ack", "--kind", "orphan_layer_link", "--registry", R, "--repository", "team/*", "--db", db_path,
            "--reason", "x")
     acked = {f["repository"] for f in findings() if f["ack"]}
     assert acked == {"team/app/api", "team/app/web"}
 
 
-def test_ack_expires(damaged, scan, invoke, db_path, findings, monkeypatch):
+def test_ack_expires(damaged_world, scan, invoke, db_path, findings, monkeypatch):
     until = (datetime.now(timezone.utc) + timedelta(days=3)).date().isoformat()
     out = invoke("ack", "--kind", "orphan_layer_link", "--registry", R, "--db", db_path, "--reason", "r",
                  "--until", until).output
@@ -65,10 +56,10 @@ def test_ack_expires(damaged, scan, invoke, db_path, findings, monkeypatch):
     assert scan().exit_code == 1
 
 
-def test_ack_ends_when_resolved_and_a_reopened_finding_is_not_acknowledged(damaged, base, scan, invoke, db_path,
+def test_ack_ends_when_resolved_and_a_reopened_finding_is_not_acknowledged(damaged_world, base, scan, invoke, db_path,
                                                                            findings):
-    w = damaged.w
-    d = damaged.base_img.layers[0]
+    w = damaged_world.w
+    d = damaged_world.base_img.layers[0]
     f = next(x for x in findings() if x["kind"] == "orphan_layer_link" and x["repository"] == "library/base")
     invoke("ack", f["key"], "--db", db_path, "--reason", "known")
     w.remove_layer_link("library/base", d)  # resolved
@@ -80,7 +71,7 @@ def test_ack_ends_when_resolved_and_a_reopened_finding_is_not_acknowledged(damag
     assert again["state"] == "reopened" and again["ack"] is None
 
 
-def test_unack(damaged, scan, invoke, db_path, findings):
+def test_unack(damaged_world, scan, invoke, db_path, findings):
     invoke("ack", "--kind", "orphan_layer_link", "--registry", R, "--db", db_path, "--reason", "r")
     invoke("ack", "--kind", "dangling_tag", "--registry", R, "--db", db_path, "--reason", "r")
     assert scan().exit_code == 0
@@ -90,7 +81,7 @@ def test_unack(damaged, scan, invoke, db_path, findings):
     assert scan().exit_code == 1
 
 
-def test_metrics_and_report_leave_acknowledged_findings_out_of_the_open_counts(damaged, base, invoke, db_path,
+def test_metrics_and_report_leave_acknowledged_findings_out_of_the_open_counts(damaged_world, base, invoke, db_path,
                                                                               tmp_path):
     invoke("ack", "--kind", "orphan_layer_link", "--registry", R, "--db", db_path, "--reason", "known <b>x</b>")
     prom = tmp_path / "m.prom"
@@ -120,7 +111,7 @@ def test_metrics_and_report_leave_acknowledged_findings_out_of_the_open_counts(d
     (["--kind", "orphan_layer_link", "--registry", R, "--reason", " "], "must say why"),
     (["7b4ee8"], "'7b4ee8' is not a finding key"),  # the KEY argument: no mention of repair's --finding
 ])
-def test_ack_errors_are_one_line(damaged, invoke, db_path, args, message):
+def test_ack_errors_are_one_line(damaged_world, invoke, db_path, args, message):
     if "--reason" not in args:
         args = [*args, "--reason", "r"]
     r = invoke("ack", "--db", db_path, *args, expect=2)
@@ -128,32 +119,13 @@ def test_ack_errors_are_one_line(damaged, invoke, db_path, args, message):
 
 
 @pytest.mark.postgres
-def test_ack_on_postgres(tmp_path, invoke):
-    from .test_postgres import PG_URL
-
-    if not PG_URL:
-        pytest.skip("REGINDEX_TEST_PG_URL not set")
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    name = "regindex_test_" + uuid.uuid4().hex[:10]
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_URL.rsplit("/", 1)[0] + "/" + name
-    try:
-        base = tmp_path / "storage"
-        CASES["shared_layer_gone"](build_world(base))
-        invoke("scan", base, "--db", url, "-q", expect=1)
-        until = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
-        invoke("ack", "--kind", "orphan_layer_link", "--registry", R, "--db", url, "--reason", "pg", "--until", until)
-        fs = json.loads(invoke("findings", "--db", url, "--format", "json").output)
-        assert {f["ack"]["reason"] for f in fs if f["severity"] == "error"} == {"pg"}
-        invoke("scan", base, "--db", url, "-q", expect=0)
-        invoke("unack", "--kind", "orphan_layer_link", "--registry", R, "--db", url)
-        invoke("scan", base, "--db", url, "-q", expect=1)
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def test_ack_on_postgres(pg_url, base, invoke):
+    CASES["shared_layer_gone"](build_world(base))
+    invoke("scan", base, "--db", pg_url, "-q", expect=1)
+    until = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    invoke("ack", "--kind", "orphan_layer_link", "--registry", R, "--db", pg_url, "--reason", "pg", "--until", until)
+    fs = json.loads(invoke("findings", "--db", pg_url, "--format", "json").output)
+    assert {f["ack"]["reason"] for f in fs if f["severity"] == "error"} == {"pg"}
+    invoke("scan", base, "--db", pg_url, "-q", expect=0)
+    invoke("unack", "--kind", "orphan_layer_link", "--registry", R, "--db", pg_url)
+    invoke("scan", base, "--db", pg_url, "-q", expect=1)

@@ -10,29 +10,19 @@ import pytest
 
 from regindex.cli import cli
 
-from .test_checks import build_world
 
 FINDING_KEYS = {"key", "kind", "severity", "registry", "repository", "digest", "tag", "parent_digest", "state",
                 "first_seen_run", "last_seen_run", "resolved_run", "detail", "ack", "policy"}
 
 
-@pytest.fixture
-def damaged(base, scan):
-    world = build_world(base)
-    world.w.remove_blob(world.base_img.layers[0])
-    world.w.remove_tag_current("library/base", "latest")
-    assert scan().exit_code == 1
-    return world
-
-
-def test_findings_json_has_exactly_the_documented_keys(damaged, findings):
+def test_findings_json_has_exactly_the_documented_keys(damaged_world, findings):
     fs = findings()
     assert fs and all(set(f) == FINDING_KEYS for f in fs)
     assert all(f["digest"] is None or f["digest"].startswith("sha256:") for f in fs)
     assert {f["state"] for f in fs} == {"new"}
 
 
-def test_findings_filters_and_formats(damaged, invoke, db_path, findings):
+def test_findings_filters_and_formats(damaged_world, invoke, db_path, findings):
     assert {f["kind"] for f in findings("--kind", "dangling_tag")} == {"dangling_tag"}
     r = invoke("findings", "--db", db_path, "--registry", "elsewhere", expect=2)
     assert "unknown registry" in r.output
@@ -45,12 +35,12 @@ def test_findings_filters_and_formats(damaged, invoke, db_path, findings):
     assert "unknown kind" in r.output
 
 
-def test_runs(damaged, invoke, db_path):
+def test_runs(damaged_world, invoke, db_path):
     out = json.loads(invoke("runs", "--db", db_path, "--format", "json").output)
     assert [r["status"] for r in out] == ["complete"] and out[0]["repositories"] == 3
 
 
-def test_sql_reads_and_refuses_writes(damaged, invoke, db_path):
+def test_sql_reads_and_refuses_writes(damaged_world, invoke, db_path):
     out = invoke("sql", "SELECT repository, COUNT(*) AS n FROM orphan_layer_links GROUP BY repository "
                         "ORDER BY repository", "--db", db_path, "--format", "json").output
     assert json.loads(out) == [{"repository": r, "n": 1} for r in ("library/base", "team/app/api", "team/app/web")]
@@ -71,7 +61,7 @@ def test_db_commands(invoke, db_path):
     assert "up to date" in invoke("db", "current", "--db", db_path).output
 
 
-def test_env_var_names_the_database(damaged, invoke, db_path, monkeypatch):
+def test_env_var_names_the_database(damaged_world, invoke, db_path, monkeypatch):
     monkeypatch.setenv("REGINDEX_DB", str(db_path))
     assert json.loads(invoke("findings", "--format", "json").output)
 
@@ -147,7 +137,7 @@ def test_config_file(base, tmp_path, invoke, private, rng):
     assert "unknown key" in r.output
 
 
-def test_metrics_file(damaged, invoke, base, db_path, tmp_path):
+def test_metrics_file(damaged_world, invoke, base, db_path, tmp_path):
     prom = tmp_path / "m" / "regindex.prom"
     r = invoke("scan", base, "--db", db_path, "-q", "--metrics", prom, expect=2)  # checked before scanning
     assert "does not exist" in r.output
@@ -187,7 +177,7 @@ def test_lock_refuses_a_second_scan(base, db_path, private, rng, invoke):
 
 @pytest.mark.parametrize("stmt", ["ATTACH DATABASE '{tmp}/att.db' AS a", "PRAGMA query_only=0",
                                   "PRAGMA journal_mode=DELETE"])
-def test_sql_refuses_attach_and_pragma_writes(stmt, damaged, invoke, db_path, tmp_path):
+def test_sql_refuses_attach_and_pragma_writes(stmt, damaged_world, invoke, db_path, tmp_path):
     r = invoke("sql", stmt.format(tmp=tmp_path), "--db", db_path, expect=2)
     assert "read-only" in r.output or "returned none" in r.output
     assert not (tmp_path / "att.db").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -98,6 +99,33 @@ def test_blob_reads_are_whole_or_refused(private):
     with pytest.raises(BlobTooLarge):
         read_blob(private.v2, d, cap=4000)
     assert read_blob(private.v2, "sha256:" + "0" * 64) is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 4, 5, 6, 12, (1 << 20) + 3])
+def test_read_capped_reads_whole_or_one_byte_past_the_cap(size):
+    """The one bounded whole-file read (crawl.read_blob, safefs.read_at): a pipe, so the size is not known up front
+    (a file that grows while read)."""
+    from regindex.storage import read_capped
+
+    cap = 5 if size < 100 else 1 << 20
+    r, w = os.pipe()
+
+    def write() -> None:
+        try:
+            os.write(w, b"y" * size)
+        except BrokenPipeError:
+            pass  # the reader stopped one byte past the cap and left
+        finally:
+            os.close(w)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        got = read_capped(r, cap)
+    finally:
+        os.close(r)
+        writer.join()
+    assert got == b"y" * min(size, cap + 1)
 
 
 def test_unlistable_directory_fails_the_registry(private, rng, unlistable):

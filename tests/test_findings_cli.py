@@ -13,7 +13,6 @@ import pytest
 from regindex.history import SEVERITY_ORDER
 
 from .test_checks import build_world
-from .test_postgres import pg_url  # noqa: F401 - the fixture
 
 LONG_REPO = "platform/observability/collectors/very-long-repository-name-for-the-table"
 LONG_TAG = "release-2026.11.30-build.123456789-with-a-long-suffix"

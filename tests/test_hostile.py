@@ -338,7 +338,6 @@ def test_unreadable_directory_as_unprivileged_user_fails_the_registry(what, mode
 
 # -- the same odd content on PostgreSQL ---------------------------------------------------------------------
 
-from .test_postgres import pg_url  # noqa: E402,F401  (the fixture)
 
 
 @pytest.mark.postgres

@@ -8,7 +8,6 @@ import re
 import pytest
 
 from .test_checks import CASES, R, build_world
-from .test_postgres import pg_url  # noqa: F401  (fixture)
 
 
 def incidents(invoke, db_path, *extra):

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from .test_checks import R, build_world
-from .test_postgres import pg_url  # noqa: F401  (fixture)
 
 
 def write_config(path, rules: str) -> None:

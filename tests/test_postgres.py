@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from .test_checks import CASES, build_world
 from .conftest import ident
 
-PG_URL = os.environ.get("REGINDEX_TEST_PG_URL")
-
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pg_url():
-    if not PG_URL:
-        if os.environ.get("REGINDEX_REQUIRE_POSTGRES") == "1":
-            pytest.fail("REGINDEX_TEST_PG_URL is not set")
-        pytest.skip("REGINDEX_TEST_PG_URL not set")
-    name = "regindex_test_" + uuid.uuid4().hex[:10]
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_URL.rsplit("/", 1)[0] + "/" + name
-    yield url
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_postgres_scan_history_and_sql_match_sqlite(pg_url, base, invoke, tmp_path):

@@ -391,35 +391,18 @@ def test_report_shows_the_repairs(gc_damaged, base, db_path, invoke, tmp_path):
 
 
 @pytest.mark.postgres
-def test_repair_and_undo_on_postgres(tmp_path, invoke):
-    from .test_postgres import PG_URL
-
-    if not PG_URL:
-        pytest.skip("REGINDEX_TEST_PG_URL not set")
-    import uuid
-
-    name = "regindex_test_" + uuid.uuid4().hex[:10]
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_URL.rsplit("/", 1)[0] + "/" + name
-    try:
-        base = tmp_path / "storage"
-        CASES["gc_delete_untagged"](build_world(base))
-        before = snapshot(base)
-        invoke("scan", base, "--db", url, "-q", expect=1)
-        r = invoke("repair", "--db", url, "--apply", expect=2)
-        assert "--quarantine" in r.output
-        out = invoke("repair", "--db", url, "--apply", "--quarantine", tmp_path / "q").output
-        assert "12 done" in out
-        rows = json.loads(invoke("repairs", "--db", url, "--format", "json").output)
-        assert len(rows) == 12 and {r["outcome"] for r in rows} == {"done"}
-        invoke("repair", "--db", url, "--undo", rows[0]["batch"], "--quarantine", tmp_path / "q")
-        assert snapshot(base) == before
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def test_repair_and_undo_on_postgres(pg_url, base, tmp_path, invoke):
+    CASES["gc_delete_untagged"](build_world(base))
+    before = snapshot(base)
+    invoke("scan", base, "--db", pg_url, "-q", expect=1)
+    r = invoke("repair", "--db", pg_url, "--apply", expect=2)
+    assert "--quarantine" in r.output
+    out = invoke("repair", "--db", pg_url, "--apply", "--quarantine", tmp_path / "q").output
+    assert "12 done" in out
+    rows = json.loads(invoke("repairs", "--db", pg_url, "--format", "json").output)
+    assert len(rows) == 12 and {r["outcome"] for r in rows} == {"done"}
+    invoke("repair", "--db", pg_url, "--undo", rows[0]["batch"], "--quarantine", tmp_path / "q")
+    assert snapshot(base) == before
 
 
 def test_quarantine_inside_the_storage_is_refused(gc_damaged, base, db_path, invoke):

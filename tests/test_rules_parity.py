@@ -23,7 +23,6 @@ from regindex.layout import BlobDataPath
 
 from . import test_gc
 from .test_checks import CASES
-from .test_postgres import pg_url  # noqa: F401  (fixture)
 from .worlds import API, BASE, World, build_world
 
 Damage = Callable[[World], Any]

@@ -15,7 +15,6 @@ from sqlalchemy import Engine, create_engine, text
 from regindex import db
 from regindex.sample import StorageWriter, sha256
 
-from .test_postgres import pg_url  # noqa: F401  (fixture)
 
 INVENTORY = {
     "repositories": "name, has_manifests, has_tags_dir",

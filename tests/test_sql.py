@@ -18,7 +18,6 @@ import pytest
 from regindex.queries import pg_placeholders
 
 from .test_checks import build_world
-from .test_postgres import pg_url  # noqa: F401 - the fixture
 
 NEVER_RETURNS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c WHERE x < 0"
 PG_NEVER_RETURNS = "SELECT pg_sleep(600)"
@@ -27,15 +26,6 @@ PG_NEVER_RETURNS = "SELECT pg_sleep(600)"
 def rows_of(n: int) -> str:
     return (f"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT {n}) "
             "SELECT x, 'row ' || x AS s, '{\"n\": ' || x || '}' AS detail FROM c")
-
-
-@pytest.fixture
-def damaged(base, scan):
-    world = build_world(base)
-    world.w.remove_blob(world.base_img.layers[0])
-    world.w.remove_tag_current("library/base", "latest")
-    assert scan().exit_code == 1
-    return world
 
 
 def run_cli(*args: object, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
@@ -77,7 +67,7 @@ def interrupted(*args: object, after: float = 2.0) -> tuple[int, str, float]:
 # sqlite-utils' conventions
 
 
-def test_parameters_are_bound_never_interpolated(damaged, invoke, db_path):
+def test_parameters_are_bound_never_interpolated(damaged_world, invoke, db_path):
     out = invoke("sql", "SELECT repository FROM orphan_layer_links WHERE repository = :repo", "-p", "repo",
                  "team/app/api", "--db", db_path, "--json").output
     assert json.loads(out) == [{"repository": "team/app/api"}]
@@ -93,7 +83,7 @@ def test_parameters_are_bound_never_interpolated(damaged, invoke, db_path):
     assert "missing" in r.output and len(r.output.strip().splitlines()) == 1
 
 
-def test_query_from_a_file_or_stdin(damaged, invoke, db_path, tmp_path):
+def test_query_from_a_file_or_stdin(damaged_world, invoke, db_path, tmp_path):
     query = "-- open errors per kind\nSELECT kind, COUNT(*) AS n FROM open_findings WHERE severity = :sev\n" \
             "GROUP BY kind ORDER BY kind;\n"
     f = tmp_path / "q.sql"
@@ -118,13 +108,13 @@ def test_query_from_a_file_or_stdin(damaged, invoke, db_path, tmp_path):
     assert "larger than" in r.output
 
 
-def test_a_non_utf8_argument_is_one_line(damaged, db_path):
+def test_a_non_utf8_argument_is_one_line(damaged_world, db_path):
     r = subprocess.run([sys.executable, "-m", "regindex", "sql", b"SELECT '\xff'", "--db", str(db_path)],
                        capture_output=True, check=False)
     assert r.returncode == 2 and r.stderr.decode().strip() == "Error: the query is not valid UTF-8"
 
 
-def test_output_shorthands_and_json_columns(damaged, invoke, db_path):
+def test_output_shorthands_and_json_columns(damaged_world, invoke, db_path):
     q = "SELECT id, kind, detail, '{\"x\": 1}' AS looks_like_json FROM findings ORDER BY id"
     as_json = json.loads(invoke("sql", q, "--db", db_path, "--json").output)
     assert len(as_json) == 4 and all(isinstance(r["detail"], dict) for r in as_json)  # JSON, not a string
@@ -152,7 +142,7 @@ def test_output_shorthands_and_json_columns(damaged, invoke, db_path):
     assert "choose one output format" in r.output
 
 
-def test_still_read_only_and_one_statement(damaged, invoke, db_path):
+def test_still_read_only_and_one_statement(damaged_world, invoke, db_path):
     for stmt in ("DELETE FROM findings", "SELECT 1; DELETE FROM findings", "PRAGMA query_only = 0"):
         r = invoke("sql", stmt, "--db", db_path, expect=2)
         assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
@@ -160,13 +150,13 @@ def test_still_read_only_and_one_statement(damaged, invoke, db_path):
         [{"n": 4}]
 
 
-def test_a_huge_value_is_one_line_not_a_memory_error(damaged, db_path):
+def test_a_huge_value_is_one_line_not_a_memory_error(damaged_world, db_path):
     r = run_cli("sql", "SELECT randomblob(1000000000) AS b", "--db", db_path)
     err = r.stderr.decode()
     assert r.returncode == 2 and err.startswith("Error: SQL error: a value is larger than") and len(err.splitlines()) == 1
 
 
-def test_output_to_a_closed_pipe_stops_quietly(damaged, db_path):
+def test_output_to_a_closed_pipe_stops_quietly(damaged_world, db_path):
     shell = (f"{sys.executable} -m regindex sql \"{rows_of(200_000)}\" --db {db_path} --csv | head -n 3")
     r = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=120)
     assert r.stdout.splitlines()[0] == "x,s,detail" and len(r.stdout.splitlines()) == 3
@@ -178,7 +168,7 @@ def test_output_to_a_closed_pipe_stops_quietly(damaged, db_path):
 
 
 @pytest.mark.slow
-def test_rows_are_streamed_in_constant_memory(damaged, db_path):
+def test_rows_are_streamed_in_constant_memory(damaged_world, db_path):
     small = peak_rss_kib("sql", rows_of(1_000), "--db", db_path, "--json")
     big = peak_rss_kib("sql", rows_of(1_000_000), "--db", db_path, "--json")
     # holding a million rows as dicts took about 1 GB; streamed, the peak is the interpreter's
@@ -187,7 +177,7 @@ def test_rows_are_streamed_in_constant_memory(damaged, db_path):
         assert peak_rss_kib("sql", rows_of(300_000), "--db", db_path, fmt) - small < 20 * 1024, fmt
 
 
-def test_timeout_stops_a_query_that_never_returns(damaged, db_path):
+def test_timeout_stops_a_query_that_never_returns(damaged_world, db_path):
     started = time.monotonic()
     r = run_cli("sql", NEVER_RETURNS, "--db", db_path, "--timeout", "1")
     assert time.monotonic() - started < 60
@@ -204,13 +194,13 @@ def test_timeout_default_is_a_few_minutes():
     assert 60 <= timeout.default <= 600  # type: ignore[operator]
 
 
-def test_ctrl_c_stops_a_query_that_never_returns(damaged, db_path):
+def test_ctrl_c_stops_a_query_that_never_returns(damaged_world, db_path):
     code, err, took = interrupted("sql", NEVER_RETURNS, "--db", db_path)
     assert (code, err) == (2, "Error: interrupted\n")
     assert took < 10, took
 
 
-def test_ctrl_c_stops_a_query_that_is_streaming(damaged, db_path):
+def test_ctrl_c_stops_a_query_that_is_streaming(damaged_world, db_path):
     code, err, _ = interrupted("sql", rows_of(100_000_000), "--db", db_path, "--nl", after=1.5)
     assert (code, err) == (2, "Error: interrupted\n")
 

@@ -52,7 +52,7 @@ class FindingRow:
 
 @dataclass(frozen=True)
 class CheckOptions:
-    stale_upload_hours: float = 168.0
+    stale_upload_hours: float = rules.UPLOAD_PURGE_HOURS
     now: datetime | None = None
 
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import os
-import signal
 import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,13 +17,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from regindex import __version__, output, queries
 from regindex import config as config_mod
 from regindex import db as dbmod
-from regindex.errors import RegindexError, one_line
+from regindex.config import FAIL_ON, MAX_HOURS, REPORT_FILE, REPORT_RUNS
+from regindex.errors import EXIT_ERROR, EXIT_FINDINGS, RegindexError, one_line
 from regindex.logs import LOG_FORMATS, ScanLog
+from regindex.rules import UPLOAD_PURGE_HOURS
+
+if TYPE_CHECKING:
+    from regindex.job import ScanRequest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-MAX_HOURS = 24 * 365 * 10
 
 
 class Failure(click.ClickException):
@@ -60,26 +61,10 @@ def core_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _terminate_as_interrupt(signum: int, _frame: Any) -> None:
-    """SIGTERM (a CronJob's deadline, systemd stop) ends a scan like Ctrl-C: rolled back, run marked failed."""
-    raise KeyboardInterrupt
-
-
 def _finite_hours(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
     if value is not None and not (math.isfinite(value) and 0 < value <= MAX_HOURS):
         raise click.BadParameter(f"must be a number of hours between 0 and {MAX_HOURS}")
     return value
-
-
-def _writable_target(path: Path, what: str, is_dir: bool) -> None:
-    """Fail before scanning, not after the run is committed, when an output cannot be written."""
-    if path.exists() and path.is_dir() != is_dir:
-        raise Failure(f"{what}: {path} is {'not ' if is_dir else ''}a directory")
-    where = path if is_dir and path.exists() else path.parent
-    if not where.is_dir():
-        raise Failure(f"{what}: directory {where} does not exist")
-    if not os.access(where, os.W_OK):
-        raise Failure(f"{what}: {where} is not writable")
 
 
 db_option = click.option(
@@ -87,7 +72,7 @@ db_option = click.option(
     envvar="REGINDEX_DB",
     default=None,
     metavar="PATH|URL",
-    help="Database: a SQLite file path or a SQLAlchemy URL (env REGINDEX_DB; default ./regindex.db).",
+    help=f"Database: a SQLite file path or a SQLAlchemy URL (env REGINDEX_DB; default ./{dbmod.DEFAULT_DB}).",
 )
 config_option = click.option(
     "--config", "config_path", envvar="REGINDEX_CONFIG", type=click.Path(dir_okay=False), default=None,
@@ -96,13 +81,6 @@ config_option = click.option(
 format_option = click.option(
     "--format", "fmt", type=click.Choice(output.FORMATS), default="table", show_default=True, help="Output format."
 )
-
-
-def resolve_db(db: str | None, config_path: str | None = None) -> str | None:
-    """The database a command opens: ``--db``, else the config file's (else db's default). The config file is
-    read either way: a malformed one is an error even when ``--db`` wins."""
-    settings = config_mod.load(config_path)
-    return db or settings.db
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,165 +99,55 @@ def cli() -> None:
 @config_option
 @click.option("--cache", "caches", multiple=True, metavar="NAME",
               help="Registry that is a pull-through cache (repeatable): missing index children are info there.")
-@click.option("--fail-on", type=click.Choice(["new", "open", "never"]), default=None,
+@click.option("--fail-on", type=click.Choice(FAIL_ON), default=None,
               help="Exit 1 when there are open error findings (open, the default), only new ones (new), or never.")
 @click.option("--verify-content", is_flag=True, default=None,
               help="Re-hash blob data (once per change of its size or mtime) to find digest mismatches.")
 @click.option("--stale-upload-hours", type=float, default=None, callback=_finite_hours,
-              help="Age after which an upload is stale (default 168, the registry's purge age).")
+              help=f"Age after which an upload is stale (default {UPLOAD_PURGE_HOURS:g}, the registry's purge age).")
 @click.option("--allow-empty", is_flag=True,
               help="Accept a registry that became empty or vanished (otherwise that is an error, exit 2).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the HTML report into this directory after the run.")
-@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--metrics", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write Prometheus textfile metrics here (atomically).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stdout.")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
               help="stderr: text for people, or json (one object a line: progress, errors, the run's summary).")
-@click.option("--full", is_flag=True,
-              help="Read every link file (by default one unchanged since a scan read it is only stat'ed).")
-def scan(
-    base: Path, db: str | None, config_path: str | None, caches: tuple[str, ...], fail_on: str | None,
-    verify_content: bool | None, stale_upload_hours: float | None, allow_empty: bool, report_dir: Path | None,
-    metrics_path: Path | None, quiet: bool, log_format: str, full: bool,
-) -> None:
+@click.option("--full", is_flag=True, default=None,
+              help="Read every link file (otherwise one unchanged since a scan read it is only stat'ed; the "
+                   "config's full_scan_every makes every Nth scan a full one).")
+def scan(quiet: bool, log_format: str, **options: Any) -> None:
     """Index every registry under BASE and update findings.
 
     BASE holds BASE/<name>/docker/registry/v2 for each registry, or is one registry's root directory.
     Exit status: 0 no open error finding, 1 open error findings (see --fail-on), 2 bad input or a failed or
     partial scan (nothing is resolved from a registry that could not be read).
     """
+    from regindex.job import ScanRequest
+
     log = ScanLog(log_format)
-    # SQLAlchemy's pool logs what an interrupt leaves it (a reset cut short); with no handler configured Python
-    # would print that to stderr as a traceback. The run's own outcome is reported below, once.
-    logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
+    request = ScanRequest(**options)  # each option's destination is the request's field of that name
     try:
-        _scan(log, base, db, config_path, caches, fail_on, verify_content, stale_upload_hours, allow_empty,
-              report_dir, metrics_path, quiet, full)
+        code = _scan(request, log, quiet)
     except Failure as exc:
         if log_format != "json":
             raise
         log.error(exc.message)
-        sys.exit(EXIT_ERROR)
-    finally:
-        # The run is over (recorded, rolled back or failed): a signal from now on ends the process the default
-        # way, without a traceback from wherever the interpreter happens to be.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        code = EXIT_ERROR
+    sys.exit(code)
 
 
 @core_errors
-def _scan(
-    log: ScanLog, base: Path, db: str | None, config_path: str | None, caches: tuple[str, ...], fail_on: str | None,
-    verify_content: bool | None, stale_upload_hours: float | None, allow_empty: bool, report_dir: Path | None,
-    metrics_path: Path | None, quiet: bool, full: bool = False,
-) -> None:
-    from regindex.errors import ConfigError, LockError
-    from regindex.scan import ScanOptions, record_failed_run, run_scan
+def _scan(request: ScanRequest, log: ScanLog, quiet: bool) -> int:
+    from regindex import job
 
-    try:
-        settings = config_mod.load(config_path)
-    except ConfigError as exc:
-        # A bad config file must not leave yesterday's metrics saying all is well: when the command line names
-        # the metrics file and a database, the failure is recorded as a run and the metrics say so.
-        if metrics_path and (db or os.environ.get("REGINDEX_DB")):
-            _writable_target(metrics_path, "--metrics", is_dir=False)
-            engine = dbmod.open_writer(db)
-            run_id = record_failed_run(engine, base, str(exc))
-            if run_id is not None:
-                _write_metrics(engine, metrics_path, run_id)
-            engine.dispose()
-        raise
-    opts = ScanOptions(
-        base=base,
-        caches=frozenset(caches) | frozenset(settings.caches),
-        verify_content=bool(verify_content if verify_content is not None else settings.verify_content),
-        stale_upload_hours=stale_upload_hours or settings.stale_upload_hours or 168.0,
-        allow_empty=allow_empty,
-        severity_rules=tuple(settings.severity),
-        full=full,
-        full_scan_every=settings.full_scan_every,
-    )
-    if settings.settle_seconds is not None:
-        opts.settle_seconds = settings.settle_seconds
-    metrics_path = metrics_path or (Path(settings.metrics) if settings.metrics else None)
-    report_dir = report_dir or (Path(settings.report_dir) if settings.report_dir else None)
-    if metrics_path:
-        _writable_target(metrics_path, "--metrics", is_dir=False)
-    if report_dir:
-        _writable_target(report_dir, "--report", is_dir=True)
-    engine = dbmod.open_writer(db or settings.db)
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    signal.signal(signal.SIGINT, _terminate_as_interrupt)
-    try:
-        outcome = run_scan(engine, opts, log.progress)
-    except RegindexError as exc:
-        log.end_progress()
-        if exc.run_id is not None and not isinstance(exc, LockError):
-            # a failed or interrupted run: the metrics say so (they never go stale), and so does the report
-            if metrics_path:
-                _write_metrics(engine, metrics_path, exc.run_id)
-            if report_dir:
-                _report_anyway(engine, report_dir)
-        log.summary(status="failed", error=str(exc))
-        raise
-    log.end_progress()
-    if metrics_path:
-        _write_metrics(engine, metrics_path, outcome.run_id)
-    if report_dir:
-        from regindex import render
-
-        written = render.write_dated(engine, report_dir)
-        if not quiet:
-            click.echo(f"report: {written}")
-    engine.dispose()
-
-    c = outcome.counts
+    done = job.run(request, log)
     if not quiet:
-        click.echo(
-            f"run {outcome.run_id} {outcome.status}: {outcome.registries} registries, {outcome.repositories} "
-            f"repositories, {outcome.links} links, {outcome.blobs} blobs, {outcome.manifests_parsed} manifests "
-            f"parsed, {outcome.inventory_changes} inventory changes; findings: {c.new} new "
-            f"({c.reopened} re-opened), {c.persisting} persisting, {c.resolved} resolved; "
-            f"{outcome.open_errors} open errors"
-            + (f" ({outcome.acknowledged_errors} more acknowledged)" if outcome.acknowledged_errors else "")
-            + f" ({outcome.duration_seconds:.1f}s)"
-        )
-    for err in outcome.failures.values():
-        log.error(err)
-    log.summary(
-        status=outcome.status, registries=outcome.registries, repositories=outcome.repositories,
-        links=outcome.links, blobs=outcome.blobs, blob_bytes=outcome.blob_bytes,
-        manifests_parsed=outcome.manifests_parsed, uploads=outcome.uploads,
-        inventory_changes=outcome.inventory_changes, findings_new=c.new, findings_reopened=c.reopened,
-        findings_persisting=c.persisting, findings_resolved=c.resolved, open_errors=outcome.open_errors,
-        duration_seconds=round(outcome.duration_seconds, 3), failed_registries=sorted(outcome.failures),
-    )
-    if outcome.failures:
-        sys.exit(EXIT_ERROR)
-    mode = fail_on or settings.fail_on or "open"
-    if mode == "open" and outcome.open_errors:
-        sys.exit(EXIT_FINDINGS)
-    if mode == "new" and c.new_errors:
-        sys.exit(EXIT_FINDINGS)
-
-
-def _write_metrics(engine: Any, path: Path, run_id: int) -> None:
-    from regindex import metrics
-
-    with engine.connect() as conn:
-        body = metrics.render(conn, run_id)
-    metrics.write(path, body)
-
-
-def _report_anyway(engine: Any, report_dir: Path) -> None:
-    from regindex import render
-    from regindex.errors import ReportError
-
-    try:
-        render.write_dated(engine, report_dir)
-    except ReportError:
-        pass  # no finished scan yet: nothing to show
+        if done.report:
+            click.echo(f"report: {done.report}")
+        click.echo(output.scan_summary(done.scan))
+    return done.exit_code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +201,7 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
     query = FindingQuery(state=state, kinds=kinds, registries=registries, severities=severities,
                          repositories=repositories, digest=digest, tags=tags, run=run,
                          since=parse_when(since, "--since") if since else None, limit=limit)
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
         known = set(conn.exec_driver_sql("SELECT name FROM registries").scalars())
         unknown = [r for r in registries if r not in known]
         if unknown:
@@ -377,7 +245,7 @@ def runs(db: str | None, config_path: str | None, limit: int, fmt: str) -> None:
 
     from regindex.history import list_runs
 
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
         rows = list_runs(conn, limit)
         phases: dict[int, list[str]] = {}
         if rows:
@@ -428,7 +296,7 @@ def sql(query: str | None, query_file: str | None, params: tuple[tuple[str, str]
     fmt = chosen.pop() if chosen else "table"
     text_ = queries.read_query(query, query_file, click.get_binary_stream("stdin"))
     out = click.get_text_stream("stdout")
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
         with queries.stream_readonly(conn, text_, dict(params), timeout) as result:
             output.write_stream(out, result.columns, result.rows, fmt, headers=not no_headers,
                                 json_columns=queries.JSON_COLUMNS, detect_json=json_cols)
@@ -447,7 +315,7 @@ def serve(db: str | None, config_path: str | None, host: str, port: int) -> None
     described, facets, and the post-mortem questions as canned queries. SQLite databases only."""
     from regindex import serve as serve_mod
 
-    url = dbmod.resolve_url(resolve_db(db, config_path))
+    url = dbmod.resolve_url(config_mod.database(db, config_path))
     if not dbmod.is_sqlite(url):
         raise Failure("regindex serve opens SQLite databases (Datasette); for PostgreSQL use `regindex sql`")
     with dbmod.reader(url):
@@ -475,7 +343,7 @@ def db_group() -> None:
 @core_errors
 def upgrade(db: str | None, config_path: str | None) -> None:
     """Create or upgrade the schema to this version of regindex."""
-    engine = dbmod.open_writer(resolve_db(db, config_path))
+    engine = dbmod.open_writer(config_mod.database(db, config_path))
     with engine.connect() as conn:
         click.echo(f"schema at {dbmod.current_revision(conn)} (head)")
     engine.dispose()
@@ -487,7 +355,7 @@ def upgrade(db: str | None, config_path: str | None) -> None:
 @core_errors
 def current(db: str | None, config_path: str | None) -> None:
     """Print the schema revision of the database and of this code."""
-    url = dbmod.resolve_url(resolve_db(db, config_path))
+    url = dbmod.resolve_url(config_mod.database(db, config_path))
     engine = dbmod.make_engine(url, readonly=True)
     try:
         with engine.connect() as conn:
@@ -548,7 +416,7 @@ def gc_preview(db: str | None, config_path: str | None, delete_untagged: bool, r
     something, 2 bad input."""
     from regindex import gc
 
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
         preds = gc.predict(conn, delete_untagged, registries)
     click.echo(gc.render(preds, fmt), nl=False)
     if any(p.outcome != gc.COMPLETES or p.breakage for p in preds):
@@ -559,8 +427,8 @@ def gc_preview(db: str | None, config_path: str | None, delete_untagged: bool, r
 @db_option
 @config_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="HTML file to write (default ./regindex-report.html); every finding goes to a CSV beside it.")
-@click.option("--runs", type=click.IntRange(min=1, max=2**62), default=30, show_default=True,
+              help=f"HTML file to write (default ./{REPORT_FILE}); every finding goes to a CSV beside it.")
+@click.option("--runs", type=click.IntRange(min=1, max=2**62), default=REPORT_RUNS, show_default=True,
               help="How many finished runs the trend covers.")
 @click.option("--since", metavar="DATE|DURATION",
               help="The trend covers every finished run started since then (instead of --runs): 2026-11-30, "
@@ -578,8 +446,8 @@ def report(db: str | None, config_path: str | None, out: Path | None, runs: int,
     end = parse_when(until, "--until") if until else None
     if start and end and start > end:
         raise Failure("--since is after --until")
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
-        written = render.write(conn, out or Path(render.DEFAULT_OUT), runs, since=start, until=end)
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
+        written = render.write(conn, out or Path(REPORT_FILE), runs, since=start, until=end)
     click.echo(f"report: {written} (findings: {written.with_suffix('.csv')})")
 
 
@@ -598,7 +466,7 @@ def history_cmd(digest: str, db: str | None, config_path: str | None, fmt: str) 
 
     from regindex import timeline
 
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config_mod.database(db, config_path)) as conn:
         t = timeline.lookup(conn, digest)
     if fmt == "json":
         click.echo(json.dumps(timeline.as_json(t), indent=2, default=output.json_default))

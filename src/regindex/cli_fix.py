@@ -13,9 +13,10 @@ from typing import Any
 import click
 from sqlalchemy import Connection
 
+from regindex import config, output
 from regindex import db as dbmod
-from regindex import output
-from regindex.cli import EXIT_FINDINGS, Failure, cli, config_option, core_errors, db_option, format_option, resolve_db
+from regindex.cli import Failure, cli, config_option, core_errors, db_option, format_option
+from regindex.errors import EXIT_FINDINGS
 
 
 def _incident_findings() -> Callable[[Connection, str], list[int]]:
@@ -55,7 +56,7 @@ def repair(db: str | None, config_path: str | None, kinds: tuple[str, ...], regi
     """
     from regindex import repair as rp
 
-    url = dbmod.resolve_url(resolve_db(db, config_path))
+    url = dbmod.resolve_url(config.database(db, config_path))
     if undo_ref is not None:
         if do_apply or kinds or registries or repositories or keys or incidents:
             raise click.UsageError("--undo takes no other selection")
@@ -128,7 +129,7 @@ def repairs(db: str | None, config_path: str | None, batch: str | None, limit: i
     from regindex import repair as rp
     from regindex.timespec import iso
 
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config.database(db, config_path)) as conn:
         rows = rp.list_actions(conn, limit, batch)
     if fmt == "table":  # the finding's short key (as `findings -v` and `repair --finding` take it), UTC to the second
         rows = [{**r, "at": iso(r["at"]), "finding": (r["finding_key"] or "")[:12]} for r in rows]
@@ -168,7 +169,7 @@ def ack(key: str | None, db: str | None, config_path: str | None, incident: str 
     from regindex.repair import os_user
 
     when = ackmod.parse_until(until)
-    engine = dbmod.open_writer(resolve_db(db, config_path))
+    engine = dbmod.open_writer(config.database(db, config_path))
     try:
         with engine.begin() as conn:
             rows = ackmod.select_findings(conn, _ack_selection(key, incident, kind, registry, repositories),
@@ -195,7 +196,7 @@ def unack(key: str | None, db: str | None, config_path: str | None, incident: st
     from regindex import ack as ackmod
     from regindex.repair import os_user
 
-    engine = dbmod.open_writer(resolve_db(db, config_path))
+    engine = dbmod.open_writer(config.database(db, config_path))
     try:
         with engine.begin() as conn:
             rows = ackmod.select_findings(conn, _ack_selection(key, incident, kind, registry, repositories),
@@ -217,7 +218,7 @@ def incidents(db: str | None, config_path: str | None, registries: tuple[str, ..
     with its counts, the tags a pull of which fails, and the one command that repairs it."""
     from regindex import incidents as inc
 
-    with dbmod.reader(resolve_db(db, config_path)) as conn:
+    with dbmod.reader(config.database(db, config_path)) as conn:
         known = set(conn.exec_driver_sql("SELECT name FROM registries").scalars())
         unknown = [r for r in registries if r not in known]
         if unknown:

@@ -27,6 +27,13 @@ from typing import Any
 
 from regindex.errors import ConfigError
 
+# Defaults of options more than one command or module offers, each defined here once (the 168 h upload age is the
+# registry's own: rules.UPLOAD_PURGE_HOURS; the database file is db.DEFAULT_DB).
+REPORT_RUNS = 30  # finished runs a report's trend covers
+REPORT_FILE = "regindex-report.html"  # `regindex report` without --out
+MAX_HOURS = 24 * 365 * 10  # the longest number of hours an option takes (stale_upload_hours, sql --timeout)
+FAIL_ON = ("new", "open", "never")
+
 KEYS = {"db", "caches", "stale_upload_hours", "fail_on", "verify_content", "report_dir", "metrics", "severity",
         "full_scan_every", "settle_seconds"}
 
@@ -38,8 +45,8 @@ class Settings:
     stale_upload_hours: float | None = None
     fail_on: str | None = None
     verify_content: bool | None = None
-    report_dir: str | None = None
-    metrics: str | None = None
+    report_dir: Path | None = None
+    metrics: Path | None = None
     severity: list[Any] = field(default_factory=list)  # regindex.policy.Rule, in order ([[severity]] tables)
     full_scan_every: int | None = None
     settle_seconds: float | None = None
@@ -71,19 +78,19 @@ def load(path: str | None) -> Settings:
         s.caches = caches
     if "stale_upload_hours" in data:
         v = data["stale_upload_hours"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 < v <= 87600):
-            raise ConfigError(f"config file {p}: stale_upload_hours must be a number of hours between 0 and 87600")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 < v <= MAX_HOURS):
+            raise ConfigError(f"config file {p}: stale_upload_hours must be a number of hours between 0 and {MAX_HOURS}")
         s.stale_upload_hours = float(v)
     if "fail_on" in data:
         s.fail_on = _typed(p, data, "fail_on", str)
-        if s.fail_on not in ("new", "open", "never"):
-            raise ConfigError(f"config file {p}: fail_on must be new, open or never")
+        if s.fail_on not in FAIL_ON:
+            raise ConfigError(f"config file {p}: fail_on must be {', '.join(FAIL_ON[:-1])} or {FAIL_ON[-1]}")
     if "verify_content" in data:
         s.verify_content = _typed(p, data, "verify_content", bool)
     if "report_dir" in data:
-        s.report_dir = _typed(p, data, "report_dir", str)
+        s.report_dir = Path(_typed(p, data, "report_dir", str))
     if "metrics" in data:
-        s.metrics = _typed(p, data, "metrics", str)
+        s.metrics = Path(_typed(p, data, "metrics", str))
     if "full_scan_every" in data:
         v = data["full_scan_every"]
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10000:
@@ -99,6 +106,13 @@ def load(path: str | None) -> Settings:
 
         s.severity = parse(data["severity"], f"config file {p}")
     return s
+
+
+def database(db: str | None, path: str | None) -> str | None:
+    """The database a command opens: ``--db``, else the config file's (else ``db``'s default). The config file is
+    read either way: a malformed one is an error even when ``--db`` wins."""
+    settings = load(path)
+    return db or settings.db
 
 
 def _typed(p: Path, data: dict[str, Any], key: str, typ: type) -> Any:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from regindex.errors import StorageError
-from regindex.storage import DIR, FILE, SYMLINK, Entry, FileSystem, Read, Stat, Storage
+from regindex.storage import DIR, FILE, SYMLINK, Entry, FileSystem, Read, Stat, Storage, read_capped
 from regindex.layout import (
     DIGEST_HEX_LEN,
     MAX_LINK_BYTES,
@@ -669,17 +669,10 @@ def read_blob(v2: Path, digest: str, cap: int = DEFAULT_MAX_MANIFEST_BYTES) -> b
             return None
         if st.st_size > cap:
             raise BlobTooLarge(st.st_size)
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            chunk = os.read(fd, min(1 << 20, cap + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > cap:
-                raise BlobTooLarge(total)
-        return b"".join(chunks)
+        data = read_capped(fd, cap)
+        if len(data) > cap:
+            raise BlobTooLarge(len(data))
+        return data
     finally:
         os.close(fd)
 

@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from regindex.errors import SchemaError, one_line
 
 DEFAULT_DB = "regindex.db"
+IN_LIST = 500  # values bound in one IN (...) of a read (SQLite takes 32766 bound parameters, psycopg 65535)
 
 
 def resolve_url(db: str | None) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2  # no open error finding; open error findings; bad input or a failed run
+
 
 class RegindexError(Exception):
     """Base class: every expected failure of the core is one of these."""
 
-    exit_code = 2
+    exit_code = EXIT_ERROR
     run_id: int | None = None  # the scan run this failure was recorded in (metrics are written for it)
 
 

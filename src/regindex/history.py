@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
 
 from regindex.checks import FindingRow
+from regindex.db import IN_LIST
 from regindex.errors import ConfigError
 from regindex.models import Finding, table
 from regindex.store import chunks
@@ -39,7 +40,7 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
         return counts
     current = {f.key: f for f in found if f.registry in registries}
     open_rows: dict[str, Any] = {}
-    for part in chunks(regs, 500):
+    for part in chunks(regs, IN_LIST):
         q = select(F.c.id, F.c.key).where(F.c.resolved_run.is_(None), F.c.registry.in_(list(part)))
         for row in conn.execute(q):
             open_rows[row.key] = row
@@ -49,7 +50,7 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
     resolved = [row.id for k, row in open_rows.items() if k not in current]
 
     last_episode: dict[str, int] = {}
-    for part in chunks(fresh, 500):
+    for part in chunks(fresh, IN_LIST):
         q = select(F.c.key, func.max(F.c.episode)).where(F.c.key.in_(list(part))).group_by(F.c.key)
         for key, ep in conn.execute(q):
             last_episode[key] = int(ep)
@@ -287,7 +288,7 @@ def list_runs(conn: Connection, limit: int) -> list[dict[str, Any]]:
     rows = [dict(r) for r in conn.execute(select(R).order_by(R.c.id.desc()).limit(limit)).mappings()]
     finished = [r["id"] for r in rows if r["status"] in FINISHED and r["open_errors"] is None]
     errors: dict[int, int] = {}
-    for part in chunks(finished, 500):
+    for part in chunks(finished, IN_LIST):
         q = (
             select(R.c.id, func.count(F.c.id))
             .join(F, (F.c.first_run <= R.c.id) & or_(F.c.resolved_run.is_(None), F.c.resolved_run > R.c.id))

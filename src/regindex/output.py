@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from regindex.scan import ScanOutcome
     from regindex.timeline import Timeline
 
 FORMATS = ("table", "json", "csv")
@@ -247,3 +248,17 @@ def _episode_text(r: dict[str, Any]) -> str:
     if r["gone_run"] is None:
         return f"present since run {r['first_run']}"
     return f"present from run {r['first_run']}, gone in run {r['gone_run']}"
+
+
+def scan_summary(outcome: ScanOutcome) -> str:
+    """The line ``regindex scan`` prints after a run."""
+    c = outcome.counts
+    return (
+        f"run {outcome.run_id} {outcome.status}: {outcome.registries} registries, {outcome.repositories} "
+        f"repositories, {outcome.links} links, {outcome.blobs} blobs, {outcome.manifests_parsed} manifests "
+        f"parsed, {outcome.inventory_changes} inventory changes; findings: {c.new} new "
+        f"({c.reopened} re-opened), {c.persisting} persisting, {c.resolved} resolved; "
+        f"{outcome.open_errors} open errors"
+        + (f" ({outcome.acknowledged_errors} more acknowledged)" if outcome.acknowledged_errors else "")
+        + f" ({outcome.duration_seconds:.1f}s)"
+    )

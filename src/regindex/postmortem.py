@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from regindex.db import IN_LIST
 from regindex.episodes import ITEM_COLUMNS, PARENT_ROLE, Item, Runs, with_detail
 from regindex.models import Blob, Finding, Link, Repository, table
 from regindex.store import chunks
@@ -101,7 +102,7 @@ class Inventory:
         self.repos: dict[tuple[int, str], list[Any]] = defaultdict(list)
         if not regs:
             return
-        for part in chunks(digests, 500):
+        for part in chunks(digests, IN_LIST):
             # each through its own index: ix_links_path_digest, ix_links_target (registry_id, target_digest)
             for q in (select(L).where(L.c.path_digest.in_(list(part))),
                       select(L).where(L.c.registry_id.in_(regs), L.c.target_digest.in_(list(part)))):
@@ -120,11 +121,11 @@ class Inventory:
         blob_digests = set(digests)
         for rows in self.links.values():
             blob_digests.update(d for r in rows.values() for d in (r.path_digest, r.target_digest) if d)
-        for part in chunks(sorted(blob_digests), 500):
+        for part in chunks(sorted(blob_digests), IN_LIST):
             for r in conn.execute(select(B).where(B.c.registry_id.in_(regs), B.c.digest.in_(list(part)))):
                 self.blobs[(r.registry_id, r.digest)].append(r)
         names = sorted({i.repository for i in items if i.repository})
-        for part in chunks(names, 500):
+        for part in chunks(names, IN_LIST):
             for r in conn.execute(select(P).where(P.c.registry_id.in_(regs), P.c.name.in_(list(part)))):
                 self.repos[(r.registry_id, r.name)].append(r)
 
@@ -265,7 +266,7 @@ def _value_text(v: Any) -> str:
 
 def _episodes_of(conn: Connection, keys: Iterable[str]) -> dict[str, list[Item]]:
     out: dict[str, list[Item]] = defaultdict(list)
-    for part in chunks(sorted(set(keys)), 500):
+    for part in chunks(sorted(set(keys)), IN_LIST):
         for r in conn.execute(select(*ITEM_COLUMNS).where(F.c.key.in_(list(part)))):
             out[r.key].append(Item(*r))
     return out

@@ -20,10 +20,10 @@ from regindex.episodes import Item, Runs, with_detail
 from regindex.errors import ReportError
 from regindex.files import atomic_write, check_target
 from regindex.postmortem import plural, short
-from regindex.report import DETAIL_LIMIT, DEFAULT_RUNS, Report, collect
+from regindex.config import REPORT_RUNS
+from regindex.report import DETAIL_LIMIT, Report, collect
 from regindex.store import chunks
 
-DEFAULT_OUT = "regindex-report.html"
 DATED_RE = re.compile(r"^regindex-(\d{4}-\d{2}-\d{2})-run(\d+)\.html$")
 
 
@@ -99,7 +99,7 @@ def render_report(report: Report) -> str:
     return environment().get_template("report.html.j2").render(r=report)
 
 
-def render(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT, csv_name: str | None = None,
+def render(conn: Connection, runs: int = REPORT_RUNS, limit: int = DETAIL_LIMIT, csv_name: str | None = None,
            since: datetime | None = None, until: datetime | None = None) -> str:
     """The report as one HTML string."""
     report = collect(conn, runs, limit, since, until)
@@ -130,7 +130,7 @@ def write_csv(conn: Connection, items: Sequence[Item], path: Path, shown: Collec
     atomic_write(path, rows=rows(), make_parents=True, what="report")
 
 
-def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT,
+def write(conn: Connection, out: Path, runs: int = REPORT_RUNS, limit: int = DETAIL_LIMIT,
           since: datetime | None = None, until: datetime | None = None) -> Path:
     """Write the report to ``out`` and every finding it covers to a CSV beside it (same name, ``.csv``)."""
     out = Path(out)
@@ -147,7 +147,7 @@ def write(conn: Connection, out: Path, runs: int = DEFAULT_RUNS, limit: int = DE
     return out
 
 
-def write_dated(engine: Engine, report_dir: Path, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT) -> Path:
+def write_dated(engine: Engine, report_dir: Path, runs: int = REPORT_RUNS, limit: int = DETAIL_LIMIT) -> Path:
     """``DIR/regindex-<date>-run<N>.html`` (+ ``.csv``) for the latest finished run; ``DIR/index.html`` lists
     every dated report, newest first. Returns the report's path."""
     report_dir = Path(report_dir)

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, or_, select
 from regindex import __version__
 from regindex.charts import Chart, report_charts
 from regindex.checks import KINDS
+from regindex.config import REPORT_RUNS
 from regindex.episodes import ITEM_COLUMNS, Item, Runs, sort_key
 from regindex.errors import ReportError
 from regindex.history import state_of
@@ -27,7 +28,6 @@ from regindex.models import Finding, Registry, RunRegistry, table
 from regindex.output import when_text
 from regindex.postmortem import Card, cards_for
 
-DEFAULT_RUNS = 30
 DETAIL_LIMIT = 500  # per-finding sections per state (new, persisting, resolved)
 GROUP_LIMIT = 50  # rows of the per-repository count tables per state
 
@@ -109,7 +109,7 @@ def _load_items(conn: Connection, since: int) -> list[Item]:
     return [Item(*r) for r in conn.execute(q)]
 
 
-def collect(conn: Connection, runs: int = DEFAULT_RUNS, limit: int = DETAIL_LIMIT, since: datetime | None = None,
+def collect(conn: Connection, runs: int = REPORT_RUNS, limit: int = DETAIL_LIMIT, since: datetime | None = None,
             until: datetime | None = None, fold: bool = True) -> Report:
     """Everything the report shows, about the latest finished run and the ``runs`` finished runs up to it.
 

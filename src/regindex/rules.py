@@ -30,6 +30,10 @@ from regindex.layout import (
     valid_repository_name,
 )
 
+# The age at which the registry purges an upload (storage.maintenance.uploadpurging.age, default 168h): an
+# upload older than this is stale.
+UPLOAD_PURGE_HOURS = 168.0
+
 ABSENT, OK = LinkState.ABSENT.value, LinkState.OK.value
 VIA_REVISION, VIA_LAYER = LinkKind.REVISION.value, LinkKind.LAYER.value
 

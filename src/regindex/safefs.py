@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from regindex.storage import READ_CHUNK, read_capped
+
 MAX_LINK_FILE = 64 * 1024  # a layer directory holds one small link file; anything bigger is not moved blindly
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0)
@@ -87,16 +89,10 @@ def read_at(dir_fd: int, name: str, limit: int) -> bytes:
             raise Unsafe(f"{name} is not a regular file")
         if st.st_size > limit:
             raise Unsafe(f"{name} is {st.st_size} bytes, more than the {limit} this action reads")
-        chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise Unsafe(f"{name} grew past {limit} bytes while being read")
-        return b"".join(chunks)
+        data = read_capped(fd, limit)
+        if len(data) > limit:
+            raise Unsafe(f"{name} grew past {limit} bytes while being read")
+        return data
     finally:
         os.close(fd)
 
@@ -109,7 +105,7 @@ def hash_at(dir_fd: int, name: str, alg: str) -> tuple[str, int]:
             raise Unsafe(f"{name} is not a regular file")
         h, size = hashlib.new(alg), 0
         while True:
-            chunk = os.read(fd, 1 << 20)
+            chunk = os.read(fd, READ_CHUNK)
             if not chunk:
                 break
             h.update(chunk)

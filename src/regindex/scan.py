@@ -34,7 +34,9 @@ from regindex.crawl import (
     safe_text,
 )
 from regindex.errors import ConfigError, LockError, RegindexError, ScanAborted, StorageError, one_line
+from regindex.db import DEFAULT_DB
 from regindex.manifests import KIND_UNKNOWN, ParsedManifest, parse_manifest
+from regindex.rules import UPLOAD_PURGE_HOURS
 
 Progress = Callable[[str], None]
 
@@ -49,7 +51,7 @@ class ScanOptions:
     base: Path
     caches: frozenset[str] = frozenset()
     verify_content: bool = False
-    stale_upload_hours: float = 168.0
+    stale_upload_hours: float = UPLOAD_PURGE_HOURS
     allow_empty: bool = False
     max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
     now: datetime | None = None  # for tests: the clock of stale_upload
@@ -124,7 +126,7 @@ def scan_lock(engine: Engine) -> Iterator[None]:
     url = engine.url
     if url.get_backend_name() == "sqlite":
         # the real path: two spellings of one database (a symlink) must take one lock
-        path = Path(os.path.realpath(url.database or "regindex.db"))
+        path = Path(os.path.realpath(url.database or DEFAULT_DB))
         lock_path = path.with_name(path.name + ".lock")
         fh = open(lock_path, "a+")
         try:

@@ -12,6 +12,23 @@ import stat as st_
 from dataclasses import dataclass
 from typing import Protocol
 
+READ_CHUNK = 1 << 20  # bytes a streaming read asks for at a time
+
+
+def read_capped(fd: int, cap: int) -> bytes:
+    """The whole file behind ``fd`` if it holds at most ``cap`` bytes; past the cap, stop after ``cap + 1``
+    bytes (a result longer than ``cap`` says the file is, or grew, too large). Never reads more."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= cap:
+        chunk = os.read(fd, min(READ_CHUNK, cap + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
 # entry and file kinds
 DIR, FILE, SYMLINK, OTHER = "dir", "file", "symlink", "other"
 

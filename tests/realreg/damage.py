@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # ========================================================================================== storage paths
 def _split(digest: str) -> tuple[str, str]:
@@ -85,78 +87,45 @@ def newline_link(digest: str) -> bytes:
     return (digest + "\n").encode()
 
 
-# -- revisions
-def remove_revision(v2, repo: str, digest: str) -> None:
-    """rm -rf the revision directory (what GC --delete-untagged does to an untagged manifest)."""
-    shutil.rmtree(_must_exist(revision_dir(v2, repo, digest)))
+# -- revisions, layer links, tags: each kind of link has the same four damages
+Damage = Callable[..., Any]
 
 
-def remove_revision_link(v2, repo: str, digest: str) -> None:
-    """Remove only the revision ``link`` file (the normal trace an API DELETE leaves)."""
-    _must_exist(revision_link_path(v2, repo, digest)).unlink()
+def _link_damages(link_of: Callable[..., Path], dir_of: Callable[..., Path]) -> tuple[Damage, Damage, Damage, Damage]:
+    """For the link ``link_of(v2, repo, name)`` in the directory ``dir_of(v2, repo, name)``: rm -rf the directory,
+    remove the link file, write the link (creating directories), overwrite a link that exists (corrupt it with
+    ``GARBAGE`` or given bytes, or point it at another digest)."""
+
+    def remove_dir(v2: Any, repo: str, name: str) -> None:
+        shutil.rmtree(_must_exist(dir_of(v2, repo, name)))
+
+    def remove(v2: Any, repo: str, name: str) -> None:
+        _must_exist(link_of(v2, repo, name)).unlink()
+
+    def write(v2: Any, repo: str, name: str, content: bytes | str) -> Path:
+        return write_link(link_of(v2, repo, name), content)
+
+    def overwrite(v2: Any, repo: str, name: str, content: bytes | str = GARBAGE) -> Path:
+        return write_link(_must_exist(link_of(v2, repo, name)), content)
+
+    return remove_dir, remove, write, overwrite
 
 
-def write_revision_link(v2, repo: str, digest: str, content: bytes | str) -> Path:
-    return write_link(revision_link_path(v2, repo, digest), content)
-
-
-def corrupt_revision_link(v2, repo: str, digest: str, content: bytes = GARBAGE) -> Path:
-    _must_exist(revision_link_path(v2, repo, digest))
-    return write_revision_link(v2, repo, digest, content)
-
-
-def point_revision_link(v2, repo: str, digest: str, other: str) -> Path:
-    """The revision link for ``digest`` names ``other`` (parses, wrong target)."""
-    _must_exist(revision_link_path(v2, repo, digest))
-    return write_revision_link(v2, repo, digest, other)
-
-
-# -- layer links
-def remove_layer_link_dir(v2, repo: str, digest: str) -> None:
-    shutil.rmtree(_must_exist(layer_link_dir(v2, repo, digest)))
-
-
-def remove_layer_link(v2, repo: str, digest: str) -> None:
-    _must_exist(layer_link_path(v2, repo, digest)).unlink()
-
-
-def write_layer_link(v2, repo: str, digest: str, content: bytes | str) -> Path:
-    return write_link(layer_link_path(v2, repo, digest), content)
-
-
-def corrupt_layer_link(v2, repo: str, digest: str, content: bytes = GARBAGE) -> Path:
-    _must_exist(layer_link_path(v2, repo, digest))
-    return write_layer_link(v2, repo, digest, content)
-
-
-def point_layer_link(v2, repo: str, digest: str, other: str) -> Path:
-    _must_exist(layer_link_path(v2, repo, digest))
-    return write_layer_link(v2, repo, digest, other)
-
-
-# -- tags
-def remove_tag(v2, repo: str, tag: str) -> None:
-    """rm -rf the tag directory (a "tag cleanup")."""
-    shutil.rmtree(_must_exist(tag_dir(v2, repo, tag)))
-
-
-def remove_tag_current_link(v2, repo: str, tag: str) -> None:
-    """Remove ``tags/<tag>/current/link``: the tag stays listed but answers 404."""
-    _must_exist(tag_current_link_path(v2, repo, tag)).unlink()
+# remove_revision: what GC --delete-untagged does to an untagged manifest; remove_revision_link: the normal trace
+# an API DELETE leaves; point_revision_link(v2, repo, digest, other): the link parses but names ``other``.
+remove_revision, remove_revision_link, write_revision_link, corrupt_revision_link = _link_damages(
+    revision_link_path, revision_dir)
+point_revision_link = corrupt_revision_link
+remove_layer_link_dir, remove_layer_link, write_layer_link, corrupt_layer_link = _link_damages(
+    layer_link_path, layer_link_dir)
+point_layer_link = corrupt_layer_link
+# remove_tag: a "tag cleanup"; remove_tag_current_link: the tag stays listed but answers 404
+remove_tag, remove_tag_current_link, write_tag_link, corrupt_tag_link = _link_damages(tag_current_link_path, tag_dir)
 
 
 def remove_tags_dir(v2, repo: str) -> None:
     """Remove ``_manifests/tags`` entirely (a GC --delete-untagged blocker)."""
     shutil.rmtree(_must_exist(repo_dir(v2, repo) / "_manifests" / "tags"))
-
-
-def write_tag_link(v2, repo: str, tag: str, content: bytes | str) -> Path:
-    return write_link(tag_current_link_path(v2, repo, tag), content)
-
-
-def corrupt_tag_link(v2, repo: str, tag: str, content: bytes = GARBAGE) -> Path:
-    _must_exist(tag_current_link_path(v2, repo, tag))
-    return write_tag_link(v2, repo, tag, content)
 
 
 def point_tag(v2, repo: str, tag: str, other: str, *, add_index: bool = True) -> Path:
