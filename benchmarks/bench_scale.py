@@ -10,8 +10,8 @@ and times, each as its own process (wall time, peak RSS of that process):
 - ``regindex scan`` into SQLite (and PostgreSQL with ``--pg``),
 
 for a first scan (empty database), an unchanged re-scan, and a re-scan after ~1% churn (pushes, new
-repositories, tag moves, API deletes, a GC-like sweep, uploads, new damage); warm, and cold (page cache dropped
-before each process) when it runs as root. Every regindex scan's open findings are compared with the ground truth,
+repositories, tag moves, API deletes, a GC-like sweep, uploads, new damage); warm (every file of the tree read once
+before each process: ``warm_up``), and cold (page cache dropped before each process) when it runs as root. Every regindex scan's open findings are compared with the ground truth,
 and the reference's output with the truth's orphans. Prints one table; ``--markdown`` prints it for RESULTS.md.
 """
 
@@ -81,6 +81,19 @@ def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as fh:
         fh.write("3\n")
+
+
+def warm_up(tree: Path) -> None:
+    """Warm means warm for both: every directory listed and every file read (its first 1 MiB) once, so that
+    a warm phase measures neither tool's disk. (Running the reference once before warms only what it reads:
+    it stats link files without reading them, so regindex's first reads of them then wait on the disk.)"""
+    for root, _dirs, files in os.walk(tree):
+        for name in files:
+            try:
+                with open(os.path.join(root, name), "rb", buffering=0) as fh:
+                    fh.read(1 << 20)
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +285,7 @@ def main() -> None:
         row = Row(name)
         print(f"-- {name}", flush=True)
         if not cold_:
-            run(ref_cmd)  # warm the page cache for both
+            warm_up(work)  # every file both tools may read, in the page cache
         row.ref = run(ref_cmd, cold=cold_, capture=True)
         row.truth_ok.append(reference_agrees(row.ref.out, truth, roles))
         row.sqlite = run(regindex(str(db)), cold=cold_)

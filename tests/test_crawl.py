@@ -193,3 +193,42 @@ def test_symlinked_tag_current_is_not_followed(tmp_path, private, rng):
     os.symlink(outside, cur)
     with pytest.raises(StorageError, match="tags/v1/current is a symlink"):
         crawl(discover(private.root)[0])
+
+
+def test_the_read_pool_gives_the_rows_one_thread_gives(private, rng, monkeypatch):
+    """Links and blob stats handed to the pool (as when the disk is slow: forced here) come back complete and
+    judged the same as read in the walking thread, in batches that span directories and repositories; a
+    symlink among them still fails the crawl."""
+    from regindex import crawl as crawl_mod
+
+    for i in range(12):
+        img = private.push_image(f"team/app{i}", rng)
+        private.tag(f"team/app{i}", "v1", img.digest)
+    private.write_layer_link("team/app3", "sha256:" + "ab" * 32, b"garbage")
+    private.write_revision_link("team/app5", "sha256:" + "cd" * 32, b"")
+    root = discover(private.root)[0]
+
+    def rows(readers: int) -> list[object]:
+        out: list[object] = []
+        crawl_mod.crawl_into(root, out.append, readers=readers)
+        return sorted(out, key=repr)
+
+    alone = rows(1)
+    monkeypatch.setattr(crawl_mod, "_SLOW", 0.0)  # every batch looks like it waits on the disk
+    monkeypatch.setattr(crawl_mod, "_READ_BATCH", 11)
+    threads: set[str] = set()
+    read, stat = crawl_mod.FileSystem.read, crawl_mod.FileSystem.stat
+    monkeypatch.setattr(crawl_mod.FileSystem, "read", lambda self, p, n: (
+        threads.add(threading.current_thread().name), read(self, p, n))[1])
+    monkeypatch.setattr(crawl_mod.FileSystem, "stat", lambda self, p: (
+        threads.add(threading.current_thread().name), stat(self, p))[1])
+    pooled = rows(3)
+    assert any(t.startswith("regindex-read") for t in threads)  # the pool did read
+    assert pooled == alone
+    assert sum(type(r).__name__ == "LinkRow" for r in pooled) > 60
+    link = private.v2 / "repositories" / "team" / "app7" / "_layers"
+    target = next(link.rglob("link"))
+    target.unlink()
+    target.symlink_to("/etc/hostname")
+    with pytest.raises(StorageError, match="is a symlink"):
+        rows(8)

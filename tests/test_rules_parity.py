@@ -73,6 +73,15 @@ def layers_fallback_garbage(world: World) -> None:
     world.w.write_layer_link(API, child, b"garbage")
 
 
+def revision_naming_a_garbage_layer_link(world: World) -> None:
+    """The mark phase looks a revision's target up through the layer link when the target has no revision
+    link: a layer link that does not parse aborts it (a ``layer`` blocker)."""
+    child = world.api.children[1].digest
+    world.w.delete_revision_link(API, child)
+    world.w.write_layer_link(API, child, b"garbage")
+    world.w.write_revision_link(API, world.api.children[0].digest, child.encode())
+
+
 def tag_naming_an_unlinked_manifest(world: World) -> None:
     world.w.write_tag_link(BASE, "latest", world.api.children[0].digest.encode())
 
@@ -100,7 +109,7 @@ def _gc_cases() -> dict[str, Damage]:
 EXTRA: dict[str, Damage] = {f.__name__: f for f in (
     overwrite_naming_another_layer, overwrite_changing_a_size, overwrite_child_with_garbage,
     misdirected_elsewhere_without_tags, misdirected_nowhere, odd_names, layers_fallback_garbage,
-    tag_naming_an_unlinked_manifest, empty_tagged_manifest, sha512_revision_alias,
+    revision_naming_a_garbage_layer_link, tag_naming_an_unlinked_manifest, empty_tagged_manifest, sha512_revision_alias,
 )}
 ALL: dict[str, Damage] = {"healthy": lambda world: None, **_check_cases(), **_gc_cases(), **EXTRA}
 
@@ -129,6 +138,7 @@ def assert_views_agree_with_rules(url: str, registries: int, every_status: bool 
         assert len(regs) == registries
         py_manifests: list[tuple[str, ...]] = []
         py_tags: list[tuple[str, ...]] = []
+        blocked: set[str] = set()
         for reg_id, name in regs:
             inv = rules.load(conn, reg_id, name)
             for repo in inv.repos.values():
@@ -138,6 +148,27 @@ def assert_views_agree_with_rules(url: str, registries: int, every_status: bool 
                         py_manifests.append((name, repo.name, d, served.via, served.status))
                 for t in repo.tags:
                     py_tags.append((name, repo.name, t, rules.tag(inv, repo, t)))
+            # the repositories where SQL says a blocker can be hold every blocker the whole has
+            candidates = rules.blocker_candidates(conn, reg_id)
+            assert {b.repository for b, _ in rules.blockers(inv)} <= candidates, name
+            only = list(rules.load_parts(conn, reg_id, name, size=2, only=candidates))
+            assert sorted((x for part in only for x in rules.blockers(part)), key=repr) == sorted(
+                rules.blockers(inv), key=repr), name
+            blocked.update(b.what for b, _ in rules.blockers(inv))
+            # the parts the gc_blocker check reads (a few repositories each) say what the whole says
+            for size in (1, 3):
+                parts = list(rules.load_parts(conn, reg_id, name, size=size))
+                assert sorted(r for inv in parts for r in inv.repos) == sorted(inv.repos)
+                assert sorted((x for part in parts for x in rules.blockers(part)), key=repr) == sorted(
+                    rules.blockers(inv), key=repr), (name, size)
+                assert sorted(
+                    (name, repo.name, d, served.via, served.status)
+                    for part in parts for repo in part.repos.values() for d in set(repo.revisions) | set(repo.layers)
+                    if (served := rules.manifest(part, repo, d)) is not None
+                ) == sorted(m for m in py_manifests if m[0] == name), (name, size)
+                assert sorted((name, repo.name, t, rules.tag(part, repo, t)) for part in parts
+                              for repo in part.repos.values() for t in repo.tags) == sorted(
+                    t for t in py_tags if t[0] == name), (name, size)
         sql_manifests = [tuple(r) for r in conn.execute(text(
             "SELECT registry, repository, digest, via, status FROM manifest_serving"))]
         sql_tags = [tuple(r) for r in conn.execute(text(
@@ -148,6 +179,8 @@ def assert_views_agree_with_rules(url: str, registries: int, every_status: bool 
     seen = {s for *_, s in py_manifests} | {s for *_, s in py_tags}
     if not every_status:
         return seen
+    # the cases reach every kind of garbage-collect blocker (each is a condition of blocker_candidates)
+    assert blocked == {"invalid_name", "revision", "layer", "tag_current", "no_tags_dir", "invalid_manifest"}
     # the cases reach every status both sides know (a status no case produces is a status nobody pins)
     assert {s for *_, s in py_manifests} == {
         rules.SERVED, rules.CORRUPT_LINK, rules.DATA_MISSING, rules.DATA_EMPTY, rules.UNPARSABLE,

@@ -114,6 +114,15 @@ def same_length_rewrite(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def rewrite_keeping_mtime(path: Path, data: bytes) -> None:
+    """A same-length rewrite that sets the file's times back (``touch -r``, rsync -t, a restore from backup):
+    only the ctime tells."""
+    st = path.stat()
+    same_length_rewrite(path, data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns
+
+
 def changes(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> list[tuple[str, Any]]:
     """Every kind of change a night can bring, as (name, action) steps."""
     v2 = w.v2
@@ -150,6 +159,8 @@ def changes(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> list[
         ("revision link rewritten, same length", lambda: same_length_rewrite(revision("team/app2", old2.digest),
                                                                             img2.digest.encode())),
         ("revision link file removed (API DELETE)", lambda: revision("team/app2", img2.digest).unlink()),
+        ("revision link rewritten in place, its mtime set back", lambda: rewrite_keeping_mtime(
+            revision("team/app0", img0.digest), idx0.digest.encode())),
         ("tag moved in place", lambda: same_length_rewrite(current("team/app0", "latest"), old0.digest.encode())),
         ("tag current emptied", lambda: current("team/app1", "latest").write_bytes(b"")),
         ("tag current removed", lambda: current("team/app2", "v1").unlink()),
@@ -177,39 +188,96 @@ def changes(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> list[
     ]
 
 
-def test_rescan_equals_full_scan_into_a_fresh_database_after_every_kind_of_change(urls, base, invoke, unlistable):
+def skipped(db_: str) -> list[int]:
+    """files_skipped of each run, in order."""
+    engine = create_engine(_url(db_))
+    with engine.connect() as c:
+        out = [r[0] for r in c.execute(text("SELECT files_skipped FROM runs ORDER BY id"))]
+    engine.dispose()
+    return out
+
+
+@pytest.mark.parametrize("settle", ["0", "default"], ids=["incremental", "settle-window"])
+def test_rescan_equals_full_scan_into_a_fresh_database_after_every_kind_of_change(
+        urls, base, invoke, unlistable, tmp_path, settle):
+    """The kept database's re-scans are incremental: with ``settle_seconds = 0`` every link read by an earlier
+    scan is only stat'ed (the changes come right after a scan, so with the default window of 10 s everything
+    they touch, and everything else, is read again: the second parameter). Either way the inventory and the
+    findings equal those of a full scan of the same tree into a fresh database."""
     kept, fresh = urls
+    config = tmp_path / "regindex.toml"
+    config.write_text("settle_seconds = 0\n" if settle == "0" else "")
+    kept_scan = ("scan", base, "--db", kept, "-q", "--fail-on", "never", "--config", config)
     w, rng, imgs = build(base)
-    invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")
+    invoke(*kept_scan)
     steps = changes(w, rng, imgs)
     # one change per scan for the first steps (each must be seen alone, within the same second as the scan
     # before it), then the rest together
     for name, action in steps[:6]:
         action()
-        invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")
+        invoke(*kept_scan)
         other = fresh()
         invoke("scan", base, "--db", other, "-q", "--fail-on", "never")
         assert_same(kept, other, name)
     for _name, action in steps[6:]:
         action()
-    invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")
+    invoke(*kept_scan)
     other = fresh()
     invoke("scan", base, "--db", other, "-q", "--fail-on", "never")
     assert_same(kept, other)
+    if settle == "0":  # the re-scans did reuse rows (this test would prove nothing otherwise)
+        assert skipped(kept)[0] == 0 and all(n > 10 for n in skipped(kept)[1:])
+    else:  # the scan right after the first (seconds later) read everything again: it was all too recent
+        assert skipped(kept)[:2] == [0, 0]
     # a directory that cannot be listed fails its registry (the inventory stays as it was) ...
     before = inventory(_url(kept))
     locked = [True]
     unlistable(lambda p: locked[0] and p.endswith(os.path.join("repositories", "team", "app0")))
     w.push_image("team/app2", rng)
-    invoke("scan", base, "--db", kept, "-q", "--fail-on", "never", expect=2)
+    invoke(*kept_scan, expect=2)
     after = inventory(_url(kept))
     assert [r for r in after["links"] if r[0] == "private"] == [r for r in before["links"] if r[0] == "private"]
     # ... and once readable again the re-scan catches up with everything
     locked[0] = False
-    invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")
+    invoke(*kept_scan)
     other = fresh()
     invoke("scan", base, "--db", other, "-q", "--fail-on", "never")
     assert_same(kept, other)
+
+
+def test_full_scans_read_every_link_and_incremental_ones_only_what_changed(urls, base, invoke, tmp_path):
+    """Who reads what: ``--full`` and ``full_scan_every`` read every link; an incremental scan reads only links
+    that changed since (or within the settle window of) the scan that read them; runs record which they were."""
+    import json
+
+    kept, _fresh = urls
+    w, rng, imgs = build(base)
+    config = tmp_path / "regindex.toml"
+    config.write_text("settle_seconds = 0\nfull_scan_every = 2\n")
+    run = ("scan", base, "--db", kept, "-q", "--fail-on", "never", "--config", config)
+    invoke(*run)  # 1: a first scan: nothing to reuse
+    invoke(*run)  # 2: incremental
+    w.tag("team/app0", "latest", imgs["team/app0"][2].digest)  # one tag moved: its current link rewritten
+    invoke(*run)  # 3: full by the schedule (every 2nd scan)
+    invoke(*run)  # 4: incremental
+    invoke(*run, "--full")  # 5: full on demand (and the schedule counts from it)
+    invoke(*run)  # 6: incremental
+    runs = sorted(json.loads(invoke("runs", "--db", kept, "--format", "json").output), key=lambda r: r["id"])
+    engine = create_engine(_url(kept))
+    with engine.connect() as c:
+        full = [r[0] for r in c.execute(text("SELECT full_scan FROM runs ORDER BY id"))]
+        uploads = c.execute(text("SELECT uploads FROM runs WHERE id = 1")).scalar_one()
+    engine.dispose()
+    assert [bool(f) for f in full] == [True, False, True, False, True, False]
+    links = runs[0]["links"]
+    assert uploads == 1
+    for r, f in zip(runs, full):
+        if f:
+            assert r["files_skipped"] == 0 and r["files_read"] >= r["links"] >= links
+        else:
+            assert r["files_skipped"] + r["files_read"] == r["links"] + uploads  # uploads' startedat
+            assert r["files_read"] <= uploads + 2  # (+ the moved tag's two links in run 4: none)
+    assert [r.get("full_scan") for r in runs] == [bool(f) for f in full]
 
 
 def test_runs_show_phase_timings_and_file_counts(urls, base, invoke):
@@ -264,6 +332,45 @@ def test_0005_upgrades_a_database_with_history(urls, base, invoke):
         assert c.execute(text("SELECT COUNT(*) FROM run_phases WHERE run_id = 2")).scalar_one() >= 5
         assert c.execute(text("SELECT COUNT(*) FROM run_phases WHERE run_id = 1")).scalar_one() == 0
         assert c.execute(text("SELECT COUNT(*) FROM blobs WHERE digest = :d"), {"d": sha256(b"x")}).scalar_one() == 1
+    engine.dispose()
+
+
+def test_0006_upgrades_a_database_with_history(urls, base, invoke):
+    """A database built by 0005_run_phases (the previous head) with a run, findings and link episodes keeps all
+    of it; old links have no settled change time, so the first scan after the upgrade reads every link."""
+    from alembic import command
+
+    kept, _fresh = urls
+    w = StorageWriter(base / "r")
+    img = w.push_image("team/app", random.Random(3))
+    engine = db.make_engine(db.resolve_url(kept))
+    with engine.begin() as c:
+        command.upgrade(db.alembic_config(c), "0005_run_phases")
+        c.execute(text("INSERT INTO runs (id, started_at, status, base, links, files_read) VALUES "
+                       "(1, '2026-11-01 00:00:00', 'complete', '/x', 1, 1)"))
+        c.execute(text("INSERT INTO registries (id, name, root, role, first_run, last_scanned_run) VALUES "
+                       "(1, 'r', '/x', 'authoritative', 1, 1)"))
+        c.execute(text("INSERT INTO links (registry_id, repository, kind, path_digest, target_digest, state, "
+                       "first_run) VALUES (1, 'team/app', 'revision', :d, :d, 'ok', 1)"), {"d": img.digest})
+        c.execute(text("INSERT INTO findings (key, episode, kind, severity, registry, detail, first_run, "
+                       "last_seen_run) VALUES ('k', 1, 'empty_blob', 'error', 'r', '{}', 1, 1)"))
+        if c.dialect.name == "postgresql":
+            c.execute(text("SELECT setval('runs_id_seq', 1)"))
+            c.execute(text("SELECT setval('registries_id_seq', 1)"))
+    engine.dispose()
+    invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")  # upgrades, then scans
+    engine = create_engine(_url(kept))
+    with engine.connect() as c:
+        assert db.current_revision(c) == db.head_revision()
+        assert c.execute(text("SELECT links, files_read, full_scan FROM runs WHERE id = 1")).one() == (1, 1, None)
+        assert c.execute(text("SELECT COUNT(*) FROM findings WHERE key = 'k'")).scalar_one() == 1
+        # the old revision link's episode goes on (same identity), now with a change time
+        old = c.execute(text("SELECT first_run, gone_run, changed FROM links WHERE path_digest = :d "
+                             "AND kind = 'revision'"), {"d": img.digest}).one()
+        assert old[:2] == (1, None)
+        r2 = c.execute(text("SELECT files_skipped, files_read, links, full_scan FROM runs WHERE id = 2")).one()
+        assert r2.files_skipped == 0 and r2.files_read >= r2.links > 1
+        assert r2.full_scan is not None and not r2.full_scan  # incremental, with nothing settled to reuse
     engine.dispose()
 
 

@@ -523,8 +523,11 @@ def gc_blocker(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     :func:`regindex.rules.mark`, the mark phase gc-preview runs, in either mode."""
     for reg in _q(ctx.conn, "SELECT id, name FROM registries WHERE id IN :regs ORDER BY name", ctx.regs):
         name = reg["name"]
-        inv = rules.load(ctx.conn, reg["id"], name)
-        for b, aborts in rules.blockers(inv):
+        # only the repositories where a blocker can be (found in SQL), a part at a time: a repository's blockers
+        # read only its own links and the data they name, and the whole inventory would grow with the tree
+        candidates = rules.blocker_candidates(ctx.conn, reg["id"])
+        parts = rules.load_parts(ctx.conn, reg["id"], name, only=candidates)
+        for b, aborts in (x for inv in parts for x in rules.blockers(inv)):
             if b.what == "invalid_name":
                 detail: dict[str, Any] = {"repository": b.path}
             elif b.what == "no_tags_dir":

@@ -114,6 +114,9 @@ def cli() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stdout.")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
               help="stderr: text for people, or json (one object a line: progress, errors, the run's summary).")
+@click.option("--full", is_flag=True, default=None,
+              help="Read every link file (otherwise one unchanged since a scan read it is only stat'ed; the "
+                   "config's full_scan_every makes every Nth scan a full one).")
 def scan(quiet: bool, log_format: str, **options: Any) -> None:
     """Index every registry under BASE and update findings.
 
@@ -226,7 +229,7 @@ def findings(db: str | None, config_path: str | None, state: str, kinds: tuple[s
 
 RUN_COLUMNS = ("id", "started_at", "status", "duration_seconds", "registries", "repositories", "links", "blobs",
                "manifests_parsed", "inventory_changes", "open_errors", "findings_open", "findings_new",
-               "findings_resolved", "files_stat", "files_read", "files_skipped", "phases", "error")
+               "findings_resolved", "files_stat", "files_read", "files_skipped", "full_scan", "phases", "error")
 
 
 @cli.command()

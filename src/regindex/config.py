@@ -7,6 +7,8 @@
     verify_content = false
     report_dir = "/var/lib/regindex/reports"
     metrics = "/var/lib/node_exporter/regindex.prom"
+    full_scan_every = 7                       # every 7th scan reads every link file (default: only --full)
+    settle_seconds = 10                       # links changed this close to a run's start are read again
 
     [[severity]]                              # severity policy, first match wins (regindex.policy)
     kind = "orphan_index_child"
@@ -32,7 +34,8 @@ REPORT_FILE = "regindex-report.html"  # `regindex report` without --out
 MAX_HOURS = 24 * 365 * 10  # the longest number of hours an option takes (stale_upload_hours, sql --timeout)
 FAIL_ON = ("new", "open", "never")
 
-KEYS = {"db", "caches", "stale_upload_hours", "fail_on", "verify_content", "report_dir", "metrics", "severity"}
+KEYS = {"db", "caches", "stale_upload_hours", "fail_on", "verify_content", "report_dir", "metrics", "severity",
+        "full_scan_every", "settle_seconds"}
 
 
 @dataclass
@@ -45,6 +48,8 @@ class Settings:
     report_dir: Path | None = None
     metrics: Path | None = None
     severity: list[Any] = field(default_factory=list)  # regindex.policy.Rule, in order ([[severity]] tables)
+    full_scan_every: int | None = None
+    settle_seconds: float | None = None
 
 
 def load(path: str | None) -> Settings:
@@ -86,6 +91,16 @@ def load(path: str | None) -> Settings:
         s.report_dir = Path(_typed(p, data, "report_dir", str))
     if "metrics" in data:
         s.metrics = Path(_typed(p, data, "metrics", str))
+    if "full_scan_every" in data:
+        v = data["full_scan_every"]
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10000:
+            raise ConfigError(f"config file {p}: full_scan_every must be a whole number of scans from 1 to 10000")
+        s.full_scan_every = v
+    if "settle_seconds" in data:
+        v = data["settle_seconds"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0 <= v <= 86400):
+            raise ConfigError(f"config file {p}: settle_seconds must be a number of seconds from 0 to 86400")
+        s.settle_seconds = float(v)
     if "severity" in data:
         from regindex.policy import parse
 

@@ -55,6 +55,9 @@ class ScanRequest:
     allow_empty: bool = False
     report_dir: Path | None = None
     metrics: Path | None = None
+    full: bool | None = None  # read every link file (scan --full)
+    full_scan_every: int | None = None  # config only: every Nth scan is a full one
+    settle_seconds: float | None = None  # config only: see scan.SETTLE_SECONDS
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ class Run(Base):
     files_stat: Mapped[int | None] = mapped_column(Integer)
     files_read: Mapped[int | None] = mapped_column(Integer)
     files_skipped: Mapped[int | None] = mapped_column(Integer)
+    # (0006) the run read every file (--full, full_scan_every, or nothing to reuse); NULL before 0006: it did
+    full_scan: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class RunPhase(Base):
@@ -146,6 +148,9 @@ class Link(Base):
     preview: Mapped[str | None] = mapped_column(Text)  # printable rendering of bytes that do not parse
     first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     gone_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    # (0006) the file's change time (later of mtime and ctime, epoch seconds) when it was read, if settled
+    # then: an incremental scan that stats the same time reuses this row unread. NULL: read it next time.
+    changed: Mapped[float | None] = mapped_column(Float)
     __table_args__ = (
         Index("ix_links_current", "registry_id", "gone_run", "repository", "kind", "path_digest"),
         Index("ix_links_target", "registry_id", "target_digest"),

@@ -16,7 +16,7 @@ Read from distribution 2.8.2 (``registry/storage``: ``linkedblobstore.go``, ``ma
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, text
@@ -141,16 +141,92 @@ class Inventory:
 
 
 def load(conn: Connection, registry_id: int, name: str) -> Inventory:
-    """One registry's current inventory."""
+    """One registry's current inventory, whole (gc-preview sweeps it)."""
+    return _load(conn, registry_id, name, scoped=False)
+
+
+# Repositories per part of :func:`load_parts`: memory is bounded by a part's links, not by the registry's.
+PART_REPOSITORIES = 200
+
+
+def load_parts(conn: Connection, registry_id: int, name: str, size: int = PART_REPOSITORIES,
+               only: Iterable[str] | None = None) -> Iterator[Inventory]:
+    """One registry's current inventory (or that of the repositories ``only`` names) in parts of ``size``
+    repositories each, with only the blob data, hashes and manifest parses that those repositories' revision
+    and ``_layers`` links name: everything :func:`manifest` and :func:`mark`'s blockers read of a repository.
+    (Not for :func:`blob` of a digest its links do not name, nor for the sweep: use :func:`load`.) Memory
+    stays flat however big the registry."""
+    if only is None:
+        names = [r[0] for r in conn.execute(
+            text("SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL ORDER BY name"),
+            {"r": registry_id})]
+    else:
+        names = sorted(set(only))
+    for i in range(0, len(names), size):
+        _fill_scope(conn, "rules_scope_repos", "name", names[i : i + size])
+        yield _load(conn, registry_id, name, scoped=True)
+    for t in ("rules_scope_repos", "rules_scope_digests"):
+        _drop_scope(conn, t)
+
+
+def blocker_candidates(conn: Connection, registry_id: int) -> set[str]:
+    """The repositories of a registry where :func:`mark` can find a blocker, in either mode: a superset, found
+    in SQL, of those holding one. Every other repository has a valid name, ``_manifests/tags``, only links that
+    parse (or are absent) where the walk reads them, and no revision or layer link naming data whose parse
+    fails or that is not its digest's content: nothing there can abort. (The parity test checks that
+    evaluating only these finds every blocker the whole inventory has.)"""
+    p = {"r": registry_id, "no": False}
+    names = {r[0] for r in conn.execute(
+        text("SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL"), p)}
+    out = {n for n in names if not valid_repository_name(n)}
+    out.update(r[0] for r in conn.execute(text(
+        """SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL AND has_tags_dir = :no
+           UNION
+           SELECT repository FROM links WHERE registry_id = :r AND gone_run IS NULL
+             AND kind IN ('revision', 'layer', 'tag_current') AND state NOT IN ('ok', 'absent')
+           UNION
+           SELECT l.repository FROM links l
+           WHERE l.registry_id = :r AND l.gone_run IS NULL AND l.kind IN ('revision', 'layer')
+             AND l.target_digest IN (
+               SELECT b.digest FROM manifests m JOIN blobs b ON b.digest = m.digest AND b.size = m.size
+                 AND b.registry_id = :r AND b.gone_run IS NULL
+               WHERE m.parse_error IS NOT NULL OR m.kind IN ('invalid', 'unknown')
+               UNION
+               SELECT v.digest FROM blob_verifications v WHERE v.registry_id = :r AND v.computed_digest <> v.digest)
+        """), p))  # (from the few broken manifests to the links naming them, not from every link)
+    return out & names
+
+
+def _drop_scope(conn: Connection, name: str) -> None:
+    schema = "pg_temp" if conn.dialect.name == "postgresql" else "temp"
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {schema}.{name}")
+
+
+def _fill_scope(conn: Connection, name: str, column: str, values: list[str]) -> None:
+    """A temporary one-column table holding ``values`` (joined by the scoped queries: no IN lists)."""
+    _drop_scope(conn, name)
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({column} TEXT)")
+    if values:
+        conn.execute(text(f"INSERT INTO {name} ({column}) VALUES (:v)"), [{"v": v} for v in values])
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"ANALYZE {name}")
+
+
+def _load(conn: Connection, registry_id: int, name: str, scoped: bool) -> Inventory:
+    """The inventory of the registry, or (``scoped``) of the repositories in ``rules_scope_repos`` and of the
+    data their revision and layer links name (``rules_scope_digests``, filled here)."""
     p = {"r": registry_id}
+    repo_scope = " JOIN rules_scope_repos x ON x.name = {col}" if scoped else ""
     repos: dict[str, Repo] = {}
     for row in conn.execute(
-        text("SELECT name, has_tags_dir FROM repositories WHERE registry_id = :r AND gone_run IS NULL"), p
+        text("SELECT r.name, r.has_tags_dir FROM repositories r" + repo_scope.format(col="r.name")
+             + " WHERE r.registry_id = :r AND r.gone_run IS NULL"), p
     ):
         repos[row.name] = Repo(row.name, bool(row.has_tags_dir))
+    targets: set[str] = set()
     for row in conn.execute(
-        text("""SELECT repository, kind, tag, path_digest, target_digest, state FROM links
-                WHERE registry_id = :r AND gone_run IS NULL"""),
+        text("SELECT l.repository, l.kind, l.tag, l.path_digest, l.target_digest, l.state FROM links l"
+             + repo_scope.format(col="l.repository") + " WHERE l.registry_id = :r AND l.gone_run IS NULL"),
         p,
     ):
         repo = repos.get(row.repository)
@@ -163,19 +239,28 @@ def load(conn: Connection, registry_id: int, name: str) -> Inventory:
             repo.layers[row.path_digest] = link
         elif row.kind == LinkKind.TAG_CURRENT.value:
             repo.tags[row.tag] = link
+            continue
         elif row.kind == LinkKind.TAG_INDEX.value:
             repo.tag_index.add((row.tag, row.path_digest))
+            continue
+        if scoped and row.target_digest is not None:
+            targets.add(row.target_digest)
+    if scoped:
+        _fill_scope(conn, "rules_scope_digests", "digest", sorted(targets))
+    digest_scope = " JOIN rules_scope_digests d ON d.digest = {col}" if scoped else ""
     blobs = {
         row.digest: int(row.size)
         for row in conn.execute(
-            text("SELECT digest, size FROM blobs WHERE registry_id = :r AND gone_run IS NULL"), p
+            text("SELECT b.digest, b.size FROM blobs b" + digest_scope.format(col="b.digest")
+                 + " WHERE b.registry_id = :r AND b.gone_run IS NULL"), p
         )
     }
     # Data hashed since its last change whose hash is not its digest (the manifest_serving view's join).
     content = {
         row.digest: Content(row.computed_digest, row.parse_error)
         for row in conn.execute(
-            text("""SELECT v.digest, v.computed_digest, v.parse_error FROM blob_verifications v
+            text("""SELECT v.digest, v.computed_digest, v.parse_error FROM blob_verifications v"""
+                 + digest_scope.format(col="v.digest") + """
                     JOIN blobs b ON b.registry_id = v.registry_id AND b.digest = v.digest AND b.size = v.size
                      AND b.gone_run IS NULL AND v.mtime IS NOT NULL AND ABS(v.mtime - b.mtime) < 0.000001
                     WHERE v.registry_id = :r AND v.computed_digest <> v.digest"""),
@@ -185,11 +270,13 @@ def load(conn: Connection, registry_id: int, name: str) -> Inventory:
     # The parses of the bytes on disk: (digest, size) of genuine data, (computed, size) of the rest.
     manifests: dict[tuple[str, int], Manifest] = {}
     ids: dict[int, tuple[str, int]] = {}
-    on_disk = """SELECT m.id FROM manifests m JOIN blobs b ON b.digest = m.digest AND b.size = m.size
+    on_disk = ("SELECT m.id FROM manifests m JOIN blobs b ON b.digest = m.digest AND b.size = m.size"
+               + digest_scope.format(col="b.digest") + """
                    WHERE b.registry_id = :r AND b.gone_run IS NULL
                  UNION
                  SELECT m.id FROM manifests m JOIN blob_verifications v ON v.computed_digest = m.digest
-                   AND v.size = m.size WHERE v.registry_id = :r AND v.computed_digest <> v.digest"""
+                   AND v.size = m.size""" + digest_scope.format(col="v.digest") + """
+                   WHERE v.registry_id = :r AND v.computed_digest <> v.digest""")
     for row in conn.execute(
         text(f"""SELECT m.id, m.digest, m.size, m.kind, m.media_type, m.parse_error FROM manifests m
                  JOIN ({on_disk}) d ON d.id = m.id"""),
@@ -209,6 +296,8 @@ def load(conn: Connection, registry_id: int, name: str) -> Inventory:
             refs.setdefault(owner, []).append((row.role, row.digest, bool(row.is_foreign)))
     for key, rs in refs.items():
         manifests[key] = replace(manifests[key], refs=tuple(rs))
+    if scoped:  # the parts serve the serving rules and the blockers: neither reads these
+        return Inventory(name, repos, blobs, manifests, content)
     anomalies = [
         (row.path, row.reason)
         for row in conn.execute(

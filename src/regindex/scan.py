@@ -23,6 +23,7 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from regindex import __version__, checks, history, store
 from regindex.crawl import (
     DEFAULT_MAX_MANIFEST_BYTES,
+    DEFAULT_READERS,
     BlobTooLarge,
     RegistryRoot,
     crawl_into,
@@ -39,6 +40,11 @@ from regindex.rules import UPLOAD_PURGE_HOURS
 
 Progress = Callable[[str], None]
 
+# A link file whose change time is this close to (or after) the start of the run that read it is read again by
+# the next run: a write within the same tick of the filesystem's clock (or of a skewed NFS server's) would not
+# change the time a later stat shows.
+SETTLE_SECONDS = 10.0
+
 
 @dataclass
 class ScanOptions:
@@ -50,6 +56,9 @@ class ScanOptions:
     max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
     now: datetime | None = None  # for tests: the clock of stale_upload
     severity_rules: tuple[Any, ...] = ()  # regindex.policy.Rule, from the config file's [[severity]] tables
+    full: bool = False  # read every file (no link row reused from the inventory)
+    full_scan_every: int | None = None  # make every Nth run a full one (config); None: only with ``full``
+    settle_seconds: float = SETTLE_SECONDS  # a link changed this close to a run's start is read again next run
 
     def for_record(self) -> dict[str, Any]:
         d = asdict(self)
@@ -81,6 +90,7 @@ class ScanOutcome:
     files_stat: int = 0
     files_read: int = 0
     files_skipped: int = 0
+    full_scan: bool = True  # every file read (no row reused from the inventory)
 
 
 class PhaseClock:
@@ -289,6 +299,8 @@ def _scan(
     outcome = ScanOutcome(run_id, "complete")
     with _WriteTransaction(engine, held) as conn:
         known = store.registry_ids(conn)
+        outcome.full_scan = opts.full or store.full_scan_due(conn, run_id, opts.full_scan_every)
+        settled = started.timestamp() - opts.settle_seconds
         scanned: dict[str, int] = {}
         for root in roots:
             if root.problem:
@@ -301,7 +313,7 @@ def _scan(
             # One savepoint per registry: storage that cannot be read fails this registry, not the others.
             savepoint = conn.begin_nested()
             try:
-                loaded = _load_registry(conn, run_id, rid, root, opts, progress, clock)
+                loaded = _load_registry(conn, run_id, rid, root, opts, progress, clock, outcome.full_scan, settled)
             except _STORAGE_OR_ODD as exc:
                 savepoint.rollback()
                 failures[name] = str(exc) if isinstance(exc, StorageError) else _odd(name, "cannot index", exc)
@@ -384,6 +396,7 @@ def _scan(
             findings_resolved=outcome.counts.resolved,
             error=safe_text("; ".join(failures.values()))[:2000] if failures else None,
             files_stat=outcome.files_stat, files_read=outcome.files_read, files_skipped=outcome.files_skipped,
+            full_scan=outcome.full_scan,
         )
     outcome.duration_seconds = (store.utcnow() - started).total_seconds()
     return outcome
@@ -414,10 +427,11 @@ class StorageWork:
 
 def _load_registry(
     conn: Connection, run_id: int, rid: int, root: RegistryRoot, opts: ScanOptions, progress: Progress | None,
-    clock: PhaseClock,
+    clock: PhaseClock, full: bool, settled: float,
 ) -> tuple[store.StageCounts, store.LoadStats, int, StorageWork, int] | str:
     """Crawl one registry into the staging tables and apply it to the inventory; parse its new manifests.
-    A string says why the registry must not be applied (it became suddenly empty)."""
+    A string says why the registry must not be applied (it became suddenly empty). Unless ``full``, link files
+    unchanged since the inventory read them settled are stat'ed, not read (``crawl_into``)."""
     name = root.name
     t0 = time.perf_counter()
     _say(progress, f"crawling {name}")
@@ -428,7 +442,8 @@ def _load_registry(
 
     with clock("crawl"):
         stage = store.Stage(conn)
-        crawled = crawl_into(root, stage.add, tick)  # rows stream into the staging tables
+        known = None if full else (lambda repo: store.known_links(conn, rid, repo))
+        crawled = crawl_into(root, stage.add, tick, known=known, settled=settled)  # rows stream into staging
     work = StorageWork(stat=crawled.stat, read=crawled.read, skipped=crawled.skipped)
     clock.count("crawl", crawled.files_seen)
     _say(progress, f"loading {name}")
@@ -514,13 +529,16 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
                 already.clear()
             return written
 
-        for digest, size, mtime, is_known, v_size, v_mtime in store.manifest_candidates(conn, registry_id, level):
+        for digest, size, mtime, is_known, v_size, v_mtime, got in _prefetched(
+                v2, cap, store.manifest_candidates(conn, registry_id, level)):
             key = (digest, size)
             if is_known and _same_stat((v_size, v_mtime) if v_size is not None else None, (size, mtime)):
                 already.append(key)
             else:
                 try:
-                    raw = read_blob(v2, digest, cap)
+                    if isinstance(got, BaseException):
+                        raise got
+                    raw = got
                 except BlobTooLarge as big:
                     raw, pm = None, ParsedManifest(
                         KIND_UNKNOWN, None, error=f"{big.size} bytes, above the {cap}-byte manifest cap: not parsed")
@@ -549,6 +567,44 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
             parsed_total += flush(2000)
         parsed_total += flush(0)
     return parsed_total
+
+
+# Manifest data read ahead by a pool (cold reads wait on the disk): at most this many files, and bytes (by the
+# sizes the crawl saw), at a time.
+_PREFETCH_FILES = 256
+_PREFETCH_BYTES = 16 * 1024 * 1024
+
+
+def _prefetched(
+    v2: Path, cap: int, candidates: list[tuple[str, int, float, bool, int | None, float | None]],
+) -> Iterator[tuple[str, int, float, bool, int | None, float | None, bytes | None | BaseException]]:
+    """The candidates with the bytes of those that must be read (``read_blob``'s result, or what it raised),
+    read by a pool of threads a bounded batch at a time; None for the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def needs_read(c: tuple[str, int, float, bool, int | None, float | None]) -> bool:
+        _d, size, mtime, known, v_size, v_mtime = c
+        return not (known and _same_stat((v_size, v_mtime) if v_size is not None else None, (size, mtime)))
+
+    def read(digest: str) -> bytes | None | BaseException:
+        try:
+            return read_blob(v2, digest, cap)
+        except (BlobTooLarge, StorageError) as exc:
+            return exc
+
+    with ThreadPoolExecutor(DEFAULT_READERS, thread_name_prefix="regindex-manifests") as pool:
+        i = 0
+        while i < len(candidates):
+            j, total = i, 0
+            while j < len(candidates) and j - i < _PREFETCH_FILES and (j == i or total < _PREFETCH_BYTES):
+                total += candidates[j][1] if needs_read(candidates[j]) else 0
+                j += 1
+            batch = candidates[i:j]
+            wanted = [c[0] for c in batch if needs_read(c)]
+            got = dict(zip(wanted, pool.map(read, wanted)))
+            for c in batch:
+                yield (*c, got.get(c[0]))
+            i = j
 
 
 def _verify_content(conn: Connection, run_id: int, registry_id: int, v2: Path) -> None:

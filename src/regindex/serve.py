@@ -41,7 +41,9 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
         "`base`, `options` (JSON), counts (`registries`, `repositories`, `links`, `blobs`, `blob_bytes`, "
         "`manifests_parsed`, `uploads`, `inventory_changes`, `findings_open`, `findings_new`, "
         "`findings_resolved`), `open_errors` (the unacknowledged open errors the summary line printed), "
-        "`duration_seconds`, `error`",
+        "`duration_seconds`, `error`, storage work (`files_stat`, `files_read`, `files_skipped`: link files not "
+        "read because unchanged), `full_scan` (every link file read: `--full`, `full_scan_every`, a first scan; "
+        "NULL before it was recorded)",
         {
             "id": "the run number",
             "started_at": "when the scan started (UTC)",
@@ -67,7 +69,8 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
             "error": "why it failed or was partial",
             "files_stat": "files and directories stat'ed or listed",
             "files_read": "files read",
-            "files_skipped": "files skipped",
+            "files_skipped": "link files not read: unchanged since a scan read them (incremental)",
+            "full_scan": "the run read every link file (--full, full_scan_every, or before 0006)",
         },
     ),
     "registries": (
@@ -110,7 +113,9 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
         "episodes of link files: `repository`, `kind` (`layer`, `revision`, `tag_current`, `tag_index`), `tag`, "
         "`path_digest` (the digest spelled by the path; NULL for `tag_current`), `target_digest` (the digest in "
         "the file), `state` (`ok`, `empty`, `whitespace`, `garbage`, `unreadable`, `absent` = the directory "
-        "without its `link`, the trace of an API DELETE), `preview` (printable bad bytes)",
+        "without its `link`, the trace of an API DELETE), `preview` (printable bad bytes), `changed` (the "
+        "file's change time, epoch seconds, when read if settled: what an incremental scan compares; NULL = read "
+        "it next time)",
         {
             "kind": "layer, revision, tag_current or tag_index",
             "tag": "the tag (tag links only)",
@@ -119,6 +124,8 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
             "state": "ok, empty, whitespace, garbage, unreadable, absent = the directory without its link, the "
                      "trace of an API DELETE",
             "preview": "printable bad bytes",
+            "changed": "the file's change time (epoch seconds) when read, kept when settled: an incremental scan "
+                       "that stats the same time reuses the row without reading the file",
         },
     ),
     "blobs": (

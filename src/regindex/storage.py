@@ -45,6 +45,8 @@ class Stat:
     kind: str
     size: int
     mtime: float
+    changed: float = 0.0  # when the object last changed in any way (filesystem: the later of mtime and ctime;
+    # an object store: LastModified). Never set back by a client: what incremental re-scans trust.
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class Read:
     kind: str
     data: bytes = b""
     error: str | None = None
+    changed: float | None = None  # as Stat.changed, of the file read (before reading it)
 
 
 class Storage(Protocol):
@@ -117,7 +120,7 @@ class FileSystem:
             s = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return Stat(_kind(s.st_mode), s.st_size, s.st_mtime)
+        return Stat(_kind(s.st_mode), s.st_size, s.st_mtime, max(s.st_mtime, s.st_ctime))
 
     def read(self, path: str, limit: int) -> Read | None:
         """One open (never following a symlink at the last component; the caller listed every directory above
@@ -131,10 +134,10 @@ class FileSystem:
                 return Read(SYMLINK)
             return Read("error", error=exc.strerror)
         try:
-            mode = os.fstat(fd).st_mode
-            if not st_.S_ISREG(mode):
+            s = os.fstat(fd)
+            if not st_.S_ISREG(s.st_mode):
                 return Read(OTHER)
-            return Read(FILE, os.read(fd, limit))
+            return Read(FILE, os.read(fd, limit), changed=max(s.st_mtime, s.st_ctime))
         except OSError as exc:
             return Read("error", error=exc.strerror)
         finally:

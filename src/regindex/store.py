@@ -10,9 +10,10 @@ of work is never used.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -117,6 +118,24 @@ def record_phases(conn: Connection, run_id: int, rows: Sequence[tuple[str, int, 
         ])
 
 
+def full_scan_due(conn: Connection, run_id: int, every: int | None) -> bool:
+    """Whether this run reads every link: the first run (nothing to reuse), or ``every`` (the config's
+    ``full_scan_every``) says so: the runs since the last full one (runs before 0006 read everything) and this
+    one make ``every``."""
+    done = text("SELECT COUNT(*) FROM runs WHERE id < :run AND status IN ('complete', 'partial')")
+    if not conn.execute(done, {"run": run_id}).scalar_one():
+        return True
+    if not every:
+        return False
+    q = text(
+        "SELECT COUNT(*) FROM runs WHERE id < :run AND status IN ('complete', 'partial') AND id > COALESCE("
+        "(SELECT MAX(id) FROM runs WHERE id < :run AND status IN ('complete', 'partial') "
+        "AND (full_scan IS NULL OR full_scan = :yes)), 0)"
+    )
+    since = int(conn.execute(q, {"run": run_id, "yes": True}).scalar_one())
+    return since + 1 >= every
+
+
 def mark_scanned(conn: Connection, registry_id: int, run_id: int) -> None:
     t = table(Registry)
     conn.execute(update(t).where(t.c.id == registry_id).values(last_scanned_run=run_id))
@@ -165,7 +184,8 @@ SPECS: dict[str, EpisodeSpec] = {
     "repositories": EpisodeSpec(table(Repository), ("name", "has_manifests", "has_tags_dir"), index=("name",)),
     "links": EpisodeSpec(
         table(Link), ("repository", "kind", "tag", "path_digest", "target_digest", "state", "preview"),
-        nullable=("tag", "path_digest", "target_digest", "preview"), index=("repository", "kind", "path_digest"),
+        mutable=("changed",), nullable=("tag", "path_digest", "target_digest", "preview"),
+        index=("repository", "kind", "path_digest"),
     ),
     "blobs": EpisodeSpec(table(Blob), ("digest", "size"), ("mtime",), index=("digest",)),
     "uploads": EpisodeSpec(table(Upload), ("repository", "uuid", "started_raw"), ("started_at", "size"),
@@ -209,6 +229,12 @@ class Stage:
         self.pg = conn.dialect.name == "postgresql"
         self.buffers: dict[str, list[tuple[Any, ...]]] = {k: [] for k in SPECS}
         self.rows: dict[str, int] = dict.fromkeys(SPECS, 0)
+        # per row kind: the columns' values in one C call (attrgetter); the few kinds holding datetimes or
+        # booleans go through _to_db on SQLite (this runs once per file of the tree: it must be cheap)
+        self.getters: dict[str, Callable[[Any], tuple[Any, ...]]] = {}
+        for kind, key in ROW_KINDS.items():
+            get = attrgetter(*(SPECS[key].identity + SPECS[key].mutable))
+            self.getters[kind] = _converted(conn, get) if key in ("repositories", "uploads") and not self.pg else get
         if not self.pg:
             # A bounded page cache for the inventory and the staging tables (SQLite's default is 2 MiB): with
             # the default, diffing ~1M staged rows thrashed the temporary file (GBs of writes); this stays the
@@ -222,10 +248,10 @@ class Stage:
             conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({cols})")
 
     def add(self, row: Any) -> None:
-        key = ROW_KINDS[type(row).__name__]
-        spec = SPECS[key]
+        kind = type(row).__name__
+        key = ROW_KINDS[kind]
         buf = self.buffers[key]
-        buf.append(tuple(_to_db(self.conn, getattr(row, c)) for c in spec.identity + spec.mutable))
+        buf.append(self.getters[kind](row))
         if len(buf) >= STAGE_BATCH:
             self._flush(key)
 
@@ -272,6 +298,10 @@ class Stage:
             drop_temp(self.conn, _stage_name(key))
 
 
+def _converted(conn: Connection, get: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], tuple[Any, ...]]:
+    return lambda row: tuple(_to_db(conn, v) for v in get(row))
+
+
 def drop_temp(conn: Connection, name: str) -> None:
     """Drop one of our temporary tables, never a table of the same name in the database's own schema."""
     schema = "pg_temp" if conn.dialect.name == "postgresql" else "temp"
@@ -308,28 +338,59 @@ def _match(conn: Connection, spec: EpisodeSpec, t: str, s: str) -> str:
 
 
 def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry_id: int, stats: LoadStats) -> None:
+    """Two set differences (EXCEPT: sorted or hashed passes over both sides, NULLs equal, no probe per row)
+    find the few rows that differ on a night: staged rows the inventory does not hold as they are, and
+    inventory rows the crawl did not see as they are. An identity in both differs in a mutable column (updated
+    in place); only in the inventory's, it is gone; only in the crawl's, it is new. (Probing an index for each
+    of ~600k staged links cost 105 s of an unchanged night at 1M files.)"""
     t = spec.table.name
     p = {"run": run_id, "rid": registry_id}
-    open_rows = f"{t}.registry_id = :rid AND {t}.gone_run IS NULL"
+    cols = spec.identity + spec.mutable
+    allc = ", ".join(cols)
+    types = ", ".join(f"{c} {_sql_type(conn, spec.table, c)}" for c in cols)
+    open_rows = f"registry_id = :rid AND gone_run IS NULL"
+    for name, query in (
+        ("diff_new", f"SELECT {allc} FROM {stage} EXCEPT SELECT {allc} FROM {t} WHERE {open_rows}"),
+        ("diff_old", f"SELECT {allc} FROM {t} WHERE {open_rows} EXCEPT SELECT {allc} FROM {stage}"),
+    ):
+        drop_temp(conn, name)
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({types})")
+        conn.execute(text(f"INSERT INTO {name} ({allc}) {query}"), p)
+    match_old = _match(conn, spec, "x", "o")
     gone = conn.execute(text(
-        f"UPDATE {t} SET gone_run = :run WHERE {open_rows} "
-        f"AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {_match(conn, spec, t, 's')})"
+        f"UPDATE {t} SET gone_run = :run WHERE id IN (SELECT x.id FROM diff_old o JOIN {t} x "
+        f"ON x.registry_id = :rid AND x.gone_run IS NULL AND {match_old} "
+        f"WHERE NOT EXISTS (SELECT 1 FROM diff_new n WHERE {_match(conn, spec, 'n', 'o')}))"
     ), p)
     stats.removed += int(gone.rowcount or 0)
-    for c in spec.mutable:
-        differs = f"ABS(s.{c} - {t}.{c}) > 1e-6" if c == "mtime" else f"s.{c} <> {t}.{c}"
+    if spec.mutable:
+        sets = ", ".join(f"{c} = (SELECT n.{c} FROM diff_new n WHERE {_match(conn, spec, t, 'n')})"
+                         for c in spec.mutable)
         conn.execute(text(
-            f"UPDATE {t} SET {c} = s.{c} FROM {stage} s WHERE {open_rows} AND {_match(conn, spec, t, 's')} "
-            f"AND (({differs}) OR ((s.{c} IS NULL) <> ({t}.{c} IS NULL)))"
+            f"UPDATE {t} SET {sets} WHERE id IN (SELECT x.id FROM diff_new n JOIN {t} x "
+            f"ON x.registry_id = :rid AND x.gone_run IS NULL AND {_match(conn, spec, 'x', 'n')})"
         ), p)
-    cols = spec.identity + spec.mutable
     added = conn.execute(text(
-        f"INSERT INTO {t} (registry_id, first_run, {', '.join(cols)}) "
-        f"SELECT :rid, :run, {', '.join('s.' + c for c in cols)} FROM "
-        f"(SELECT DISTINCT {', '.join(cols)} FROM {stage}) s WHERE NOT EXISTS "
-        f"(SELECT 1 FROM {t} t WHERE t.registry_id = :rid AND t.gone_run IS NULL AND {_match(conn, spec, 't', 's')})"
+        f"INSERT INTO {t} (registry_id, first_run, {allc}) "
+        f"SELECT :rid, :run, {', '.join('n.' + c for c in cols)} FROM diff_new n WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {t} x WHERE x.registry_id = :rid AND x.gone_run IS NULL AND {_match(conn, spec, 'x', 'n')})"
     ), p)
     stats.added += int(added.rowcount or 0)
+    for name in ("diff_new", "diff_old"):
+        drop_temp(conn, name)
+
+
+def known_links(conn: Connection, registry_id: int, repository: str) -> dict[tuple[str, str | None, str | None], Any]:
+    """A repository's current links whose file was read when its change time was settled (an incremental
+    crawl stats those instead of reading them), by (kind, tag, path digest)."""
+    from regindex.crawl import KnownLink
+
+    q = text(
+        "SELECT kind, tag, path_digest, changed, state, target_digest, preview FROM links "
+        "WHERE registry_id = :rid AND gone_run IS NULL AND repository = :repo AND changed IS NOT NULL"
+    )
+    return {(r[0], r[1], r[2]): KnownLink(float(r[3]), r[4], r[5], r[6])
+            for r in conn.execute(q, {"rid": registry_id, "repo": repository})}
 
 
 def close_registry(conn: Connection, run_id: int, registry_id: int) -> LoadStats:
