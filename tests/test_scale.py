@@ -301,25 +301,35 @@ def test_runs_show_phase_timings_and_file_counts(urls, base, invoke):
     assert r["files_stat"] > seen // 2 and r["files_read"] >= r["links"]  # listings and stats; every link read
 
 
-def test_0005_upgrades_a_database_with_history(urls, base, invoke):
-    """A database built by 0004_run_open_errors (the previous head) with real runs and findings keeps all of it;
-    the new columns are NULL."""
+def history_at(kept: str, revision: str, counts: dict[str, int], link: str | None = None) -> None:
+    """A database built by the schema ``revision``, holding what it would: run 1 (with its ``counts``),
+    registry ``r`` scanned by it, an open finding ``k`` and (``link``) a revision link episode of team/app."""
     from alembic import command
 
-    kept, _fresh = urls
     engine = db.make_engine(db.resolve_url(kept))
     with engine.begin() as c:
-        command.upgrade(db.alembic_config(c), "0004_run_open_errors")
-        c.execute(text("INSERT INTO runs (id, started_at, status, base, links) VALUES (1, '2026-11-01 00:00:00', "
-                       "'complete', '/x', 42)"))
-        c.execute(text("INSERT INTO registries (id, name, root, role, first_run) VALUES (1, 'r', '/x', "
-                       "'authoritative', 1)"))
+        command.upgrade(db.alembic_config(c), revision)
+        c.execute(text(f"INSERT INTO runs (id, started_at, status, base, {', '.join(counts)}) VALUES "
+                       f"(1, '2026-11-01 00:00:00', 'complete', '/x', {', '.join(':' + k for k in counts)})"),
+                  counts)
+        c.execute(text("INSERT INTO registries (id, name, root, role, first_run, last_scanned_run) VALUES "
+                       "(1, 'r', '/x', 'authoritative', 1, 1)"))
+        if link:
+            c.execute(text("INSERT INTO links (registry_id, repository, kind, path_digest, target_digest, state, "
+                           "first_run) VALUES (1, 'team/app', 'revision', :d, :d, 'ok', 1)"), {"d": link})
         c.execute(text("INSERT INTO findings (key, episode, kind, severity, registry, detail, first_run, "
                        "last_seen_run) VALUES ('k', 1, 'empty_blob', 'error', 'r', '{}', 1, 1)"))
         if c.dialect.name == "postgresql":  # rows inserted with explicit ids: move the sequence on
             c.execute(text("SELECT setval('runs_id_seq', 1)"))
             c.execute(text("SELECT setval('registries_id_seq', 1)"))
     engine.dispose()
+
+
+def test_0005_upgrades_a_database_with_history(urls, base, invoke):
+    """A database built by 0004_run_open_errors (the previous head) with real runs and findings keeps all of it;
+    the new columns are NULL."""
+    kept, _fresh = urls
+    history_at(kept, "0004_run_open_errors", {"links": 42})
     w = StorageWriter(base / "r")
     w.put_blob(b"x")
     invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")  # upgrades, then scans
@@ -338,26 +348,10 @@ def test_0005_upgrades_a_database_with_history(urls, base, invoke):
 def test_0006_upgrades_a_database_with_history(urls, base, invoke):
     """A database built by 0005_run_phases (the previous head) with a run, findings and link episodes keeps all
     of it; old links have no settled change time, so the first scan after the upgrade reads every link."""
-    from alembic import command
-
     kept, _fresh = urls
     w = StorageWriter(base / "r")
     img = w.push_image("team/app", random.Random(3))
-    engine = db.make_engine(db.resolve_url(kept))
-    with engine.begin() as c:
-        command.upgrade(db.alembic_config(c), "0005_run_phases")
-        c.execute(text("INSERT INTO runs (id, started_at, status, base, links, files_read) VALUES "
-                       "(1, '2026-11-01 00:00:00', 'complete', '/x', 1, 1)"))
-        c.execute(text("INSERT INTO registries (id, name, root, role, first_run, last_scanned_run) VALUES "
-                       "(1, 'r', '/x', 'authoritative', 1, 1)"))
-        c.execute(text("INSERT INTO links (registry_id, repository, kind, path_digest, target_digest, state, "
-                       "first_run) VALUES (1, 'team/app', 'revision', :d, :d, 'ok', 1)"), {"d": img.digest})
-        c.execute(text("INSERT INTO findings (key, episode, kind, severity, registry, detail, first_run, "
-                       "last_seen_run) VALUES ('k', 1, 'empty_blob', 'error', 'r', '{}', 1, 1)"))
-        if c.dialect.name == "postgresql":
-            c.execute(text("SELECT setval('runs_id_seq', 1)"))
-            c.execute(text("SELECT setval('registries_id_seq', 1)"))
-    engine.dispose()
+    history_at(kept, "0005_run_phases", {"links": 1, "files_read": 1}, link=img.digest)
     invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")  # upgrades, then scans
     engine = create_engine(_url(kept))
     with engine.connect() as c:
