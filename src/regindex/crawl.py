@@ -249,7 +249,7 @@ class _Walker:
         self.progress = progress
         self.fs: Storage = fs or FileSystem()
         self.stats = CrawlStats()
-        self.pool = _Pool(readers)
+        self.pool = ReadPool(readers)
         # links found but not yet read: (link path, repository, kind, tag, path digest), read in batches
         self.pending: list[tuple[str, str, LinkKind, str | None, str | None]] = []
 
@@ -554,8 +554,8 @@ class _Walker:
         self.sink(UploadRow(repo, uuid, started, started_raw, size))
 
 
-class _Pool:
-    """``map`` over a thread pool of ``n`` readers, in ``n`` slices (one task per slice: a task per file would
+class ReadPool:
+    """``map`` over a thread pool of ``n`` readers (the crawl's, and manifest parsing's), in ``n`` slices (one task per slice: a task per file would
     cost more than a warm read); in the calling thread when ``n`` is 1 or there is little to do."""
 
     def __init__(self, n: int) -> None:

@@ -24,6 +24,7 @@ from regindex import __version__, checks, history, store
 from regindex.crawl import (
     DEFAULT_MAX_MANIFEST_BYTES,
     DEFAULT_READERS,
+    ReadPool,
     BlobTooLarge,
     RegistryRoot,
     crawl_into,
@@ -579,9 +580,8 @@ def _prefetched(
     v2: Path, cap: int, candidates: list[tuple[str, int, float, bool, int | None, float | None]],
 ) -> Iterator[tuple[str, int, float, bool, int | None, float | None, bytes | None | BaseException]]:
     """The candidates with the bytes of those that must be read (``read_blob``'s result, or what it raised),
-    read by a pool of threads a bounded batch at a time; None for the others."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    read a bounded batch at a time by the crawl's pool (threads only when the reads wait on the disk); None for
+    the others."""
     def needs_read(c: tuple[str, int, float, bool, int | None, float | None]) -> bool:
         _d, size, mtime, known, v_size, v_mtime = c
         return not (known and _same_stat((v_size, v_mtime) if v_size is not None else None, (size, mtime)))
@@ -592,7 +592,8 @@ def _prefetched(
         except (BlobTooLarge, StorageError) as exc:
             return exc
 
-    with ThreadPoolExecutor(DEFAULT_READERS, thread_name_prefix="regindex-manifests") as pool:
+    pool = ReadPool(DEFAULT_READERS)
+    try:
         i = 0
         while i < len(candidates):
             j, total = i, 0
@@ -605,6 +606,8 @@ def _prefetched(
             for c in batch:
                 yield (*c, got.get(c[0]))
             i = j
+    finally:
+        pool.close()
 
 
 def _verify_content(conn: Connection, run_id: int, registry_id: int, v2: Path) -> None:
