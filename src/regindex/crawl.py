@@ -267,11 +267,7 @@ class _Walker:
 
     def lstat(self, path: str) -> Stat | None:
         """``None`` when the path does not exist (or vanished); any other error means we cannot know."""
-        self.stats.stat += 1
-        try:
-            return self.fs.stat(path)
-        except OSError as exc:
-            raise StorageError(f"{self.root.name}: cannot stat {self.rel(path)}: {exc.strerror}") from None
+        return self.stat_result(path, self.try_stat(path))
 
     def try_stat(self, path: str) -> Stat | OSError | None:
         """``fs.stat`` for the pool: an error is returned, for :meth:`stat_result` to raise in the walk."""
@@ -281,6 +277,7 @@ class _Walker:
             return exc
 
     def stat_result(self, path: str, got: Stat | OSError | None) -> Stat | None:
+        """What :meth:`try_stat` gave, counted; an error fails the crawl (``StorageError``)."""
         self.stats.stat += 1
         if isinstance(got, OSError):
             raise StorageError(f"{self.root.name}: cannot stat {self.rel(path)}: {got.strerror}") from None
