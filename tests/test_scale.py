@@ -102,6 +102,7 @@ def build(base: Path) -> tuple[StorageWriter, random.Random, dict[str, Any]]:
         w.tag(repo, "latest", img.digest)
         old = w.push_image(repo, rng)
         imgs[repo] = (idx, img, old)
+    w.push_image("team/gone", rng)
     w.upload("team/app0", "u-1", __import__("datetime").datetime(2020, 1, 1, tzinfo=__import__("datetime").timezone.utc))
     StorageWriter(base / "other").push_image("lib/x", rng)
     return w, rng, imgs
@@ -153,6 +154,7 @@ def changes(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> list[
         ("layer link rewritten, same length", lambda: same_length_rewrite(layer("team/app1", img1.layers[0]),
                                                                          img1.config.encode())),
         ("layer link file removed in its directory", lambda: layer("team/app2", img2.layers[0]).unlink()),
+        ("known repository vanishes", lambda: shutil.rmtree(repo_dir / "team" / "gone")),
         ("revision link added", lambda: w.link_revision("team/app1", old0.digest)),
         ("revision link removed", lambda: shutil.rmtree(revision("team/app0", old0.digest).parent)),
         ("revision link emptied", lambda: revision("team/app1", old1.digest).write_bytes(b"")),
@@ -213,13 +215,13 @@ def test_rescan_equals_full_scan_into_a_fresh_database_after_every_kind_of_chang
     steps = changes(w, rng, imgs)
     # one change per scan for the first steps (each must be seen alone, within the same second as the scan
     # before it), then the rest together
-    for name, action in steps[:6]:
+    for name, action in steps[:7]:
         action()
         invoke(*kept_scan)
         other = fresh()
         invoke("scan", base, "--db", other, "-q", "--fail-on", "never")
         assert_same(kept, other, name)
-    for _name, action in steps[6:]:
+    for _name, action in steps[7:]:
         action()
     invoke(*kept_scan)
     other = fresh()
@@ -439,3 +441,171 @@ def test_the_crawl_reaches_storage_only_through_the_storage_interface(base, monk
     monkeypatch.undo()
     assert from_memory == on_disk and len(on_disk) > 50
     assert mem.calls == stats.stat + stats.read
+
+
+# ---------------------------------------------------------------------------------------------
+# Carried findings: a night that changes nothing derives only the clock's checks
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The kinds of the checks that ran, in order (each check wrapped)."""
+    import dataclasses
+
+    from regindex import checks
+
+    ran: list[str] = []
+    for kind, c in list(checks.CHECKS.items()):
+        def wrapped(ctx: Any, opts: Any, _c: Any = c) -> Any:
+            ran.append(_c.kind)
+            return _c.run(ctx, opts)
+        monkeypatch.setitem(checks.CHECKS, kind, dataclasses.replace(c, run=wrapped))
+    return ran
+
+
+def scan_at(url: str, base: Path, now: Any, **opts: Any) -> Any:
+    from regindex.scan import ScanOptions, run_scan
+
+    engine = db.open_writer(url)
+    try:
+        return run_scan(engine, ScanOptions(base=base, now=now, settle_seconds=0, **opts))
+    finally:
+        engine.dispose()
+
+
+def open_findings(url: str) -> dict[str, tuple[Any, ...]]:
+    engine = create_engine(_url(url))
+    with engine.connect() as c:
+        out = {r[0]: tuple(r[1:]) for r in c.execute(text(
+            "SELECT key, kind, severity, detail, hint, policy, last_seen_run FROM findings WHERE resolved_run IS NULL"))}
+    engine.dispose()
+    return out
+
+
+def without_run(found: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    return {k: v[:-1] for k, v in found.items()}
+
+
+def damaged(base: Path) -> tuple[StorageWriter, random.Random, dict[str, Any]]:
+    """``build`` with an orphan layer link, a dangling tag and manifest bytes that are not their digest's."""
+    w, rng, imgs = build(base)
+    idx0, img0, old0 = imgs["team/app0"]
+    w.remove_blob(img0.layers[0])
+    (w.v2 / "repositories" / "team/app1/_manifests/tags/latest/current/link").unlink()
+    data = w.path(__import__("regindex.layout", fromlist=["BlobDataPath"]).BlobDataPath(old0.digest))
+    same_length_rewrite(data, data.read_bytes().replace(b'\n   "schemaVersion"', b'\n  "schemaVersion" '))
+    return w, rng, imgs
+
+
+def test_an_unchanged_night_carries_its_findings_and_derives_only_the_clock(urls, base, calls, monkeypatch):
+    """Nothing changed: no manifest is read again (not even bytes that are not their digest's), only the
+    clock's check runs (an upload came of age), and the open findings equal a fresh database's."""
+    from datetime import datetime, timedelta, timezone
+
+    from regindex import checks, scan
+
+    kept, fresh = urls
+    w, _rng, _imgs = damaged(base)
+    t0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    w.upload("team/app2", "u-2", t0 - timedelta(hours=167, minutes=30))  # stale from t0 + 30 min
+    scan_at(kept, base, t0)
+    assert set(calls) == set(checks.CHECKS)
+    before = open_findings(kept)
+    assert {f[0] for f in before.values()} >= {"orphan_layer_link", "dangling_tag", "digest_mismatch",
+                                                "stale_upload"}
+    reads: list[str] = []
+    real_read = scan.read_blob
+    monkeypatch.setattr(scan, "read_blob", lambda *a: reads.append(a[1]) or real_read(*a))
+    calls.clear()
+    out = scan_at(kept, base, t0 + timedelta(hours=1))
+    assert calls == sorted(checks.CLOCK_KINDS) and reads == []
+    after = open_findings(kept)
+    assert out.counts.new == 1 and out.counts.resolved == 0  # u-2
+    assert all(v[-1] == out.run_id for v in after.values())  # every open finding seen by this run
+    assert {k: v for k, v in without_run(after).items() if v[0] != "stale_upload"} == \
+        {k: v for k, v in without_run(before).items() if v[0] != "stale_upload"}
+    other = fresh()
+    scan_at(other, base, t0 + timedelta(hours=1))
+    assert without_run(open_findings(other)) == without_run(after)
+
+
+def test_carried_findings_are_derived_again_when_their_rules_options_or_role_change(urls, base, calls):
+    """A new severity rule, another role (``--cache``), another stale age or ``--full`` derive every check."""
+    from datetime import datetime, timezone
+
+    from regindex import checks
+    from regindex.policy import Rule
+
+    kept, fresh = urls
+    damaged(base)
+    t0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    scan_at(kept, base, t0)
+    everything = set(checks.CHECKS)
+    for opts in ({"severity_rules": (Rule("warning", kind="orphan_layer_link"),)},
+                 {"caches": frozenset({"other"})}, {"stale_upload_hours": 1.0}, {"full": True}):
+        calls.clear()
+        scan_at(kept, base, t0, **opts)
+        assert set(calls) == everything, opts
+        calls.clear()
+        scan_at(kept, base, t0, **opts)  # and the same again is carried (but --full derives everything)
+        assert set(calls) == (everything if opts.get("full") else checks.CLOCK_KINDS), opts
+        other = fresh()
+        scan_at(other, base, t0, **opts)
+        assert without_run(open_findings(other)) == without_run(open_findings(kept)), opts
+    severities = {v[0]: v[1] for v in open_findings(kept).values()}
+    assert severities["orphan_layer_link"] == "error"  # the rule is gone again: graded by the check
+
+
+def test_a_manifest_new_in_one_registry_derives_the_others_again(urls, base, calls):
+    """Parses are shared by digest: a manifest pushed to one registry that names a blob another registry holds
+    unlinked changes that registry's finding, though nothing in it changed."""
+    from datetime import datetime, timezone
+
+    from regindex import checks
+
+    kept, fresh = urls
+    w, rng, _imgs = build(base)
+    other_reg = StorageWriter(base / "other")
+    layer = rng.randbytes(300)
+    other_reg.put_blob(layer)  # unreferenced in "other"
+    t0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    scan_at(kept, base, t0)
+
+    def named(url: str) -> bool:
+        engine = create_engine(_url(url))
+        with engine.connect() as c:
+            got = c.execute(text("SELECT detail FROM findings WHERE resolved_run IS NULL AND kind = "
+                                 "'unreferenced_blob' AND registry = 'other' AND digest = :d"),
+                            {"d": sha256(layer)}).scalar_one()
+        engine.dispose()
+        return bool(__import__("json").loads(got)["named_by_a_manifest"])
+
+    assert not named(kept)
+    w.push_image("team/late", rng, layers=[layer])  # only "private" changes
+    calls.clear()
+    scan_at(kept, base, t0)
+    assert set(calls) == set(checks.CHECKS)
+    assert named(kept)
+    other = fresh()
+    scan_at(other, base, t0)
+    assert without_run(open_findings(other)) == without_run(open_findings(kept))
+
+
+def test_0007_upgrades_a_database_with_history(urls, base, invoke):
+    """A database built by 0006_incremental (the previous head) with a run and findings keeps all of it; its
+    registries have no fingerprint, so the first scan after the upgrade derives every check."""
+    kept, _fresh = urls
+    w = StorageWriter(base / "r")
+    img = w.push_image("team/app", random.Random(3))
+    history_at(kept, "0006_incremental", {"links": 1, "files_read": 1}, link=img.digest)
+    invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")  # upgrades, then scans
+    engine = create_engine(_url(kept))
+    with engine.connect() as c:
+        assert db.current_revision(c) == db.head_revision()
+        assert c.execute(text("SELECT links, files_read FROM runs WHERE id = 1")).one() == (1, 1)
+        assert c.execute(text("SELECT COUNT(*) FROM findings WHERE key = 'k'")).scalar_one() == 1
+        fp = c.execute(text("SELECT checks_fingerprint FROM registries WHERE name = 'r'")).scalar_one()
+        assert fp is not None and len(fp) == 64
+        # the old finding was derived again by the first scan: not found, it is resolved by run 2
+        assert c.execute(text("SELECT resolved_run FROM findings WHERE key = 'k'")).scalar_one() == 2
+    engine.dispose()

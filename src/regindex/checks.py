@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, text
@@ -124,14 +128,15 @@ class Check:
     kind: str
     description: str
     run: CheckFn
+    clock: bool = False  # its findings depend on the time of the run, not only on the inventory
 
 
 CHECKS: dict[str, Check] = {}
 
 
-def check(description: str) -> Callable[[CheckFn], CheckFn]:
+def check(description: str, clock: bool = False) -> Callable[[CheckFn], CheckFn]:
     def register(fn: CheckFn) -> CheckFn:
-        CHECKS[fn.__name__] = Check(fn.__name__, description, fn)
+        CHECKS[fn.__name__] = Check(fn.__name__, description, fn, clock)
         return fn
 
     return register
@@ -545,7 +550,7 @@ def gc_blocker(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
             )
 
 
-@check("an upload older than the purge age")
+@check("an upload older than the purge age", clock=True)
 def stale_upload(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     now = opts.now or datetime.now(timezone.utc)
     cutoff = now - timedelta(hours=opts.stale_upload_hours)
@@ -611,20 +616,52 @@ def storage_anomaly(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
 
 # Finding kind -> what it means, in the order the checks are registered.
 KINDS: dict[str, str] = {kind: c.description for kind, c in CHECKS.items()}
+# The kinds whose findings change with the clock (an upload ages): derived again even when nothing changed.
+CLOCK_KINDS: frozenset[str] = frozenset(kind for kind, c in CHECKS.items() if c.clock)
 
 
-def run_checks(conn: Connection, registry_ids: Sequence[int], opts: CheckOptions | None = None) -> list[FindingRow]:
-    """Every check over the current inventory of the given registries. Findings are unique by key."""
+def run_checks(
+    conn: Connection, registry_ids: Sequence[int], opts: CheckOptions | None = None,
+    kinds: Collection[str] | None = None,
+) -> list[FindingRow]:
+    """Every check (or those of ``kinds``) over the current inventory of the given registries. Findings are
+    unique by key."""
     if not registry_ids:
         return []
     ctx = _Context(conn, list(registry_ids))
     out: dict[str, FindingRow] = {}
     for c in CHECKS.values():
+        if kinds is not None and c.kind not in kinds:
+            continue
         # in a stable order (the SQL has no ORDER BY): findings get their ids in the same order on every
         # database, whatever plan it chose
         for f in sorted(c.run(ctx, opts or CheckOptions()), key=_order):
             out.setdefault(f.key, f)
     return list(out.values())
+
+
+def fingerprint(role: str, opts: CheckOptions, severity_rules: Sequence[Any]) -> str:
+    """What a registry's findings are derived under, besides its inventory: the checks' code and the rules
+    they read (their source files), the schema (views), the registry's role, the options and the severity
+    rules that grade them. Two scans of an unchanged inventory under the same fingerprint derive the same
+    findings, except the clock's kinds (``CLOCK_KINDS``). Where the sources cannot be read, a fingerprint that
+    never matches (every check runs)."""
+    settings = [_code_fingerprint(), role, opts.stale_upload_hours, [repr(r) for r in severity_rules]]
+    return hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()
+
+
+@cache
+def _code_fingerprint() -> str:
+    from regindex import __version__, layout, policy
+    from regindex.db import head_revision
+
+    h = hashlib.sha256(f"{__version__} {head_revision()}".encode())
+    for module in (sys.modules[__name__], rules, layout, policy):
+        try:
+            h.update(Path(module.__file__ or "").read_bytes())
+        except OSError:
+            h.update(os.urandom(16))
+    return h.hexdigest()
 
 
 def _order(f: FindingRow) -> tuple[str, ...]:

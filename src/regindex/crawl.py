@@ -207,17 +207,27 @@ def _name_for_root(root: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 # Crawl
 
-Row = RepoRow | LinkRow | BlobRow | UploadRow | Anomaly
+@dataclass(frozen=True, slots=True)
+class LinkRecheck:
+    """An incremental crawl's word about a link the inventory knew (``KnownLink``) but did not find unchanged
+    (rewritten, or gone): its open episode ``id`` is compared with what the crawl gave. The known links it
+    found unchanged give no row at all: their episodes go on as they are."""
+
+    id: int
+
+
+Row = RepoRow | LinkRow | BlobRow | UploadRow | Anomaly | LinkRecheck
 
 
 @dataclass(frozen=True, slots=True)
 class KnownLink:
-    """A link file as a previous scan read it, with its settled change time."""
+    """A link file as a previous scan read it, with its settled change time (``id``: its open episode)."""
 
     changed: float
     state: str
     target: str | None
     preview: str | None
+    id: int
 
 
 # A repository's links as the inventory knows them, by (kind, tag, path digest): for an incremental crawl.
@@ -328,25 +338,37 @@ class _Walker:
 
     def queue_link(self, dirpath: str, repo: str, kind: LinkKind, tag: str | None, path_digest: str | None) -> None:
         """``<dirpath>/link`` is opened directly (the layout says where it is), later, in a batch read by the
-        pool: its row reaches the sink when the batch is read (rows carry no order).
-
-        Incremental: a link the inventory read when its change time was settled, and whose change time is
-        still that one, is stat'ed instead and its row reused (a write, a truncation, a chmod, a rename over it
-        or a re-creation all change the later of mtime and ctime; a file removed from its directory is not
-        found by the stat)."""
+        pool: its row reaches the sink when the batch is read (rows carry no order). Incremental: see
+        :meth:`reuse_links`."""
         path = self.fs.join(dirpath, "link")
-        prev = self.prev.get((kind.value, tag, path_digest))
-        if prev is not None:
-            st = self.lstat(path)
-            if st is not None and st.kind == FILE and st.changed == prev.changed:
-                self.stats.skipped += 1
-                self.tick()
-                self.sink(LinkRow(repo, kind.value, tag, path_digest, prev.target, prev.state, prev.preview,
-                                  prev.changed))
-                return
+        if (kind.value, tag, path_digest) in self.prev:
+            self.reuse_links([(path, path_digest)], repo, kind, tag)
+        else:
+            self.queue_read(path, repo, kind, tag, path_digest)
+
+    def queue_read(self, path: str, repo: str, kind: LinkKind, tag: str | None, path_digest: str | None) -> None:
         self.pending.append((path, repo, kind, tag, path_digest))
         if len(self.pending) >= _READ_BATCH:
             self.flush_links()
+
+    def reuse_links(self, links: list[tuple[str, str | None]], repo: str, kind: LinkKind, tag: str | None) -> None:
+        """Links (path, path digest) the inventory read when their change time was settled: each is stat'ed (by
+        the pool, together: cold, each waits on the disk), and one whose change time is still that one is
+        unchanged (a write, a truncation, a chmod, a rename over it or a re-creation all change the later of
+        mtime and ctime; a file removed from its directory is not found by the stat): it gives no row, its
+        episode goes on. The others are read again. Known links left in ``prev`` after the repository's walk
+        are rechecked (``LinkRecheck``)."""
+        prev = self.prev
+        got = self.pool.map(self.try_stat, [path for path, _pd in links])
+        for (path, path_digest), st_or_error in zip(links, got):
+            st = self.stat_result(path, st_or_error)
+            key = (kind.value, tag, path_digest)
+            if st is not None and st.kind == FILE and st.changed == prev[key].changed:
+                del prev[key]
+                self.stats.skipped += 1
+                self.tick()
+            else:
+                self.queue_read(path, repo, kind, tag, path_digest)
 
     def flush_links(self) -> None:
         batch, self.pending = self.pending, []
@@ -494,6 +516,9 @@ class _Walker:
         if "_uploads" in names and self.real_dir(uploads):
             for up in self.subdirs(uploads):
                 self.visit_upload(up.path, repo, up.name)
+        for left in self.prev.values():  # known links not found unchanged: rewritten or gone
+            self.sink(LinkRecheck(left.id))
+        self.prev = {}
 
     def walk_digest_links(self, path: str, repo: str, kind: LinkKind, tag: str | None,
                           known_dir: bool = False) -> None:
@@ -502,16 +527,27 @@ class _Walker:
         already stat'ed as a real directory by ``structural_dir``."""
         if not known_dir and not self.real_dir(path):
             return
+        join = self.fs.join
+        prev = self.prev
+        kv = kind.value
         for alg_dir in self.subdirs(path):
             alg = alg_dir.name
             if alg not in DIGEST_HEX_LEN:
                 self.anomaly(alg_dir.path, "unknown digest algorithm")
                 continue
+            known: list[tuple[str, str | None]] = []
             for hex_dir in self.subdirs(alg_dir.path):
                 if not is_hex_for(alg, hex_dir.name):
                     self.anomaly(hex_dir.path, "not a digest directory name")
                     continue
-                self.queue_link(hex_dir.path, repo, kind, tag, f"{alg}:{hex_dir.name}")
+                path_digest = f"{alg}:{hex_dir.name}"
+                link = join(hex_dir.path, "link")
+                if (kv, tag, path_digest) in prev:
+                    known.append((link, path_digest))
+                else:
+                    self.queue_read(link, repo, kind, tag, path_digest)
+            if known:
+                self.reuse_links(known, repo, kind, tag)
 
     def add_link(
         self,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, insert, or_, select, update
 
 from regindex.checks import FindingRow
 from regindex.db import IN_LIST
@@ -33,7 +33,13 @@ class HistoryCounts:
     new_errors: int = 0
 
 
-def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries: Collection[str]) -> HistoryCounts:
+def apply(
+    conn: Connection, run_id: int, found: Sequence[FindingRow], registries: Collection[str],
+    carried: Collection[str] = (), derived: Collection[str] = (),
+) -> HistoryCounts:
+    """Compare the findings derived for ``registries`` with their open ones. For the ``carried`` registries
+    (among ``registries``: nothing in their inventory changed, see regindex.scan) only the kinds in ``derived``
+    were derived again; their open findings of every other kind are seen again as they are."""
     counts = HistoryCounts()
     regs = sorted(set(registries))
     if not regs:
@@ -44,6 +50,12 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
         q = select(F.c.id, F.c.key).where(F.c.resolved_run.is_(None), F.c.registry.in_(list(part)))
         for row in conn.execute(q):
             open_rows[row.key] = row
+    kept = sorted(set(carried) & set(regs))
+    for part in chunks(kept, IN_LIST):
+        same = and_(F.c.resolved_run.is_(None), F.c.registry.in_(list(part)), F.c.kind.not_in(list(derived)))
+        for row in conn.execute(select(F.c.key).where(same)):
+            open_rows.pop(row.key, None)
+        counts.persisting += int(conn.execute(update(F).where(same).values(last_seen_run=run_id)).rowcount or 0)
 
     persisting = [k for k in current if k in open_rows]
     fresh = [k for k in current if k not in open_rows]
@@ -93,7 +105,7 @@ def apply(conn: Connection, run_id: int, found: Sequence[FindingRow], registries
         conn.execute(insert(F), list(part))
 
     counts.new = len(fresh)
-    counts.persisting = len(persisting)
+    counts.persisting += len(persisting)
     counts.resolved = len(resolved)
     return counts
 

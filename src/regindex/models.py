@@ -96,6 +96,10 @@ class Registry(Base):
     role: Mapped[str] = mapped_column(String(16), default="authoritative")
     first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     last_scanned_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    # What the open findings of this registry were last derived under (regindex.checks.fingerprint: the checks'
+    # code, the schema, the severity rules and options, the role): an unchanged inventory under the same
+    # fingerprint carries them forward instead of deriving them again.
+    checks_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
 
 class RunRegistry(Base):

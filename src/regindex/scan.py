@@ -303,6 +303,8 @@ def _scan(
         outcome.full_scan = opts.full or store.full_scan_due(conn, run_id, opts.full_scan_every)
         settled = started.timestamp() - opts.settle_seconds
         scanned: dict[str, int] = {}
+        unchanged: set[int] = set()  # registries whose inventory this run did not change
+        roles: dict[int, str] = {}
         for root in roots:
             if root.problem:
                 failures[root.name] = root.problem
@@ -311,6 +313,7 @@ def _scan(
             role = "cache" if name in opts.caches else "authoritative"
             # absolute: repair acts on this root later, maybe from another directory
             rid = store.upsert_registry(conn, name, safe_text(str(root.v2.absolute())), role, run_id)
+            roles[rid] = role
             # One savepoint per registry: storage that cannot be read fails this registry, not the others.
             savepoint = conn.begin_nested()
             try:
@@ -324,7 +327,10 @@ def _scan(
                 failures[name] = loaded
                 continue
             savepoint.commit()
-            counts, stats, parsed, work, files_seen = loaded
+            counts, stats, parsed, work, files_seen = (loaded.counts, loaded.stats, loaded.parsed, loaded.work,
+                                                       loaded.files_seen)
+            if loaded.unchanged:
+                unchanged.add(rid)
             outcome.files_stat += work.stat
             outcome.files_read += work.read
             outcome.files_skipped += work.skipped
@@ -370,18 +376,24 @@ def _scan(
 
         _say(progress, "checking")
         with clock("checks"):
-            _refresh_statistics(conn)
-            found = checks.run_checks(
-                conn, list(scanned.values()),
-                checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now),
-            )
+            check_opts = checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now)
+            carried, derive = _carried(conn, scanned, unchanged, roles, outcome, check_opts, opts)
+            if derive:
+                _refresh_statistics(conn)
+            found = checks.run_checks(conn, derive, check_opts)
+            found += checks.run_checks(conn, carried, check_opts, kinds=checks.CLOCK_KINDS)
             from regindex.policy import grade
 
             grade(found, opts.severity_rules)
         clock.count("checks", len(found))
         _say(progress, "recording history")
         with clock("history"):
-            outcome.counts = history.apply(conn, run_id, found, set(scanned))
+            by_id = {rid: name for name, rid in scanned.items()}
+            outcome.counts = history.apply(conn, run_id, found, set(scanned),
+                                           carried={by_id[rid] for rid in carried}, derived=checks.CLOCK_KINDS)
+            store.set_checks_fingerprint(conn, derive, {
+                rid: checks.fingerprint(roles.get(rid, "authoritative"), check_opts, opts.severity_rules)
+                for rid in derive})
         store.record_phases(conn, run_id, clock.rows())
         outcome.open_errors = history.open_error_count(conn)
         outcome.acknowledged_errors = history.open_error_count(conn, acknowledged=True)
@@ -429,7 +441,7 @@ class StorageWork:
 def _load_registry(
     conn: Connection, run_id: int, rid: int, root: RegistryRoot, opts: ScanOptions, progress: Progress | None,
     clock: PhaseClock, full: bool, settled: float,
-) -> tuple[store.StageCounts, store.LoadStats, int, StorageWork, int] | str:
+) -> Loaded | str:
     """Crawl one registry into the staging tables and apply it to the inventory; parse its new manifests.
     A string says why the registry must not be applied (it became suddenly empty). Unless ``full``, link files
     unchanged since the inventory read them settled are stat'ed, not read (``crawl_into``)."""
@@ -442,14 +454,14 @@ def _load_registry(
         _say(progress, f"crawling {name}: {n:,} files, {rate:,.0f} files/s")
 
     with clock("crawl"):
-        stage = store.Stage(conn)
         known = None if full else (lambda repo: store.known_links(conn, rid, repo))
+        stage = store.Stage(conn, incremental=known is not None)
         crawled = crawl_into(root, stage.add, tick, known=known, settled=settled)  # rows stream into staging
     work = StorageWork(stat=crawled.stat, read=crawled.read, skipped=crawled.skipped)
     clock.count("crawl", crawled.files_seen)
     _say(progress, f"loading {name}")
     with clock("load"):
-        counts = stage.finish()
+        counts = stage.finish(reused=crawled.skipped)
         emptied = _suddenly_empty(conn, rid, counts)
         if emptied and not opts.allow_empty:
             return (
@@ -461,14 +473,46 @@ def _load_registry(
     clock.count("load", stats.added + stats.removed)
     _say(progress, f"parsing manifests of {name}")
     with clock("manifests"):
-        _refresh_statistics(conn)  # the planner must know the inventory it just loaded
-        parsed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
+        if stats.added or stats.removed or stats.updated:
+            _refresh_statistics(conn)  # the planner must know the inventory it just loaded (unchanged: it does)
+        parsed, hashed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
     clock.count("manifests", parsed)
     if opts.verify_content:
         _say(progress, f"verifying blob content of {name}")
         with clock("verify"):
             _verify_content(conn, run_id, rid, root.v2)
-    return counts, stats, parsed, work, crawled.files_seen
+    unchanged = not (stats.added or stats.removed or stats.updated or parsed or hashed or opts.verify_content)
+    return Loaded(counts, stats, parsed, work, crawled.files_seen, unchanged)
+
+
+@dataclass
+class Loaded:
+    """One registry's crawl, applied. ``unchanged``: nothing of its inventory, manifests or hashes changed."""
+
+    counts: store.StageCounts
+    stats: store.LoadStats
+    parsed: int
+    work: StorageWork
+    files_seen: int
+    unchanged: bool
+
+
+def _carried(
+    conn: Connection, scanned: dict[str, int], unchanged: set[int], roles: dict[int, str], outcome: ScanOutcome,
+    check_opts: checks.CheckOptions, opts: ScanOptions,
+) -> tuple[list[int], list[int]]:
+    """(carried, derived): which scanned registries keep their open findings as they are (only the clock's
+    kinds are derived again) and which get every check. A registry is carried when this run changed nothing
+    of its inventory, no manifest was parsed in any registry (parses are shared by digest, so one registry's
+    new manifest can change another's findings), it is not a full scan (``--full`` derives everything), and
+    its findings were last derived under the same fingerprint (code, schema, role, options, severity rules)."""
+    ids = sorted(scanned.values())
+    if outcome.full_scan or outcome.manifests_parsed:
+        return [], ids
+    known = store.checks_fingerprints(conn)
+    carried = [rid for rid in ids if rid in unchanged and rid in roles and known.get(rid) is not None
+               and known[rid] == checks.fingerprint(roles[rid], check_opts, opts.severity_rules)]
+    return carried, [rid for rid in ids if rid not in carried]
 
 
 def _suddenly_empty(conn: Connection, registry_id: int, counts: store.StageCounts) -> str | None:
@@ -493,8 +537,9 @@ def _open_count(conn: Connection) -> int:
     return int(conn.execute(text("SELECT COUNT(*) FROM findings WHERE resolved_run IS NULL")).scalar_one())
 
 
-def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, cap: int) -> int:
+def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, cap: int) -> tuple[int, int]:
     """Parse manifests from link targets to their children, to a fixpoint, driven by the inventory in SQL.
+    Returns how many manifests were parsed and how many blobs' bytes were hashed (and recorded).
 
     A manifest's parse is stored once per (digest, size), ever. Its bytes are read again only when the blob's
     size or mtime changed since they were last hashed in this registry: every read is hashed, so a same-size
@@ -506,7 +551,7 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
     aliases = store.layer_aliases(conn, registry_id)
     own: set[tuple[str, int]] = set()  # parses stored under the hash of non-genuine bytes in this run
     done: set[str] = set()
-    parsed_total = 0
+    parsed_total = hashed_total = 0
     while queue:
         level = queue - done
         done |= level
@@ -517,12 +562,14 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
 
         def flush(at_least: int) -> int:
             """Write parses, hashes and follow known manifests' children in batches: memory stays flat."""
+            nonlocal hashed_total
             written = 0
             if len(new) >= at_least:
                 store.insert_manifests(conn, run_id, new)
                 written = len(new)
                 new.clear()
             if len(hashes) >= at_least:
+                hashed_total += len(hashes)
                 store.save_verifications(conn, registry_id, run_id, hashes)
                 hashes.clear()
             if len(already) >= at_least:
@@ -530,11 +577,12 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
                 already.clear()
             return written
 
-        for digest, size, mtime, is_known, v_size, v_mtime, got in _prefetched(
-                v2, cap, store.manifest_candidates(conn, registry_id, level)):
+        for cand, got in _prefetched(v2, cap, store.manifest_candidates(conn, registry_id, level)):
+            digest, size, mtime, is_known = cand.digest, cand.size, cand.mtime, cand.known
             key = (digest, size)
-            if is_known and _same_stat((v_size, v_mtime) if v_size is not None else None, (size, mtime)):
-                already.append(key)
+            same = cand.parsed_as()  # hashed at this size and mtime: its stored parse stands for it
+            if same is not None:
+                already.append(same)
             else:
                 try:
                     if isinstance(got, BaseException):
@@ -559,6 +607,8 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
                         own.add((computed, size))
                         new.append((computed, size, pm))
                         queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
+                    elif (computed, size) not in own:
+                        already.append((computed, size))  # parsed before: follow its children, as a later night does
                     continue
                 if is_known:
                     already.append(key)
@@ -567,7 +617,7 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
                     queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
             parsed_total += flush(2000)
         parsed_total += flush(0)
-    return parsed_total
+    return parsed_total, hashed_total
 
 
 # Manifest data read ahead by a pool (cold reads wait on the disk): at most this many files, and bytes (by the
@@ -577,14 +627,13 @@ _PREFETCH_BYTES = 16 * 1024 * 1024
 
 
 def _prefetched(
-    v2: Path, cap: int, candidates: list[tuple[str, int, float, bool, int | None, float | None]],
-) -> Iterator[tuple[str, int, float, bool, int | None, float | None, bytes | None | BaseException]]:
+    v2: Path, cap: int, candidates: list[store.Candidate],
+) -> Iterator[tuple[store.Candidate, bytes | None | BaseException]]:
     """The candidates with the bytes of those that must be read (``read_blob``'s result, or what it raised),
     read a bounded batch at a time by the crawl's pool (threads only when the reads wait on the disk); None for
     the others."""
-    def needs_read(c: tuple[str, int, float, bool, int | None, float | None]) -> bool:
-        _d, size, mtime, known, v_size, v_mtime = c
-        return not (known and _same_stat((v_size, v_mtime) if v_size is not None else None, (size, mtime)))
+    def needs_read(c: store.Candidate) -> bool:
+        return c.parsed_as() is None
 
     def read(digest: str) -> bytes | None | BaseException:
         try:
@@ -598,13 +647,13 @@ def _prefetched(
         while i < len(candidates):
             j, total = i, 0
             while j < len(candidates) and j - i < _PREFETCH_FILES and (j == i or total < _PREFETCH_BYTES):
-                total += candidates[j][1] if needs_read(candidates[j]) else 0
+                total += candidates[j].size if needs_read(candidates[j]) else 0
                 j += 1
             batch = candidates[i:j]
-            wanted = [c[0] for c in batch if needs_read(c)]
+            wanted = [c.digest for c in batch if needs_read(c)]
             got = dict(zip(wanted, pool.map(read, wanted)))
             for c in batch:
-                yield (*c, got.get(c[0]))
+                yield c, got.get(c.digest)
             i = j
     finally:
         pool.close()
@@ -624,7 +673,3 @@ def _verify_content(conn: Connection, run_id: int, registry_id: int, v2: Path) -
     aliases = [(path_digest, size, mtime, hash_blob(v2, target, path_digest.split(":")[0]), None)
                for path_digest, target, size, mtime in store.aliases_to_verify(conn, registry_id)]
     store.save_verifications(conn, registry_id, run_id, sorted(set(aliases)))
-
-
-def _same_stat(a: tuple[int, float | None] | None, b: tuple[int, float]) -> bool:
-    return a is not None and a[0] == b[0] and a[1] is not None and abs(a[1] - b[1]) < 1e-6

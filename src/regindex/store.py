@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -110,6 +110,18 @@ def upsert_registry(conn: Connection, name: str, root: str, role: str, run_id: i
     return int(row.id)
 
 
+def checks_fingerprints(conn: Connection) -> dict[int, str | None]:
+    """Registry id -> the fingerprint its open findings were last derived under (regindex.checks.fingerprint)."""
+    t = table(Registry)
+    return {int(r.id): r.checks_fingerprint for r in conn.execute(select(t.c.id, t.c.checks_fingerprint))}
+
+
+def set_checks_fingerprint(conn: Connection, registry_ids: Sequence[int], fingerprints: dict[int, str]) -> None:
+    t = table(Registry)
+    for rid in registry_ids:
+        conn.execute(update(t).where(t.c.id == rid).values(checks_fingerprint=fingerprints[rid]))
+
+
 def record_phases(conn: Connection, run_id: int, rows: Sequence[tuple[str, int, float, int | None]]) -> None:
     """(phase, position, seconds, items) of one run."""
     if rows:
@@ -194,7 +206,10 @@ SPECS: dict[str, EpisodeSpec] = {
 }
 # crawl row type -> staging key (the crawl yields these dataclasses; their fields are the columns)
 ROW_KINDS = {"RepoRow": "repositories", "LinkRow": "links", "BlobRow": "blobs", "UploadRow": "uploads",
-             "Anomaly": "anomalies"}
+             "Anomaly": "anomalies", "LinkRecheck": "link_recheck"}
+# staging key -> its columns: each episode table's, and the ids of known links an incremental crawl rechecks
+STAGED: dict[str, tuple[str, ...]] = {
+    **{key: spec.identity + spec.mutable for key, spec in SPECS.items()}, "link_recheck": ("id",)}
 STAGE_BATCH = 20000
 SQLITE_CACHE_KIB = 32 * 1024
 
@@ -203,6 +218,7 @@ SQLITE_CACHE_KIB = 32 * 1024
 class LoadStats:
     added: int = 0
     removed: int = 0
+    updated: int = 0  # open episodes whose mutable columns changed (a blob's mtime, an upload's size)
 
 
 @dataclass
@@ -222,18 +238,25 @@ def _stage_name(key: str) -> str:
 class Stage:
     """One registry's crawl, streamed into temporary tables in big batches (the driver's executemany; COPY on
     PostgreSQL), then diffed against the registry's open episodes with set operations. Python never holds
-    more than one batch of rows."""
+    more than one batch of rows.
 
-    def __init__(self, conn: Connection) -> None:
+    ``incremental``: the crawl was given the inventory's known links and gave rows only for the links it
+    read; a known link it found unchanged gives no row, one it did not find unchanged a ``LinkRecheck``. The
+    links diff then compares the staged rows with the open links it could have read: those without a settled
+    change time, those rechecked, and those of repositories it did not walk (gone)."""
+
+    def __init__(self, conn: Connection, incremental: bool = False) -> None:
         self.conn = conn
         self.pg = conn.dialect.name == "postgresql"
-        self.buffers: dict[str, list[tuple[Any, ...]]] = {k: [] for k in SPECS}
-        self.rows: dict[str, int] = dict.fromkeys(SPECS, 0)
+        self.incremental = incremental
+        self.buffers: dict[str, list[tuple[Any, ...]]] = {k: [] for k in STAGED}
+        self.rows: dict[str, int] = dict.fromkeys(STAGED, 0)
         # per row kind: the columns' values in one C call (attrgetter); the few kinds holding datetimes or
         # booleans go through _to_db on SQLite (this runs once per file of the tree: it must be cheap)
         self.getters: dict[str, Callable[[Any], tuple[Any, ...]]] = {}
         for kind, key in ROW_KINDS.items():
-            get = attrgetter(*(SPECS[key].identity + SPECS[key].mutable))
+            cols = STAGED[key]
+            get = attrgetter(*cols) if len(cols) > 1 else (lambda row, c=cols[0]: (getattr(row, c),))
             self.getters[kind] = _converted(conn, get) if key in ("repositories", "uploads") and not self.pg else get
         if not self.pg:
             # A bounded page cache for the inventory and the staging tables (SQLite's default is 2 MiB): with
@@ -241,8 +264,9 @@ class Stage:
             # same size whatever the tree's.
             conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             conn.exec_driver_sql(f"PRAGMA temp.cache_size = -{SQLITE_CACHE_KIB}")
-        for key, spec in SPECS.items():
-            cols = ", ".join(f"{c} {_sql_type(conn, spec.table, c)}" for c in spec.identity + spec.mutable)
+        for key, cols_ in STAGED.items():
+            t = SPECS[key].table if key in SPECS else table(Link)
+            cols = ", ".join(f"{c} {_sql_type(conn, t, c)}" for c in cols_)
             name = _stage_name(key)
             drop_temp(conn, name)
             conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({cols})")
@@ -263,23 +287,24 @@ class Stage:
         buf = self.buffers[key]
         if not buf:
             return
-        spec = SPECS[key]
-        driver_insert(self.conn, _stage_name(key), spec.identity + spec.mutable, buf)
+        driver_insert(self.conn, _stage_name(key), STAGED[key], buf)
         self.rows[key] += len(buf)
         buf.clear()
 
-    def finish(self) -> StageCounts:
-        """Flush, index and analyse the staging tables; how many distinct rows the crawl gave."""
-        for key, spec in SPECS.items():
+    def finish(self, reused: int = 0) -> StageCounts:
+        """Flush, index and analyse the staging tables; how many distinct rows the crawl gave (``reused``: the
+        known links it found unchanged, which it gave no row for)."""
+        for key in STAGED:
             self._flush(key)
             name = _stage_name(key)
-            self.conn.exec_driver_sql(f"CREATE INDEX ix_{name} ON {name} ({', '.join(spec.index)})")
+            index = SPECS[key].index if key in SPECS else STAGED[key]
+            self.conn.exec_driver_sql(f"CREATE INDEX ix_{name} ON {name} ({', '.join(index)})")
             if self.pg:
                 self.conn.exec_driver_sql(f"ANALYZE {name}")
         one = self.conn.exec_driver_sql
         return StageCounts(
             repositories=int(one("SELECT COUNT(DISTINCT name) FROM stage_repositories").scalar_one()),
-            links=self.rows["links"],
+            links=self.rows["links"] + reused,
             blobs=int(one("SELECT COUNT(*) FROM stage_blobs").scalar_one()),
             blob_bytes=int(one("SELECT COALESCE(SUM(size), 0) FROM stage_blobs").scalar_one()),
             uploads=self.rows["uploads"],
@@ -290,12 +315,20 @@ class Stage:
         """Close the open episodes the crawl no longer saw, update mutable columns, open episodes for new rows."""
         stats = LoadStats()
         for key, spec in SPECS.items():
-            _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats)
+            only = _RECHECKABLE if key == "links" and self.incremental else None
+            _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, only)
         return stats
 
     def drop(self) -> None:
-        for key in SPECS:
+        for key in STAGED:
             drop_temp(self.conn, _stage_name(key))
+
+
+# The open links an incremental crawl gave rows for, or would have (see Stage): the rest it found unchanged.
+_RECHECKABLE = (
+    "(links.changed IS NULL OR links.id IN (SELECT id FROM stage_link_recheck) "
+    "OR NOT EXISTS (SELECT 1 FROM stage_repositories r WHERE r.name = links.repository))"
+)
 
 
 def _converted(conn: Connection, get: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], tuple[Any, ...]]:
@@ -337,21 +370,24 @@ def _match(conn: Connection, spec: EpisodeSpec, t: str, s: str) -> str:
     return " AND ".join(out)
 
 
-def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry_id: int, stats: LoadStats) -> None:
+def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry_id: int, stats: LoadStats,
+          only: str | None = None) -> None:
     """Two set differences (EXCEPT: sorted or hashed passes over both sides, NULLs equal, no probe per row)
     find the few rows that differ on a night: staged rows the inventory does not hold as they are, and
     inventory rows the crawl did not see as they are. An identity in both differs in a mutable column (updated
     in place); only in the inventory's, it is gone; only in the crawl's, it is new. (Probing an index for each
-    of ~600k staged links cost 105 s of an unchanged night at 1M files.)"""
+    of ~600k staged links cost 105 s of an unchanged night at 1M files.) ``only``: a condition on the
+    inventory's rows: those the crawl did not stage because they are unchanged are left out."""
     t = spec.table.name
     p = {"run": run_id, "rid": registry_id}
     cols = spec.identity + spec.mutable
     allc = ", ".join(cols)
     types = ", ".join(f"{c} {_sql_type(conn, spec.table, c)}" for c in cols)
     open_rows = f"registry_id = :rid AND gone_run IS NULL"
+    theirs = f"{open_rows} AND {only}" if only else open_rows
     for name, query in (
         ("diff_new", f"SELECT {allc} FROM {stage} EXCEPT SELECT {allc} FROM {t} WHERE {open_rows}"),
-        ("diff_old", f"SELECT {allc} FROM {t} WHERE {open_rows} EXCEPT SELECT {allc} FROM {stage}"),
+        ("diff_old", f"SELECT {allc} FROM {t} WHERE {theirs} EXCEPT SELECT {allc} FROM {stage}"),
     ):
         drop_temp(conn, name)
         conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({types})")
@@ -366,10 +402,11 @@ def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry
     if spec.mutable:
         sets = ", ".join(f"{c} = (SELECT n.{c} FROM diff_new n WHERE {_match(conn, spec, t, 'n')})"
                          for c in spec.mutable)
-        conn.execute(text(
+        updated = conn.execute(text(
             f"UPDATE {t} SET {sets} WHERE id IN (SELECT x.id FROM diff_new n JOIN {t} x "
             f"ON x.registry_id = :rid AND x.gone_run IS NULL AND {_match(conn, spec, 'x', 'n')})"
         ), p)
+        stats.updated += int(updated.rowcount or 0)
     added = conn.execute(text(
         f"INSERT INTO {t} (registry_id, first_run, {allc}) "
         f"SELECT :rid, :run, {', '.join('n.' + c for c in cols)} FROM diff_new n WHERE NOT EXISTS "
@@ -386,10 +423,10 @@ def known_links(conn: Connection, registry_id: int, repository: str) -> dict[tup
     from regindex.crawl import KnownLink
 
     q = text(
-        "SELECT kind, tag, path_digest, changed, state, target_digest, preview FROM links "
+        "SELECT kind, tag, path_digest, changed, state, target_digest, preview, id FROM links "
         "WHERE registry_id = :rid AND gone_run IS NULL AND repository = :repo AND changed IS NOT NULL"
     )
-    return {(r[0], r[1], r[2]): KnownLink(float(r[3]), r[4], r[5], r[6])
+    return {(r[0], r[1], r[2]): KnownLink(float(r[3]), r[4], r[5], r[6], int(r[7]))
             for r in conn.execute(q, {"rid": registry_id, "repo": repository})}
 
 
@@ -431,11 +468,33 @@ def layer_aliases(conn: Connection, registry_id: int) -> dict[str, set[str]]:
     return out
 
 
-def manifest_candidates(
-    conn: Connection, registry_id: int, digests: Iterable[str]
-) -> list[tuple[str, int, float, bool, int | None, float | None]]:
-    """For the digests whose data this registry holds: (digest, size, mtime, parsed already, size and mtime
-    when this registry last hashed the data). One join through a temporary table, not IN lists."""
+class Candidate(NamedTuple):
+    """A manifest blob this registry holds, with what the inventory knows of it."""
+
+    digest: str
+    size: int
+    mtime: float
+    known: bool  # a parse of (digest, size) is stored
+    v_size: int | None  # size, mtime and hash of the data when this registry last hashed it
+    v_mtime: float | None
+    v_computed: str | None
+
+    def parsed_as(self) -> tuple[str, int] | None:
+        """The (digest, size) whose stored parse stands for the bytes on disk, when they were hashed at this
+        size and mtime (so need not be read again): the digest's own, or, for bytes that are not the digest's
+        content, the parse stored under the digest they hash to. None: read and hash them."""
+        if self.v_size != self.size or self.v_mtime is None or abs(self.v_mtime - self.mtime) >= 1e-6:
+            return None
+        if self.known:
+            return (self.digest, self.size)
+        if self.v_computed is not None and self.v_computed != self.digest:
+            return (self.v_computed, self.size)
+        return None
+
+
+def manifest_candidates(conn: Connection, registry_id: int, digests: Iterable[str]) -> list[Candidate]:
+    """For the digests whose data this registry holds, what the inventory knows of them (``Candidate``). One
+    join through a temporary table, not IN lists."""
     drop_temp(conn, "parse_level")
     conn.exec_driver_sql(f"CREATE TEMPORARY TABLE parse_level (digest {_sql_type(conn, table(Blob), 'digest')})")
     rows = [(d,) for d in sorted(digests)]
@@ -445,13 +504,15 @@ def manifest_candidates(
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("ANALYZE parse_level")
     q = text(
-        "SELECT b.digest, b.size, b.mtime, m.id IS NOT NULL AS known, v.size AS v_size, v.mtime AS v_mtime "
-        "FROM parse_level p JOIN blobs b ON b.digest = p.digest AND b.registry_id = :rid AND b.gone_run IS NULL "
+        "SELECT b.digest, b.size, b.mtime, m.id IS NOT NULL AS known, v.size AS v_size, v.mtime AS v_mtime, "
+        "v.computed_digest FROM parse_level p "
+        "JOIN blobs b ON b.digest = p.digest AND b.registry_id = :rid AND b.gone_run IS NULL "
         "LEFT JOIN manifests m ON m.digest = b.digest AND m.size = b.size "
         "LEFT JOIN blob_verifications v ON v.registry_id = b.registry_id AND v.digest = b.digest "
         "ORDER BY b.digest"
     )
-    out = [(r[0], int(r[1]), float(r[2]), bool(r[3]), r[4], r[5]) for r in conn.execute(q, {"rid": registry_id})]
+    out = [Candidate(r[0], int(r[1]), float(r[2]), bool(r[3]), None if r[4] is None else int(r[4]),
+                     None if r[5] is None else float(r[5]), r[6]) for r in conn.execute(q, {"rid": registry_id})]
     drop_temp(conn, "parse_level")
     return out
 
