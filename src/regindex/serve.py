@@ -75,12 +75,15 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "registries": (
         "`name` (the directory under BASE), `root`, `role` (`authoritative` or `cache`), `first_run`, "
-        "`last_scanned_run`",
+        "`last_scanned_run`, `checks_fingerprint` (what its open findings were last derived under: an unchanged "
+        "night under the same one carries them forward)",
         {
             "name": "the directory under BASE",
             "root": "its docker/registry/v2 directory",
             "role": "authoritative or cache (a pull-through cache: a missing index child is info)",
             "last_scanned_run": "the last run that scanned it completely",
+            "checks_fingerprint": "checks code, schema, role, options and severity rules its findings were "
+            "derived under",
         },
     ),
     "run_registries": (

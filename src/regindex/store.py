@@ -264,12 +264,12 @@ class Stage:
             # same size whatever the tree's.
             conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             conn.exec_driver_sql(f"PRAGMA temp.cache_size = -{SQLITE_CACHE_KIB}")
-        for key, cols_ in STAGED.items():
+        for key, names in STAGED.items():
             t = SPECS[key].table if key in SPECS else table(Link)
-            cols = ", ".join(f"{c} {_sql_type(conn, t, c)}" for c in cols_)
+            typed = ", ".join(f"{c} {_sql_type(conn, t, c)}" for c in names)
             name = _stage_name(key)
             drop_temp(conn, name)
-            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({cols})")
+            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({typed})")
 
     def add(self, row: Any) -> None:
         kind = type(row).__name__
