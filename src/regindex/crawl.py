@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from regindex.errors import StorageError
 from regindex.storage import DIR, FILE, SYMLINK, Entry, FileSystem, Read, Stat, Storage, read_capped
@@ -219,8 +219,7 @@ class LinkRecheck:
 Row = RepoRow | LinkRow | BlobRow | UploadRow | Anomaly | LinkRecheck
 
 
-@dataclass(frozen=True, slots=True)
-class KnownLink:
+class KnownLink(NamedTuple):
     """A link file as a previous scan read it, with its settled change time (``id``: its open episode)."""
 
     changed: float

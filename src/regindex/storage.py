@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat as st_
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 READ_CHUNK = 1 << 20  # bytes a streaming read asks for at a time
 
@@ -33,15 +33,15 @@ def read_capped(fd: int, cap: int) -> bytes:
 DIR, FILE, SYMLINK, OTHER = "dir", "file", "symlink", "other"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+# Entry and Stat are named tuples, not frozen dataclasses: one of each per file of the tree, and a frozen
+# dataclass costs a Python __init__ per instance.
+class Entry(NamedTuple):
     name: str
     path: str
     kind: str  # dir | file | symlink | other (as the listing says, without following anything)
 
 
-@dataclass(frozen=True, slots=True)
-class Stat:
+class Stat(NamedTuple):
     kind: str
     size: int
     mtime: float
@@ -93,7 +93,7 @@ class FileSystem:
     """Storage on a local filesystem (registry's ``filesystem`` driver)."""
 
     def join(self, path: str, name: str) -> str:
-        return os.path.join(path, name)
+        return f"{path}/{name}"  # names come from listings (never absolute, never empty): os.path.join's cases
 
     def list(self, path: str) -> list[Entry] | None:
         try:
@@ -101,18 +101,10 @@ class FileSystem:
                 entries = list(it)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        out = []
-        for e in entries:
-            if e.is_symlink():
-                kind = SYMLINK
-            elif e.is_dir(follow_symlinks=False):
-                kind = DIR
-            elif e.is_file(follow_symlinks=False):
-                kind = FILE
-            else:
-                kind = OTHER
-            out.append(Entry(e.name, e.path, kind))
-        out.sort(key=lambda x: x.name)
+        # the kind from the directory entry (d_type: no stat); a directory first, the common case
+        out = [Entry(e.name, e.path, DIR if e.is_dir(follow_symlinks=False) else SYMLINK if e.is_symlink()
+                     else FILE if e.is_file(follow_symlinks=False) else OTHER) for e in entries]
+        out.sort()  # by name (names in one directory are unique)
         return out
 
     def stat(self, path: str) -> Stat | None:
