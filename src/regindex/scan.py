@@ -473,9 +473,12 @@ def _load_registry(
     clock.count("load", stats.added + stats.removed)
     _say(progress, f"parsing manifests of {name}")
     with clock("manifests"):
-        if stats.added or stats.removed or stats.updated:
-            _refresh_statistics(conn)  # the planner must know the inventory it just loaded (unchanged: it does)
-        parsed, hashed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
+        parsed = hashed = 0
+        # Nothing of the registry's links and blobs changed: the parses and hashes its last scan made stand
+        # (parsing is idempotent over the same inventory). A full scan walks the manifests again all the same.
+        if full or stats.added or stats.removed or stats.updated:
+            _refresh_statistics(conn)  # the planner must know the inventory it just loaded
+            parsed, hashed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
     clock.count("manifests", parsed)
     if opts.verify_content:
         _say(progress, f"verifying blob content of {name}")
