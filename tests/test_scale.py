@@ -347,19 +347,28 @@ def test_0005_upgrades_a_database_with_history(urls, base, invoke):
     engine.dispose()
 
 
-def test_0006_upgrades_a_database_with_history(urls, base, invoke):
-    """A database built by 0005_run_phases (the previous head) with a run, findings and link episodes keeps all
-    of it; old links have no settled change time, so the first scan after the upgrade reads every link."""
-    kept, _fresh = urls
+def scanned_after_upgrade(kept: str, base: Path, invoke: Any, revision: str) -> tuple[Any, Engine]:
+    """Registry ``r`` with team/app pushed, a database built by ``revision`` holding its history (``history_at``:
+    run 1, finding ``k``, the image's revision link), then a scan, which upgrades it first. Asserts the
+    database is at the head and finding ``k`` is still there; returns the image and an engine on the database."""
     w = StorageWriter(base / "r")
     img = w.push_image("team/app", random.Random(3))
-    history_at(kept, "0005_run_phases", {"links": 1, "files_read": 1}, link=img.digest)
+    history_at(kept, revision, {"links": 1, "files_read": 1}, link=img.digest)
     invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")  # upgrades, then scans
     engine = create_engine(_url(kept))
     with engine.connect() as c:
         assert db.current_revision(c) == db.head_revision()
-        assert c.execute(text("SELECT links, files_read, full_scan FROM runs WHERE id = 1")).one() == (1, 1, None)
         assert c.execute(text("SELECT COUNT(*) FROM findings WHERE key = 'k'")).scalar_one() == 1
+    return img, engine
+
+
+def test_0006_upgrades_a_database_with_history(urls, base, invoke):
+    """A database built by 0005_run_phases (the previous head) with a run, findings and link episodes keeps all
+    of it; old links have no settled change time, so the first scan after the upgrade reads every link."""
+    kept, _fresh = urls
+    img, engine = scanned_after_upgrade(kept, base, invoke, "0005_run_phases")
+    with engine.connect() as c:
+        assert c.execute(text("SELECT links, files_read, full_scan FROM runs WHERE id = 1")).one() == (1, 1, None)
         # the old revision link's episode goes on (same identity), now with a change time
         old = c.execute(text("SELECT first_run, gone_run, changed FROM links WHERE path_digest = :d "
                              "AND kind = 'revision'"), {"d": img.digest}).one()
@@ -595,15 +604,9 @@ def test_0007_upgrades_a_database_with_history(urls, base, invoke):
     """A database built by 0006_incremental (the previous head) with a run and findings keeps all of it; its
     registries have no fingerprint, so the first scan after the upgrade derives every check."""
     kept, _fresh = urls
-    w = StorageWriter(base / "r")
-    img = w.push_image("team/app", random.Random(3))
-    history_at(kept, "0006_incremental", {"links": 1, "files_read": 1}, link=img.digest)
-    invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")  # upgrades, then scans
-    engine = create_engine(_url(kept))
+    _img, engine = scanned_after_upgrade(kept, base, invoke, "0006_incremental")
     with engine.connect() as c:
-        assert db.current_revision(c) == db.head_revision()
         assert c.execute(text("SELECT links, files_read FROM runs WHERE id = 1")).one() == (1, 1)
-        assert c.execute(text("SELECT COUNT(*) FROM findings WHERE key = 'k'")).scalar_one() == 1
         fp = c.execute(text("SELECT checks_fingerprint FROM registries WHERE name = 'r'")).scalar_one()
         assert fp is not None and len(fp) == 64
         # the old finding was derived again by the first scan: not found, it is resolved by run 2
