@@ -565,6 +565,19 @@ def test_carried_findings_are_derived_again_when_their_rules_options_or_role_cha
     assert severities["orphan_layer_link"] == "error"  # the rule is gone again: graded by the check
 
 
+def named(url: str, layer: bytes) -> bool:
+    """Whether registry "other"'s unreferenced_blob finding for ``layer`` says a manifest names it."""
+    import json
+
+    engine = create_engine(_url(url))
+    with engine.connect() as c:
+        got = c.execute(text("SELECT detail FROM findings WHERE resolved_run IS NULL AND kind = "
+                             "'unreferenced_blob' AND registry = 'other' AND digest = :d"),
+                        {"d": sha256(layer)}).scalar_one()
+    engine.dispose()
+    return bool(json.loads(got)["named_by_a_manifest"])
+
+
 def test_a_manifest_new_in_one_registry_derives_the_others_again(urls, base, calls):
     """Parses are shared by digest: a manifest pushed to one registry that names a blob another registry holds
     unlinked changes that registry's finding, though nothing in it changed."""
@@ -580,21 +593,12 @@ def test_a_manifest_new_in_one_registry_derives_the_others_again(urls, base, cal
     t0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
     scan_at(kept, base, t0)
 
-    def named(url: str) -> bool:
-        engine = create_engine(_url(url))
-        with engine.connect() as c:
-            got = c.execute(text("SELECT detail FROM findings WHERE resolved_run IS NULL AND kind = "
-                                 "'unreferenced_blob' AND registry = 'other' AND digest = :d"),
-                            {"d": sha256(layer)}).scalar_one()
-        engine.dispose()
-        return bool(__import__("json").loads(got)["named_by_a_manifest"])
-
-    assert not named(kept)
+    assert not named(kept, layer)
     w.push_image("team/late", rng, layers=[layer])  # only "private" changes
     calls.clear()
     scan_at(kept, base, t0)
     assert set(calls) == set(checks.CHECKS)
-    assert named(kept)
+    assert named(kept, layer)
     other = fresh()
     scan_at(other, base, t0)
     assert without_run(open_findings(other)) == without_run(open_findings(kept))
@@ -612,3 +616,32 @@ def test_0007_upgrades_a_database_with_history(urls, base, invoke):
         # the old finding was derived again by the first scan: not found, it is resolved by run 2
         assert c.execute(text("SELECT resolved_run FROM findings WHERE key = 'k'")).scalar_one() == 2
     engine.dispose()
+
+
+def test_a_registry_that_failed_is_derived_again_on_its_next_unchanged_night(urls, base, calls, unlistable):
+    """While "other" could not be read, "private" parsed a manifest naming a blob "other" holds unlinked; the
+    next night "other" is readable and unchanged since the last scan that read it, but its findings predate
+    that manifest: they are derived again, not carried."""
+    from datetime import datetime, timezone
+
+    from regindex import checks
+
+    kept, fresh = urls
+    w, rng, _imgs = build(base)
+    layer = rng.randbytes(300)
+    StorageWriter(base / "other").put_blob(layer)  # unreferenced in "other"
+    t0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    scan_at(kept, base, t0)
+    locked = [True]
+    unlistable(lambda p: locked[0] and p.endswith(os.path.join("other", "docker", "registry", "v2", "repositories")))
+    w.push_image("team/late", rng, layers=[layer])
+    assert scan_at(kept, base, t0).status == "partial"
+    assert not named(kept, layer)  # "other" failed: its findings stay as they were
+    locked[0] = False
+    calls.clear()
+    scan_at(kept, base, t0)
+    assert set(calls) == set(checks.CHECKS)
+    assert named(kept, layer)
+    other = fresh()
+    scan_at(other, base, t0)
+    assert without_run(open_findings(other)) == without_run(open_findings(kept))

@@ -507,13 +507,17 @@ def _carried(
     """(carried, derived): which scanned registries keep their open findings as they are (only the clock's
     kinds are derived again) and which get every check. A registry is carried when this run changed nothing
     of its inventory, no manifest was parsed in any registry (parses are shared by digest, so one registry's
-    new manifest can change another's findings), it is not a full scan (``--full`` derives everything), and
-    its findings were last derived under the same fingerprint (code, schema, role, options, severity rules)."""
+    new manifest can change another's findings), it is not a full scan (``--full`` derives everything), the
+    finished run before this one scanned it (had it failed there, another registry may have parsed manifests
+    in that run, after its findings were derived) and its findings were last derived under the same
+    fingerprint (code, schema, role, options, severity rules)."""
     ids = sorted(scanned.values())
     if outcome.full_scan or outcome.manifests_parsed:
         return [], ids
     known = store.checks_fingerprints(conn)
-    carried = [rid for rid in ids if rid in unchanged and rid in roles and known.get(rid) is not None
+    previous = store.checked_in_previous_run(conn, outcome.run_id)
+    carried = [rid for rid in ids if rid in unchanged and rid in roles and rid in previous
+               and known.get(rid) is not None
                and known[rid] == checks.fingerprint(roles[rid], check_opts, opts.severity_rules)]
     return carried, [rid for rid in ids if rid not in carried]
 

@@ -116,6 +116,16 @@ def checks_fingerprints(conn: Connection) -> dict[int, str | None]:
     return {int(r.id): r.checks_fingerprint for r in conn.execute(select(t.c.id, t.c.checks_fingerprint))}
 
 
+def checked_in_previous_run(conn: Connection, run_id: int) -> set[int]:
+    """The registries the finished run before ``run_id`` (complete or partial: a failed run changed nothing)
+    scanned completely, and so derived or carried their findings in."""
+    q = text(
+        "SELECT registry_id FROM run_registries WHERE status = 'complete' AND run_id = (SELECT MAX(id) FROM runs "
+        "WHERE id < :run AND status IN ('complete', 'partial'))"
+    )
+    return {int(r[0]) for r in conn.execute(q, {"run": run_id})}
+
+
 def set_checks_fingerprint(conn: Connection, registry_ids: Sequence[int], fingerprints: dict[int, str]) -> None:
     t = table(Registry)
     for rid in registry_ids:
