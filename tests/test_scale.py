@@ -565,6 +565,31 @@ def test_carried_findings_are_derived_again_when_their_rules_options_or_role_cha
     assert severities["orphan_layer_link"] == "error"  # the rule is gone again: graded by the check
 
 
+def unlinked_in_other(kept: str, base: Path) -> tuple[StorageWriter, random.Random, bytes, Any]:
+    """``build``, plus a blob ``layer`` registry "other" holds and no link names, scanned once at ``t0``."""
+    from datetime import datetime, timezone
+
+    w, rng, _imgs = build(base)
+    layer = rng.randbytes(300)
+    StorageWriter(base / "other").put_blob(layer)
+    t0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    scan_at(kept, base, t0)
+    return w, rng, layer, t0
+
+
+def derived_again(calls: list[str], kept: str, other: str, base: Path, t0: Any, layer: bytes) -> None:
+    """The next scan derives every check, "other"'s finding now says a manifest names ``layer``, and the open
+    findings equal those of a scan into the fresh database ``other``."""
+    from regindex import checks
+
+    calls.clear()
+    scan_at(kept, base, t0)
+    assert set(calls) == set(checks.CHECKS)
+    assert named(kept, layer)
+    scan_at(other, base, t0)
+    assert without_run(open_findings(other)) == without_run(open_findings(kept))
+
+
 def named(url: str, layer: bytes) -> bool:
     """Whether registry "other"'s unreferenced_blob finding for ``layer`` says a manifest names it."""
     import json
@@ -581,27 +606,11 @@ def named(url: str, layer: bytes) -> bool:
 def test_a_manifest_new_in_one_registry_derives_the_others_again(urls, base, calls):
     """Parses are shared by digest: a manifest pushed to one registry that names a blob another registry holds
     unlinked changes that registry's finding, though nothing in it changed."""
-    from datetime import datetime, timezone
-
-    from regindex import checks
-
     kept, fresh = urls
-    w, rng, _imgs = build(base)
-    other_reg = StorageWriter(base / "other")
-    layer = rng.randbytes(300)
-    other_reg.put_blob(layer)  # unreferenced in "other"
-    t0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
-    scan_at(kept, base, t0)
-
+    w, rng, layer, t0 = unlinked_in_other(kept, base)
     assert not named(kept, layer)
     w.push_image("team/late", rng, layers=[layer])  # only "private" changes
-    calls.clear()
-    scan_at(kept, base, t0)
-    assert set(calls) == set(checks.CHECKS)
-    assert named(kept, layer)
-    other = fresh()
-    scan_at(other, base, t0)
-    assert without_run(open_findings(other)) == without_run(open_findings(kept))
+    derived_again(calls, kept, fresh(), base, t0, layer)
 
 
 def test_0007_upgrades_a_database_with_history(urls, base, invoke):
@@ -622,26 +631,12 @@ def test_a_registry_that_failed_is_derived_again_on_its_next_unchanged_night(url
     """While "other" could not be read, "private" parsed a manifest naming a blob "other" holds unlinked; the
     next night "other" is readable and unchanged since the last scan that read it, but its findings predate
     that manifest: they are derived again, not carried."""
-    from datetime import datetime, timezone
-
-    from regindex import checks
-
     kept, fresh = urls
-    w, rng, _imgs = build(base)
-    layer = rng.randbytes(300)
-    StorageWriter(base / "other").put_blob(layer)  # unreferenced in "other"
-    t0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
-    scan_at(kept, base, t0)
+    w, rng, layer, t0 = unlinked_in_other(kept, base)
     locked = [True]
     unlistable(lambda p: locked[0] and p.endswith(os.path.join("other", "docker", "registry", "v2", "repositories")))
     w.push_image("team/late", rng, layers=[layer])
     assert scan_at(kept, base, t0).status == "partial"
     assert not named(kept, layer)  # "other" failed: its findings stay as they were
     locked[0] = False
-    calls.clear()
-    scan_at(kept, base, t0)
-    assert set(calls) == set(checks.CHECKS)
-    assert named(kept, layer)
-    other = fresh()
-    scan_at(other, base, t0)
-    assert without_run(open_findings(other)) == without_run(open_findings(kept))
+    derived_again(calls, kept, fresh(), base, t0, layer)
