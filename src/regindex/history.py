@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, insert, or_, select, true, update
 
 from regindex.checks import FindingRow
 from regindex.db import IN_LIST
@@ -45,17 +45,17 @@ def apply(
     if not regs:
         return counts
     current = {f.key: f for f in found if f.registry in registries}
+    kept = sorted(set(carried) & set(regs))
+    for part in chunks(kept, IN_LIST):  # seen again as they are: not compared below
+        same = and_(F.c.resolved_run.is_(None), F.c.registry.in_(list(part)), F.c.kind.not_in(list(derived)))
+        counts.persisting += int(conn.execute(update(F).where(same).values(last_seen_run=run_id)).rowcount or 0)
     open_rows: dict[str, Any] = {}
     for part in chunks(regs, IN_LIST):
-        q = select(F.c.id, F.c.key).where(F.c.resolved_run.is_(None), F.c.registry.in_(list(part)))
+        in_part = [r for r in part if r in kept]
+        not_carried = ~and_(F.c.registry.in_(in_part), F.c.kind.not_in(list(derived))) if in_part else true()
+        q = select(F.c.id, F.c.key).where(F.c.resolved_run.is_(None), F.c.registry.in_(list(part)), not_carried)
         for row in conn.execute(q):
             open_rows[row.key] = row
-    kept = sorted(set(carried) & set(regs))
-    for part in chunks(kept, IN_LIST):
-        same = and_(F.c.resolved_run.is_(None), F.c.registry.in_(list(part)), F.c.kind.not_in(list(derived)))
-        for row in conn.execute(select(F.c.key).where(same)):
-            open_rows.pop(row.key, None)
-        counts.persisting += int(conn.execute(update(F).where(same).values(last_seen_run=run_id)).rowcount or 0)
 
     persisting = [k for k in current if k in open_rows]
     fresh = [k for k in current if k not in open_rows]

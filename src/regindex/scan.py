@@ -476,7 +476,7 @@ def _load_registry(
         parsed = hashed = 0
         # Nothing of the registry's links and blobs changed: the parses and hashes its last scan made stand
         # (parsing is idempotent over the same inventory). A full scan walks the manifests again all the same.
-        if full or stats.added or stats.removed or stats.updated:
+        if full or stats.changed:
             _refresh_statistics(conn)  # the planner must know the inventory it just loaded
             parsed, hashed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
     clock.count("manifests", parsed)
@@ -484,7 +484,7 @@ def _load_registry(
         _say(progress, f"verifying blob content of {name}")
         with clock("verify"):
             _verify_content(conn, run_id, rid, root.v2)
-    unchanged = not (stats.added or stats.removed or stats.updated or parsed or hashed or opts.verify_content)
+    unchanged = not (stats.changed or parsed or hashed or opts.verify_content)
     return Loaded(counts, stats, parsed, work, crawled.files_seen, unchanged)
 
 

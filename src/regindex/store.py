@@ -230,6 +230,10 @@ class LoadStats:
     removed: int = 0
     updated: int = 0  # open episodes whose mutable columns changed (a blob's mtime, an upload's size)
 
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed or self.updated)
+
 
 @dataclass
 class StageCounts:
