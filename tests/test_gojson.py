@@ -64,3 +64,24 @@ def test_a_60_mib_manifest_of_empty_objects_is_read_in_bounded_memory(where):
     assert int(size) > 60_000_000 and kind == "image"
     assert int(bad_refs) == (21_000_002 if where == "layers" else 1)  # empty descriptors and the empty config
     assert int(grew_mib) < 200, f"parsing grew the peak memory by {grew_mib} MiB"
+
+
+def test_folded_keys_are_remembered_within_bounds_and_still_match_past_them():
+    """Keys are folded once and remembered, but a document's keys are hostile: the memo never holds a long
+    key nor more than its bound of keys, and past the bound keys still match case-insensitively."""
+    from regindex import gojson
+
+    saved = dict(gojson._FOLDED)
+    gojson._FOLDED.clear()
+    try:
+        long_key = "K" * 10_000
+        many = ",".join(f'"Key{i}":{i}' for i in range(3 * gojson._FOLDED_MAX))
+        doc = gojson.loads(f'{{"{long_key}":1,{many},"MEDIATYPE":"x"}}'.encode())
+        assert len(gojson._FOLDED) == gojson._FOLDED_MAX
+        assert long_key not in gojson._FOLDED and "MEDIATYPE" not in gojson._FOLDED
+        assert doc.get("mediaType") == "x" and "MediaType" in doc
+        assert doc.get("k" * 10_000) == 1
+        assert doc.get(f"KEY{3 * gojson._FOLDED_MAX - 1}") == 3 * gojson._FOLDED_MAX - 1
+    finally:
+        gojson._FOLDED.clear()
+        gojson._FOLDED.update(saved)

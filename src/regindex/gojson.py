@@ -45,14 +45,30 @@ def fold(key: str) -> str:
     return key.lower().replace("\u017f", "s")  # 'ſ' folds to 's' in Go; 'K' (Kelvin) lowers to 'k' here
 
 
+# Keys folded once: field names repeat in every manifest (parsing folds ~60 keys a manifest). Bounded in
+# entries and in key length: a document's keys are hostile (a key may be megabytes, a document may hold
+# millions of distinct keys); past the bound, keys are folded each time, as before.
+_FOLDED: dict[str, str] = {}
+_FOLDED_MAX, _FOLDED_KEY_MAX = 1024, 64
+
+
+def _folded(key: str) -> str:
+    f = _FOLDED.get(key)
+    if f is None:
+        f = fold(key)
+        if len(_FOLDED) < _FOLDED_MAX and len(key) <= _FOLDED_KEY_MAX:
+            _FOLDED[key] = f
+    return f
+
+
 class GoObject(dict[str, Any]):
     """A JSON object keyed by folded key: ``get("mediaType")`` finds ``"MEDIATYPE"``; the last duplicate wins."""
 
     def get(self, key: str, default: Any = None) -> Any:
-        return super().get(fold(key), default)
+        return dict.get(self, _folded(key), default)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and super().__contains__(fold(key))
+        return isinstance(key, str) and dict.__contains__(self, _folded(key))
 
 
 class Runs:
@@ -98,7 +114,7 @@ def _pairs(pairs: list[tuple[str, Any]]) -> GoObject:
         return _EMPTY
     obj = GoObject()
     for k, v in pairs:
-        dict.__setitem__(obj, fold(k), v)
+        dict.__setitem__(obj, _folded(k), v)
     return obj
 
 
