@@ -8,6 +8,7 @@ A rule changes in one function (regindex.rules) and one view (a new migration); 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import random
 import re
 import shutil
@@ -95,6 +96,14 @@ def sha512_revision_alias(world: World) -> None:
     world.w.write_revision_link(BASE, "sha512:" + hashlib.sha512(data).hexdigest(), world.base_img.digest.encode())
 
 
+def truncated_index(world: World) -> None:
+    """An index whose data lost its end, with a child it can no longer name: the nightly scan has its old parse
+    (an index, at the old size), which no longer describes the data on disk."""
+    data = world.w.path(BlobDataPath(world.api.digest)).read_bytes()
+    world.w.truncate_blob(world.api.digest, len(data) // 2)
+    world.w.delete_revision_link(API, world.api.children[1].digest)
+
+
 def _check_cases() -> dict[str, Damage]:
     return {f"checks-{name}": f for name, f in CASES.items()}
 
@@ -110,6 +119,7 @@ EXTRA: dict[str, Damage] = {f.__name__: f for f in (
     overwrite_naming_another_layer, overwrite_changing_a_size, overwrite_child_with_garbage,
     misdirected_elsewhere_without_tags, misdirected_nowhere, odd_names, layers_fallback_garbage,
     revision_naming_a_garbage_layer_link, tag_naming_an_unlinked_manifest, empty_tagged_manifest, sha512_revision_alias,
+    truncated_index,
 )}
 ALL: dict[str, Damage] = {"healthy": lambda world: None, **_check_cases(), **_gc_cases(), **EXTRA}
 
@@ -128,6 +138,34 @@ def damaged_trees(base: Path, invoke: Callable[..., Any], db: str, nightly: bool
         damage(worlds[case])
     invoke("scan", base, "--db", db, "-q", "--fail-on", "never")
     return len(worlds)
+
+
+def _migration(name: str) -> Any:
+    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_migration_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(conn: Any, sql: str) -> list[tuple[Any, ...]]:
+    return sorted((tuple(r) for r in conn.execute(text(sql))), key=repr)
+
+
+def assert_views_equal_their_first_definitions(url: str) -> set[str]:
+    """0008 rewrote tag_serving (SQLite) and orphan_index_children for their plans: every row, every column,
+    as the 0002 definitions give them. Returns the child statuses seen."""
+    first = dict(_migration("0002_views").VIEWS)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        for view in ("tag_serving", "orphan_index_children"):
+            now = _rows(conn, f"SELECT * FROM {view}")
+            assert now == _rows(conn, f"SELECT * FROM ({first[view]}) v"), view
+            assert now, view
+        statuses = {r[0] for r in conn.execute(text("SELECT child_status FROM orphan_index_children"))}
+    engine.dispose()
+    return statuses
 
 
 def assert_views_agree_with_rules(url: str, registries: int, every_status: bool = True) -> set[str]:
@@ -194,6 +232,7 @@ def assert_views_agree_with_rules(url: str, registries: int, every_status: bool 
 def test_views_agree_with_rules_on_sqlite(base, invoke, db_path, nightly):
     n = damaged_trees(base, invoke, str(db_path), nightly)
     assert_views_agree_with_rules(f"sqlite:///{db_path}", n)
+    assert len(assert_views_equal_their_first_definitions(f"sqlite:///{db_path}")) >= 3
 
 
 def test_views_agree_with_rules_on_the_demo_nights(base, invoke, db_path):
@@ -203,10 +242,12 @@ def test_views_agree_with_rules_on_the_demo_nights(base, invoke, db_path):
     state = demo.build_night1(base, rng)
     invoke("scan", base, "--db", db_path, "-q", "--fail-on", "never")
     night1 = assert_views_agree_with_rules(f"sqlite:///{db_path}", 3, every_status=False)
+    assert_views_equal_their_first_definitions(f"sqlite:///{db_path}")
     assert night1 >= {rules.SERVED, rules.NO_CURRENT_LINK, rules.DATA_MISSING}
     demo.apply_night2(state, rng)
     invoke("scan", base, "--db", db_path, "-q", "--fail-on", "never")
     night2 = assert_views_agree_with_rules(f"sqlite:///{db_path}", 3, every_status=False)
+    assert_views_equal_their_first_definitions(f"sqlite:///{db_path}")
     assert rules.SERVED in night2 and rules.NO_CURRENT_LINK not in night2  # the canary tag was cleaned up
 
 
@@ -214,3 +255,4 @@ def test_views_agree_with_rules_on_the_demo_nights(base, invoke, db_path):
 def test_views_agree_with_rules_on_postgresql(base, invoke, pg_url):  # noqa: F811
     n = damaged_trees(base, invoke, pg_url, nightly=True)
     assert_views_agree_with_rules(pg_url, n)
+    assert len(assert_views_equal_their_first_definitions(pg_url)) >= 3
