@@ -324,6 +324,9 @@ def unlinked_blob_ref(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]
     JOIN registries g ON g.id = s.registry_id
     JOIN manifest_refs r ON r.manifest_id = s.manifest_id AND r.role IN ('config', 'layer') AND NOT r.is_foreign
     WHERE s.registry_id IN :regs AND s.status = 'ok' AND s.manifest_kind = 'image'
+      -- implied by manifest_kind (the view's m.digest is its target): lets the planner start from the image
+      -- manifests instead of every link (SQLite: 0.77 -> 0.45 s on the 200k tree)
+      AND s.target_digest IN (SELECT im.digest FROM manifests im WHERE im.kind = 'image')
       AND NOT EXISTS (SELECT 1 FROM links l WHERE l.registry_id = s.registry_id AND l.gone_run IS NULL
                         AND l.repository = s.repository AND l.kind = 'layer' AND l.path_digest = r.digest
                         AND l.state <> 'absent')
@@ -447,7 +450,12 @@ def truncated_manifest(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow
     sql = """SELECT DISTINCT s.registry_id, s.registry, s.target_digest AS digest, s.data_size, s.manifest_kind,
                     s.parse_error
              FROM manifest_serving s
-             WHERE s.registry_id IN :regs AND s.status = 'unparsable'"""
+             WHERE s.registry_id IN :regs AND s.status = 'unparsable'
+               -- implied by the status (a parse or a hash of the target's data failed): lets the planner start
+               -- from the few unparsable digests instead of every link (SQLite: 0.48 -> 0.01 s at 200k)
+               AND s.target_digest IN (SELECT m.digest FROM manifests m WHERE m.parse_error IS NOT NULL
+                                       UNION SELECT v.digest FROM blob_verifications v
+                                       WHERE v.parse_error IS NOT NULL)"""
     for r in _q(ctx.conn, sql, ctx.regs):
         yield from _per_linking_repo(
             ctx, "truncated_manifest", r,
