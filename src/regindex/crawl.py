@@ -220,12 +220,10 @@ Row = RepoRow | LinkRow | BlobRow | UploadRow | Anomaly | LinkRecheck
 
 
 class KnownLink(NamedTuple):
-    """A link file as a previous scan read it, with its settled change time (``id``: its open episode)."""
+    """A link file a previous scan read when its change time was settled: that time, and its open episode's
+    ``id``. Nothing of what was read: a link found unchanged gives no row, its episode goes on as it is."""
 
     changed: float
-    state: str
-    target: str | None
-    preview: str | None
     id: int
 
 

@@ -437,10 +437,10 @@ def known_links(conn: Connection, registry_id: int, repository: str) -> dict[tup
     from regindex.crawl import KnownLink
 
     q = text(
-        "SELECT kind, tag, path_digest, changed, state, target_digest, preview, id FROM links "
+        "SELECT kind, tag, path_digest, changed, id FROM links "
         "WHERE registry_id = :rid AND gone_run IS NULL AND repository = :repo AND changed IS NOT NULL"
     )
-    return {(r[0], r[1], r[2]): KnownLink(float(r[3]), r[4], r[5], r[6], int(r[7]))
+    return {(r[0], r[1], r[2]): KnownLink(float(r[3]), int(r[4]))
             for r in conn.execute(q, {"rid": registry_id, "repo": repository})}
 
 
