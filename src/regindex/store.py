@@ -436,12 +436,9 @@ def known_links(conn: Connection, registry_id: int, repository: str) -> dict[tup
     crawl stats those instead of reading them), by (kind, tag, path digest)."""
     from regindex.crawl import KnownLink
 
-    q = text(
-        "SELECT kind, tag, path_digest, changed, id FROM links "
-        "WHERE registry_id = :rid AND gone_run IS NULL AND repository = :repo AND changed IS NOT NULL"
-    )
-    return {(r[0], r[1], r[2]): KnownLink(float(r[3]), int(r[4]))
-            for r in conn.execute(q, {"rid": registry_id, "repo": repository})}
+    rows = driver_rows(conn, "SELECT kind, tag, path_digest, changed, id FROM links WHERE registry_id = ? "
+                             "AND gone_run IS NULL AND repository = ? AND changed IS NOT NULL", (registry_id, repository))
+    return {(r[0], r[1], r[2]): KnownLink(float(r[3]), int(r[4])) for r in rows}
 
 
 def close_registry(conn: Connection, run_id: int, registry_id: int) -> LoadStats:
@@ -619,6 +616,18 @@ def insert_manifests(conn: Connection, run_id: int, parsed: Sequence[tuple[str, 
 
 
 _REF_COLUMNS = ("manifest_id", "role", "position", "digest", "media_type", "size", "platform", "is_foreign")
+
+
+def driver_rows(conn: Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The rows of one read, straight from the driver, in the connection's transaction: SQLAlchemy's row
+    processing cost 3x the query itself for the crawl's read of each repository's known links (200k tree:
+    0.47 s against 0.14 s a night). ``sql`` is constant text with ``?`` for each value, which the driver binds."""
+    dbapi: Any = conn.connection.driver_connection
+    if conn.dialect.name == "postgresql":
+        with dbapi.cursor() as cur:
+            cur.execute(sql.replace("?", "%s"), params)
+            return list(cur.fetchall())
+    return list(dbapi.execute(sql, params).fetchall())
 
 
 def driver_insert(conn: Connection, name: str, cols: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
