@@ -61,8 +61,9 @@ class RepoRow:
     has_tags_dir: bool  # _manifests/tags exists (GC --delete-untagged aborts without it)
 
 
-@dataclass(frozen=True, slots=True)
-class LinkRow:
+# LinkRow and BlobRow are named tuples, not frozen dataclasses: one per link file and per blob, and a frozen
+# dataclass costs ~1 µs of Python __init__ each (~0.3 s of a 200k first scan with Read).
+class LinkRow(NamedTuple):
     repository: str
     kind: str
     tag: str | None
@@ -73,8 +74,7 @@ class LinkRow:
     changed: float | None = None  # the file's change time when read, if settled (see crawl_into's ``settled``)
 
 
-@dataclass(frozen=True, slots=True)
-class BlobRow:
+class BlobRow(NamedTuple):
     digest: str
     size: int
     mtime: float

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import stat as st_
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 READ_CHUNK = 1 << 20  # bytes a streaming read asks for at a time
@@ -49,8 +48,7 @@ class Stat(NamedTuple):
     # an object store: LastModified). Never set back by a client: what incremental re-scans trust.
 
 
-@dataclass(frozen=True, slots=True)
-class Read:
+class Read(NamedTuple):
     """What reading a file gave: ``kind`` file (``data`` holds at most the limit), symlink, other (not a
     regular file), or error (``error`` says why: the file exists but cannot be read)."""
 
