@@ -153,16 +153,24 @@ def _rows(conn: Any, sql: str) -> list[tuple[Any, ...]]:
     return sorted((tuple(r) for r in conn.execute(text(sql))), key=repr)
 
 
-def assert_views_equal_their_first_definitions(url: str) -> set[str]:
-    """0008 rewrote tag_serving (SQLite) and orphan_index_children for their plans: every row, every column,
-    as the 0002 definitions give them. Returns the child statuses seen."""
+def rewritten_views_as_first_defined(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """0008 rewrote tag_serving (SQLite) and orphan_index_children for their plans: assert they give every
+    row, every column, as the 0002 definitions do; returns each view's rows."""
     first = dict(_migration("0002_views").VIEWS)
+    rows = {}
+    for view in ("tag_serving", "orphan_index_children"):
+        rows[view] = _rows(conn, f"SELECT * FROM {view}")
+        assert rows[view] == _rows(conn, f"SELECT * FROM ({first[view]}) v"), view
+    return rows
+
+
+def assert_views_equal_their_first_definitions(url: str) -> set[str]:
+    """``rewritten_views_as_first_defined`` on a damaged tree, where both views have rows. Returns the child
+    statuses seen."""
     engine = create_engine(url)
     with engine.connect() as conn:
-        for view in ("tag_serving", "orphan_index_children"):
-            now = _rows(conn, f"SELECT * FROM {view}")
-            assert now == _rows(conn, f"SELECT * FROM ({first[view]}) v"), view
-            assert now, view
+        for view, rows in rewritten_views_as_first_defined(conn).items():
+            assert rows, view
         statuses = {r[0] for r in conn.execute(text("SELECT child_status FROM orphan_index_children"))}
     engine.dispose()
     return statuses
