@@ -327,9 +327,12 @@ def unlinked_blob_ref(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]
       -- implied by manifest_kind (the view's m.digest is its target): lets the planner start from the image
       -- manifests instead of every link (SQLite: 0.77 -> 0.45 s on the 200k tree)
       AND s.target_digest IN (SELECT im.digest FROM manifests im WHERE im.kind = 'image')
-      AND NOT EXISTS (SELECT 1 FROM links l WHERE l.registry_id = s.registry_id AND l.gone_run IS NULL
-                        AND l.repository = s.repository AND l.kind = 'layer' AND l.path_digest = r.digest
-                        AND l.state <> 'absent')
+      -- a counted lookup, not NOT EXISTS: PostgreSQL flattens NOT EXISTS into an anti-join that probes
+      -- ix_links_path_digest (one row per repository sharing the layer, ~31 at 200k) instead of
+      -- ix_links_current; a scalar subquery stays a per-row lookup on the full key (1.6 -> 0.8 s at 200k)
+      AND (SELECT count(*) FROM links l WHERE l.registry_id = s.registry_id AND l.gone_run IS NULL
+             AND l.repository = s.repository AND l.kind = 'layer' AND l.path_digest = r.digest
+             AND l.state <> 'absent') = 0
     """
     for r in _q(ctx.conn, sql, ctx.regs):
         repo, d = r["repository"], r["digest"]
