@@ -379,7 +379,7 @@ def _scan(
             check_opts = checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now)
             carried, derive = _carried(conn, scanned, unchanged, roles, outcome, check_opts, opts)
             if derive:
-                _refresh_statistics(conn)
+                store.refresh_statistics(conn)
             found = checks.run_checks(conn, derive, check_opts)
             found += checks.run_checks(conn, carried, check_opts, kinds=checks.CLOCK_KINDS)
             from regindex.policy import grade
@@ -477,7 +477,7 @@ def _load_registry(
         # Nothing of the registry's links and blobs changed: the parses and hashes its last scan made stand
         # (parsing is idempotent over the same inventory). A full scan walks the manifests again all the same.
         if full or stats.changed:
-            _refresh_statistics(conn)  # the planner must know the inventory it just loaded
+            store.refresh_statistics(conn)  # the planner must know the inventory it just loaded
             parsed, hashed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
     clock.count("manifests", parsed)
     if opts.verify_content:
@@ -528,16 +528,6 @@ def _suddenly_empty(conn: Connection, registry_id: int, counts: store.StageCount
     gone = [what for what, had, has in (("repositories/", repos, counts.repositories), ("blobs/", blobs, counts.blobs))
             if had and not has]
     return " and ".join(gone) + (" are" if len(gone) > 1 else " is") if gone else None
-
-
-def _refresh_statistics(conn: Connection) -> None:
-    """Planner statistics for the tables just loaded. Without them SQLite picks nested scans for the checks'
-    joins (seconds become minutes on large trees); PostgreSQL's autovacuum cannot see this open transaction."""
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("PRAGMA analysis_limit=2000")
-        conn.exec_driver_sql("ANALYZE")
-    elif conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ANALYZE links, blobs, repositories, manifests, manifest_refs, uploads, blob_verifications")
 
 
 def _open_count(conn: Connection) -> int:
