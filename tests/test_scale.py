@@ -282,6 +282,48 @@ def test_full_scans_read_every_link_and_incremental_ones_only_what_changed(urls,
     assert [r.get("full_scan") for r in runs] == [bool(f) for f in full]
 
 
+def test_known_links_come_in_batches_in_the_walks_order_and_equal_one_query_per_repository(
+    urls, base, invoke, tmp_path,
+):
+    """The crawl asks for each repository's known links in its walk's order (depth first, siblings by name):
+    they come a batch of repositories per query, and equal what a query for that repository alone returns,
+    whatever the order asked, and for a repository the inventory does not hold."""
+    from regindex import store
+
+    kept, _fresh = urls
+    w, rng, _imgs = build(base)
+    for repo in ("team/app0/nested", "team/app0/nested/deeper", "team/app0-x", "team/app0.y", "zz"):
+        w.push_image(repo, rng)
+    config = tmp_path / "regindex.toml"
+    config.write_text("settle_seconds = 0\n")  # every link read is settled: it has a change time to reuse
+    invoke("scan", base, "--db", kept, "-q", "--fail-on", "never", "--config", config)
+    engine = create_engine(_url(kept))
+    with engine.connect() as conn:
+        rid = conn.execute(text("SELECT id FROM registries WHERE name = 'private'")).scalar_one()
+        alone = {}
+        for (name,) in conn.execute(text("SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL"),
+                                    {"r": rid}):
+            rows = conn.execute(text(
+                "SELECT kind, tag, path_digest, changed, id FROM links WHERE registry_id = :r AND gone_run IS NULL "
+                "AND repository = :n AND changed IS NOT NULL"), {"r": rid, "n": name})
+            alone[name] = {(k, t, p): (float(c), int(i)) for k, t, p, c, i in rows}
+        assert sum(map(len, alone.values())) > 20 and all(alone.values())
+        walked: list[str] = []
+        from regindex.crawl import crawl_into, discover  # the walk's own order
+
+        root = next(r for r in discover(base) if r.name == "private")
+        crawl_into(root, lambda row: None, known=lambda repo: walked.append(repo) or {})
+        assert sorted(walked) == sorted(alone) and "team/app0/nested/deeper" in walked
+        known = store.KnownLinks(conn, rid, batch=3)
+        got = {name: {k: tuple(v) for k, v in known(name).items()} for name in walked}
+        assert got == alone
+        assert known.queries == -(-len(walked) // 3)  # one query a batch: the walk's order was foreseen
+        known = store.KnownLinks(conn, rid, batch=3)
+        backwards = {name: {k: tuple(v) for k, v in known(name).items()} for name in reversed(walked)}
+        assert backwards == alone and known("not/here") == {}
+    engine.dispose()
+
+
 def test_runs_show_phase_timings_and_file_counts(urls, base, invoke):
     import json
 

@@ -454,7 +454,7 @@ def _load_registry(
         _say(progress, f"crawling {name}: {n:,} files, {rate:,.0f} files/s")
 
     with clock("crawl"):
-        known = None if full else (lambda repo: store.known_links(conn, rid, repo))
+        known = None if full else store.KnownLinks(conn, rid)
         stage = store.Stage(conn, incremental=known is not None)
         crawled = crawl_into(root, stage.add, tick, known=known, settled=settled)  # rows stream into staging
     work = StorageWork(stat=crawled.stat, read=crawled.read, skipped=crawled.skipped)

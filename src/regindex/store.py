@@ -431,14 +431,46 @@ def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry
         drop_temp(conn, name)
 
 
-def known_links(conn: Connection, registry_id: int, repository: str) -> dict[tuple[str, str | None, str | None], Any]:
-    """A repository's current links whose file was read when its change time was settled (an incremental
-    crawl stats those instead of reading them), by (kind, tag, path digest)."""
-    from regindex.crawl import KnownLink
+_KNOWN_LINKS_SQL = ("SELECT repository, kind, tag, path_digest, changed, id FROM links WHERE registry_id = ? "
+                    "AND gone_run IS NULL AND changed IS NOT NULL AND repository IN ({})")
 
-    rows = driver_rows(conn, "SELECT kind, tag, path_digest, changed, id FROM links WHERE registry_id = ? "
-                             "AND gone_run IS NULL AND repository = ? AND changed IS NOT NULL", (registry_id, repository))
-    return {(r[0], r[1], r[2]): KnownLink(float(r[3]), int(r[4])) for r in rows}
+
+class KnownLinks:
+    """A registry's current links whose file was read when its change time was settled (an incremental crawl
+    stats those instead of reading them), by repository, then by (kind, tag, path digest).
+
+    The crawl asks for one repository at a time, depth first in name order. One query per repository cost a
+    round trip each (PostgreSQL, 200k tree: 1.5 s for 2,700 queries a night), so the links of the next
+    ``batch`` current repositories, in the walk's order, come in one query. Only one batch is held: memory does
+    not grow with the tree. A repository asked for out of order, or not current, gets a query of its own."""
+
+    def __init__(self, conn: Connection, registry_id: int, batch: int = 64) -> None:
+        self.conn, self.registry_id, self.batch = conn, registry_id, batch
+        names = [r[0] for r in driver_rows(conn, "SELECT name FROM repositories WHERE registry_id = ? "
+                                                 "AND gone_run IS NULL", (registry_id,))]
+        # the walk's order: a repository, then the repositories nested in it, siblings by name
+        self.order = sorted(names, key=lambda n: n.split("/"))
+        self.position = {name: i for i, name in enumerate(self.order)}
+        self.held: dict[str, dict[tuple[str, str | None, str | None], Any]] = {}
+        self.queries = 0
+
+    def __call__(self, repository: str) -> dict[tuple[str, str | None, str | None], Any]:
+        if repository in self.held:
+            return self.held.pop(repository)
+        i = self.position.get(repository)
+        names = [repository] if i is None else self.order[i:i + self.batch]
+        self.held = self._fetch(names)
+        return self.held.pop(repository)
+
+    def _fetch(self, names: list[str]) -> dict[str, dict[tuple[str, str | None, str | None], Any]]:
+        from regindex.crawl import KnownLink
+
+        self.queries += 1
+        out: dict[str, dict[tuple[str, str | None, str | None], Any]] = {name: {} for name in names}
+        sql = _KNOWN_LINKS_SQL.format(", ".join("?" * len(names)))
+        for r in driver_rows(self.conn, sql, (self.registry_id, *names)):
+            out[r[0]][(r[1], r[2], r[3])] = KnownLink(float(r[4]), int(r[5]))
+        return out
 
 
 # The inventory tables the checks and the manifest walk join: their planner statistics must describe them.
