@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -245,6 +246,40 @@ def test_rescan_equals_full_scan_into_a_fresh_database_after_every_kind_of_chang
     other = fresh()
     invoke("scan", base, "--db", other, "-q", "--fail-on", "never")
     assert_same(kept, other)
+
+
+def test_a_known_indexs_children_are_followed_to_data_that_changed(urls, base, invoke, tmp_path):
+    """A child manifest without a revision link is reached only through its index. Once the index is parsed,
+    later nights follow its stored references: when the child's data then changes, it is read and hashed
+    again, as a full scan into a fresh database does."""
+    kept, fresh = urls
+    config = tmp_path / "regindex.toml"
+    config.write_text("settle_seconds = 0\n")
+    kept_scan = ("scan", base, "--db", kept, "-q", "--fail-on", "never", "--config", config)
+    w, _rng, imgs = build(base)
+    child = imgs["team/app0"][0].children[0]
+    invoke(*kept_scan)
+    w.remove_revision("team/app0", child.digest)  # an orphan index child, its data still present
+    invoke(*kept_scan)
+    w.truncate_blob(child.digest, 10)
+    invoke(*kept_scan)
+    other = fresh()
+    invoke("scan", base, "--db", other, "-q", "--fail-on", "never")
+    assert_same(kept, other)
+
+    def seen(url: str) -> tuple[Any, ...]:
+        engine = create_engine(_url(url))
+        with engine.connect() as c:
+            hashed = c.execute(text("SELECT size, computed_digest FROM blob_verifications WHERE digest = :d"),
+                               {"d": child.digest}).all()
+            detail = c.execute(text("SELECT detail FROM findings WHERE kind = 'orphan_index_child' "
+                                    "AND digest = :d AND resolved_run IS NULL"), {"d": child.digest}).scalar_one()
+        engine.dispose()
+        return sorted(map(tuple, hashed)), json.loads(detail)
+
+    got, want = seen(kept), seen(other)
+    assert got == want and got[0][0][0] == 10  # the truncated bytes were hashed
+    assert got[1]["child_blob_data_size"] == 10
 
 
 def test_full_scans_read_every_link_and_incremental_ones_only_what_changed(urls, base, invoke, tmp_path):

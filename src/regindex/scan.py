@@ -579,7 +579,8 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
             key = (digest, size)
             same = cand.parsed_as()  # hashed at this size and mtime: its stored parse stands for it
             if same is not None:
-                already.append(same)
+                if same != key or cand.refers:  # its own parse, without children or subject: nothing to follow
+                    already.append(same)
             else:
                 try:
                     if isinstance(got, BaseException):
@@ -608,7 +609,8 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
                         already.append((computed, size))  # parsed before: follow its children, as a later night does
                     continue
                 if is_known:
-                    already.append(key)
+                    if cand.refers:
+                        already.append(key)
                 else:
                     new.append((digest, size, pm))
                     queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))

@@ -589,6 +589,9 @@ class Candidate(NamedTuple):
     v_size: int | None  # size, mtime and hash of the data when this registry last hashed it
     v_mtime: float | None
     v_computed: str | None
+    # the stored parse of (digest, size) names children or a subject (False: following its references, as a
+    # known manifest's are followed, finds nothing; most manifests are images without a subject)
+    refers: bool = True
 
     def parsed_as(self) -> tuple[str, int] | None:
         """The (digest, size) whose stored parse stands for the bytes on disk, when they were hashed at this
@@ -616,14 +619,16 @@ def manifest_candidates(conn: Connection, registry_id: int, digests: Iterable[st
         conn.exec_driver_sql("ANALYZE parse_level")
     q = text(
         "SELECT b.digest, b.size, b.mtime, m.id IS NOT NULL AS known, v.size AS v_size, v.mtime AS v_mtime, "
-        "v.computed_digest FROM parse_level p "
+        "v.computed_digest, EXISTS (SELECT 1 FROM manifest_refs r WHERE r.manifest_id = m.id "
+        "AND r.role IN ('child', 'subject')) AS refers FROM parse_level p "
         "JOIN blobs b ON b.digest = p.digest AND b.registry_id = :rid AND b.gone_run IS NULL "
         "LEFT JOIN manifests m ON m.digest = b.digest AND m.size = b.size "
         "LEFT JOIN blob_verifications v ON v.registry_id = b.registry_id AND v.digest = b.digest "
         "ORDER BY b.digest"
     )
     out = [Candidate(r[0], int(r[1]), float(r[2]), bool(r[3]), None if r[4] is None else int(r[4]),
-                     None if r[5] is None else float(r[5]), r[6]) for r in conn.execute(q, {"rid": registry_id})]
+                     None if r[5] is None else float(r[5]), r[6], bool(r[7]))
+           for r in conn.execute(q, {"rid": registry_id})]
     drop_temp(conn, "parse_level")
     return out
 
