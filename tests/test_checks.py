@@ -357,3 +357,40 @@ def test_sha512_alias_is_legitimate_only_when_its_content_matches(base, scan, fi
     assert open_set(findings) == set()  # without hashing both look like aliases
     scan("--verify-content")
     assert open_set(findings) == {("misdirected_link", E, R, "library/base", bad, None, None)}
+
+
+def test_data_gone_run_is_the_last_run_the_data_vanished_in_batched_or_not(base, invoke, tmp_path):
+    """The evidence 'blob_data_gone_in_run' names the latest run that saw the data disappear; the checks ask
+    for it in batches (one query per 500 digests), and a batch answers as one query per digest does."""
+    from sqlalchemy import text
+
+    from regindex import checks, db as rdb
+    from regindex.layout import BlobDataPath
+
+    world = build_world(base)
+    dbfile = tmp_path / "g.db"
+    scan = ("scan", base, "--db", dbfile, "-q", "--fail-on", "never")
+    layer = world.base_img.layers[0]
+    data = world.w.path(BlobDataPath(layer))
+    kept = data.read_bytes()
+    invoke(*scan)  # 1
+    data.unlink()
+    invoke(*scan)  # 2: gone
+    data.write_bytes(kept)
+    invoke(*scan)  # 3: back
+    data.unlink()
+    invoke(*scan)  # 4: gone again
+    engine = rdb.make_engine(f"sqlite:///{dbfile}")
+    with engine.connect() as conn:
+        rid = conn.execute(text("SELECT id FROM registries")).scalar_one()
+        present = world.base_img.config
+        one = checks._Context(conn, [rid])
+        singly = {d: one.data_gone_run(rid, d) for d in (layer, present, "sha256:" + "0" * 64)}
+        batch = checks._Context(conn, [rid])
+        batch.prefetch_gone([(rid, layer), (rid, present), (rid, "sha256:" + "0" * 64), (rid, layer)])
+        assert {d: batch._gone[(rid, d)] for d in singly} == singly == {layer: 4, present: None,
+                                                                        "sha256:" + "0" * 64: None}
+        details = conn.execute(text("SELECT detail FROM findings WHERE kind = 'orphan_layer_link' "
+                                    "AND digest = :d AND resolved_run IS NULL"), {"d": layer}).scalars().all()
+    engine.dispose()
+    assert len(details) == 3 and {json.loads(d)["blob_data_gone_in_run"] for d in details} == {4}
