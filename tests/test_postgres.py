@@ -99,3 +99,24 @@ def test_postgres_statistics_are_refreshed_when_the_scan_changed_enough(pg_url, 
             assert store._analyzed_in_transaction(conn)[1] == {}  # what an earlier transaction analysed is not
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["scan", "read"])
+def test_postgres_sessions_do_not_jit_compile_the_checks(pg_url, readonly):
+    """regindex's queries run for a fraction of a second, yet their estimates pass jit_above_cost: compiling
+    them cost ~0.35 s each, so regindex's sessions turn JIT off (the server's default is left alone)."""
+    from sqlalchemy import create_engine, text
+
+    from regindex import db as rdb
+
+    engine = rdb.make_engine(pg_url, readonly=readonly)
+    plain = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW jit")).scalar_one() == "off"
+            assert conn.execute(text("SHOW transaction_read_only")).scalar_one() == ("on" if readonly else "off")
+        with plain.connect() as conn:
+            assert conn.execute(text("SHOW jit")).scalar_one() == "on"  # PostgreSQL's default, untouched
+    finally:
+        engine.dispose()
+        plain.dispose()
