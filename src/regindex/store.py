@@ -708,7 +708,7 @@ def insert_manifests(conn: Connection, run_id: int, parsed: Sequence[tuple[str, 
     run), by (digest, size), which is unique."""
     floor = int(conn.exec_driver_sql("SELECT COALESCE(MAX(id), 0) FROM manifests").scalar_one())
     for part in chunks(parsed, 1000):
-        driver_insert(conn, "manifests", _MANIFEST_COLUMNS, [
+        driver_insert(conn, table(Manifest).name, _MANIFEST_COLUMNS, [
             (digest, size, pm.kind, pm.media_type, pm.artifact_type, pm.error, pm.bad_refs, run_id)
             for digest, size, pm in part
         ])
@@ -723,7 +723,7 @@ def insert_manifests(conn: Connection, run_id: int, parsed: Sequence[tuple[str, 
             for digest, size, pm in part
             for ref in pm.refs
         ]
-        driver_insert(conn, "manifest_refs", _REF_COLUMNS, ref_rows)
+        driver_insert(conn, table(ManifestRef).name, _REF_COLUMNS, ref_rows)
 
 
 _REF_COLUMNS = ("manifest_id", "role", "position", "digest", "media_type", "size", "platform", "is_foreign")
