@@ -123,12 +123,9 @@ class _Context:
 
     def data_gone_run(self, registry_id: int, digest: str) -> int | None:
         """The run in which a blob's data was last seen to disappear (None if never seen): one indexed query
-        per digest asked about, not the whole history of blobs in memory."""
+        per digest asked about (or prefetched), not the whole history of blobs in memory."""
         key = (registry_id, digest)
-        if key not in self._gone:
-            self._gone[key] = self.conn.execute(
-                text("SELECT MAX(gone_run) FROM blobs WHERE digest = :d AND registry_id = :rid "
-                     "AND gone_run IS NOT NULL"), {"rid": registry_id, "d": digest}).scalar()
+        self.prefetch_gone([key])
         return self._gone[key]
 
 

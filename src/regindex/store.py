@@ -492,11 +492,11 @@ def refresh_statistics(conn: Connection) -> list[str]:
         return list(ANALYZED_TABLES)
     if conn.dialect.name != "postgresql":
         return []
-    mods = _modifications(conn)
+    seen = _analyzed_in_transaction(conn)
+    mods = _modifications(conn, seen)
     stale = _stale(mods)
     if stale:
         conn.exec_driver_sql(f"ANALYZE {', '.join(stale)}")
-        _xid, seen = _analyzed_in_transaction(conn)
         for name in stale:
             seen[name] = seen.get(name, 0) + mods[name][0]
     return stale
@@ -504,7 +504,7 @@ def refresh_statistics(conn: Connection) -> list[str]:
 
 def stale_statistics(conn: Connection) -> list[str]:
     """PostgreSQL: the inventory tables ``refresh_statistics`` would analyse now."""
-    return _stale(_modifications(conn))
+    return _stale(_modifications(conn, _analyzed_in_transaction(conn)))
 
 
 def _stale(mods: dict[str, tuple[int, float]]) -> list[str]:
@@ -514,21 +514,21 @@ def _stale(mods: dict[str, tuple[int, float]]) -> list[str]:
     return [name for name in ANALYZED_TABLES if name in mods and stale(*mods[name])]
 
 
-def _analyzed_in_transaction(conn: Connection) -> tuple[int, dict[str, int]]:
-    """This transaction's id and, per table analysed in it, how many of its changes the analysis saw."""
+def _analyzed_in_transaction(conn: Connection) -> dict[str, int]:
+    """Per table analysed in this transaction, how many of its changes the analysis saw (kept on the
+    connection under the transaction's id, so a later transaction starts empty)."""
     xid = int(conn.exec_driver_sql("SELECT txid_current()").scalar_one())
     held = conn.info.get("regindex_analyzed")
     if held is None or held[0] != xid:
         held = conn.info["regindex_analyzed"] = (xid, {})
-    return held
+    return held[1]
 
 
-def _modifications(conn: Connection) -> dict[str, tuple[int, float]]:
+def _modifications(conn: Connection, seen: dict[str, int]) -> dict[str, tuple[int, float]]:
     """Per inventory table: rows inserted, updated or deleted that its statistics have not seen (those counted
     since its last committed ANALYZE plus this transaction's, which pg_stat_xact_user_tables shows before the
     commit, less those an ANALYZE earlier in this transaction saw), and its row count as of that ANALYZE
-    (pg_class.reltuples: -1 or 0 when never analysed)."""
-    _xid, seen = _analyzed_in_transaction(conn)
+    (pg_class.reltuples: -1 or 0 when never analysed). ``seen``: ``_analyzed_in_transaction``."""
     got = driver_rows(
         conn,
         "SELECT c.relname, COALESCE(s.n_mod_since_analyze, 0) "
