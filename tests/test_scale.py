@@ -734,3 +734,74 @@ def test_a_registry_that_failed_is_derived_again_on_its_next_unchanged_night(url
     assert not named(kept, layer)  # "other" failed: its findings stay as they were
     locked[0] = False
     derived_again(calls, kept, fresh(), base, t0, layer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoped derivation: a night that changed little derives the per-repository checks only where it can matter
+
+
+def whole_and_open(url: str, now: Any) -> tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]:
+    """Every check derived over the whole current inventory, and the open findings, by key."""
+    from regindex import checks
+    from regindex.policy import grade
+
+    engine = create_engine(_url(url))
+    with engine.connect() as c:
+        regs = [r[0] for r in c.execute(text("SELECT id FROM registries"))]
+        found = checks.run_checks(c, regs, checks.CheckOptions(now=now))
+        grade(found, ())
+        whole = {f.key: (f.kind, f.severity, f.detail_json(), f.hint, f.policy) for f in found}
+        open_ = {r[0]: tuple(r[1:]) for r in c.execute(text(
+            "SELECT key, kind, severity, detail, hint, policy FROM findings WHERE resolved_run IS NULL"))}
+    engine.dispose()
+    return whole, open_
+
+
+def closure_steps(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Changes whose effect on a repository's findings comes through something the repository does not hold
+    itself: another repository's link, a blob two manifests away."""
+    idx2, _img2, old2 = imgs["team/app2"]
+    child = idx2.children[0]
+    orphan = old2.layers[0]
+    elsewhere = imgs["team/app0"][2].config  # its data is present
+    nowhere = sha256(b"data no registry holds")
+    return [
+        # a link whose own data is gone and that names present data: an orphan that counts that data's linkers
+        ("a layer link names data present under another digest", lambda: w.write_layer_link(
+            "team/app0", nowhere, elsewhere.encode())),
+        ("another repository links the data it names", lambda: w.link_layer("team/app2", elsewhere)),
+        ("a layer's data is gone", lambda: w.remove_blob(orphan)),
+        # app2's orphan layer link counts the other repositories linking the digest
+        ("another repository links the orphan's digest", lambda: w.link_layer("team/app1", orphan)),
+        ("and unlinks it again", lambda: w.remove_layer_link("team/app1", orphan)),
+        ("an index child loses its revision link", lambda: w.delete_revision_link("team/app2", child.digest)),
+        ("the orphan child's config loses its _layers link", lambda: w.remove_layer_link("team/app2", child.config)),
+        # app2 links neither the config nor the child now: its finding's evidence is two manifests away
+        ("the orphan child's config data is gone", lambda: w.remove_blob(child.config)),
+    ]
+
+
+def test_a_scoped_derivation_equals_a_whole_one_after_every_kind_of_change(urls, base):
+    """Each change alone, then the night's scan (incremental: its per-repository checks derived only for the
+    repositories the change can reach): its open findings, with their detail and hint, are every check derived
+    over the whole inventory, and every one of them was seen by that scan."""
+    from datetime import datetime, timezone
+
+    kept, _fresh = urls
+    w, rng, imgs = build(base)
+    t0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    scan_at(kept, base, t0)
+    scoped = []
+    steps = closure_steps(w, rng, imgs) + changes(w, rng, imgs)
+    for name, action in steps:
+        action()
+        out = scan_at(kept, base, t0)
+        assert not out.full_scan and out.status == "complete", name
+        whole, open_ = whole_and_open(kept, t0)
+        assert open_ == whole, name
+        assert set(open_findings(kept)) == set(whole) and {v[-1] for v in open_findings(kept).values()} <= {out.run_id}
+        scoped.append(out.checks_scope)
+    # the scope was used, and narrow: most nights derived a few repositories of "private", not all seven
+    assert sum(1 for s in scoped if s.get("private", 99) <= 2) >= len(steps) // 2, scoped
+    kinds = {v[0] for v in open_.values()}
+    assert {"orphan_layer_link", "orphan_index_child", "dangling_tag", "corrupt_link", "misdirected_link"} <= kinds

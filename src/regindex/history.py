@@ -7,7 +7,7 @@ exactly as they were (a partial view never resolves anything).
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,26 +36,48 @@ class HistoryCounts:
 def apply(
     conn: Connection, run_id: int, found: Sequence[FindingRow], registries: Collection[str],
     carried: Collection[str] = (), derived: Collection[str] = (),
+    scoped: Mapping[str, Collection[str]] | None = None, scoped_kinds: Collection[str] = (),
 ) -> HistoryCounts:
     """Compare the findings derived for ``registries`` with their open ones. For the ``carried`` registries
     (among ``registries``: nothing in their inventory changed, see regindex.scan) only the kinds in ``derived``
-    were derived again; their open findings of every other kind are seen again as they are."""
+    were derived again; their open findings of every other kind are seen again as they are. For the
+    ``scoped`` registries (name -> repositories in scope, regindex.checks.scope_repositories) the kinds in
+    ``scoped_kinds`` were derived only for the repositories in scope; their open findings of those kinds in
+    other repositories are seen again as they are."""
     counts = HistoryCounts()
     regs = sorted(set(registries))
     if not regs:
         return counts
-    current = {f.key: f for f in found if f.registry in registries}
+    scoped = {name: set(repos) for name, repos in (scoped or {}).items() if name in registries}
+    scoped_kinds = set(scoped_kinds)
+
+    def out_of_scope(registry: str, kind: str, repository: str | None) -> bool:
+        return registry in scoped and kind in scoped_kinds and repository not in scoped[registry]
+
+    # a derivation in scope never yields a finding out of it (the checks' SQL reads only the scope); were one
+    # to, it must not open a second episode of a finding carried as it is
+    current = {f.key: f for f in found if f.registry in registries
+               and not out_of_scope(f.registry, f.kind, f.repository)}
     kept = sorted(set(carried) & set(regs))
     for part in chunks(kept, IN_LIST):  # seen again as they are: not compared below
         same = and_(F.c.resolved_run.is_(None), F.c.registry.in_(list(part)), F.c.kind.not_in(list(derived)))
         counts.persisting += int(conn.execute(update(F).where(same).values(last_seen_run=run_id)).rowcount or 0)
     open_rows: dict[str, Any] = {}
+    unscoped: list[int] = []
     for part in chunks(regs, IN_LIST):
         in_part = [r for r in part if r in kept]
         not_carried = ~and_(F.c.registry.in_(in_part), F.c.kind.not_in(list(derived))) if in_part else true()
-        q = select(F.c.id, F.c.key).where(F.c.resolved_run.is_(None), F.c.registry.in_(list(part)), not_carried)
-        for row in conn.execute(q):
-            open_rows[row.key] = row
+        open_q = select(F.c.id, F.c.key, F.c.registry, F.c.kind, F.c.repository).where(
+            F.c.resolved_run.is_(None), F.c.registry.in_(list(part)), not_carried)
+        for row in conn.execute(open_q):
+            if out_of_scope(row.registry, row.kind, row.repository):
+                unscoped.append(row.id)
+            else:
+                open_rows[row.key] = row
+    seen_again = update(F).where(F.c.id == bindparam("_id")).values(last_seen_run=run_id)
+    for ids in chunks([{"_id": i} for i in unscoped]):  # seen again as they are
+        conn.execute(seen_again, list(ids))
+    counts.persisting += len(unscoped)
 
     persisting = [k for k in current if k in open_rows]
     fresh = [k for k in current if k not in open_rows]

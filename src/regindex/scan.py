@@ -92,6 +92,9 @@ class ScanOutcome:
     files_read: int = 0
     files_skipped: int = 0
     full_scan: bool = True  # every file read (no row reused from the inventory)
+    # registry -> how many repositories its per-repository checks derived, for each registry derived in scope
+    # (regindex.checks.scope_repositories); the other registries were derived whole or carried
+    checks_scope: dict[str, int] = field(default_factory=dict)
 
 
 class PhaseClock:
@@ -300,6 +303,7 @@ def _scan(
     outcome = ScanOutcome(run_id, "complete")
     with _WriteTransaction(engine, held) as conn:
         known = store.registry_ids(conn)
+        store.start_changes(conn)  # what this scan changes: the checks' scope (regindex.checks.scope_repositories)
         outcome.full_scan = opts.full or store.full_scan_due(conn, run_id, opts.full_scan_every)
         settled = started.timestamp() - opts.settle_seconds
         scanned: dict[str, int] = {}
@@ -357,7 +361,7 @@ def _scan(
             if store.current_counts(conn, rid) == (0, 0):
                 continue
             if opts.allow_empty:
-                stats = store.close_registry(conn, run_id, rid)
+                stats = store.close_registry(conn, run_id, rid, changes=True)
                 store.record_run_registry(conn, run_id, rid, "complete", inventory_removed=stats.removed)
                 scanned[name] = rid
             else:
@@ -378,10 +382,16 @@ def _scan(
         with clock("checks"):
             check_opts = checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now)
             carried, derive = _carried(conn, scanned, unchanged, roles, outcome, check_opts, opts)
+            scope = _scoped(conn, run_id, derive, roles, outcome, check_opts, opts)
+            outcome.checks_scope = {name: len(scope[rid]) for name, rid in scanned.items() if rid in scope}
+            full = [rid for rid in derive if rid not in scope]
             if derive:
                 store.refresh_statistics(conn)
-            found = checks.run_checks(conn, derive, check_opts)
+            found = checks.run_checks(conn, full, check_opts)
+            for rid in sorted(scope):  # one registry at a time: the scope's repositories are names in it
+                found += checks.run_checks(conn, [rid], check_opts, scope=scope[rid])
             found += checks.run_checks(conn, carried, check_opts, kinds=checks.CLOCK_KINDS)
+            checks.drop_scope(conn)
             from regindex.policy import grade
 
             grade(found, opts.severity_rules)
@@ -389,11 +399,14 @@ def _scan(
         _say(progress, "recording history")
         with clock("history"):
             by_id = {rid: name for name, rid in scanned.items()}
-            outcome.counts = history.apply(conn, run_id, found, set(scanned),
-                                           carried={by_id[rid] for rid in carried}, derived=checks.CLOCK_KINDS)
+            outcome.counts = history.apply(
+                conn, run_id, found, set(scanned), carried={by_id[rid] for rid in carried},
+                derived=checks.CLOCK_KINDS, scoped={by_id[rid]: repos for rid, repos in scope.items()},
+                scoped_kinds=checks.PER_REPOSITORY_KINDS)
             store.set_checks_fingerprint(conn, derive, {
                 rid: checks.fingerprint(roles.get(rid, "authoritative"), check_opts, opts.severity_rules)
                 for rid in derive})
+            store.drop_changes(conn)
         store.record_phases(conn, run_id, clock.rows())
         outcome.open_errors = history.open_error_count(conn)
         outcome.acknowledged_errors = history.open_error_count(conn, acknowledged=True)
@@ -455,7 +468,7 @@ def _load_registry(
 
     with clock("crawl"):
         known = None if full else store.KnownLinks(conn, rid)
-        stage = store.Stage(conn, incremental=known is not None)
+        stage = store.Stage(conn, incremental=known is not None, changes=True)
         crawled = crawl_into(root, stage.add, tick, known=known, settled=settled)  # rows stream into staging
     work = StorageWork(stat=crawled.stat, read=crawled.read, skipped=crawled.skipped)
     clock.count("crawl", crawled.files_seen)
@@ -520,6 +533,33 @@ def _carried(
                and known.get(rid) is not None
                and known[rid] == checks.fingerprint(roles[rid], check_opts, opts.severity_rules)]
     return carried, [rid for rid in ids if rid not in carried]
+
+
+# A scoped derivation pays for its scope query and per-repository lookups; past this share of a registry's
+# repositories, or this many (the scope is bound as a list of values: SQLite binds at most 32766), the whole
+# registry is derived instead.
+SCOPE_SHARE = 0.5
+SCOPE_MAX = 5000
+
+
+def _scoped(
+    conn: Connection, run_id: int, derive: list[int], roles: dict[int, str], outcome: ScanOutcome,
+    check_opts: checks.CheckOptions, opts: ScanOptions,
+) -> dict[int, set[str]]:
+    """Among the registries to derive, those whose per-repository findings can be derived for the repositories
+    this run's changes reach only (registry id -> those repositories): not a full scan, the finished run before
+    this one scanned it (so its open findings are those of the inventory before this run's changes) and its
+    findings were last derived under the same fingerprint, as for carried registries (``_carried``), and the
+    changes reach at most SCOPE_SHARE of its repositories and no more than SCOPE_MAX."""
+    if outcome.full_scan or not derive:
+        return {}
+    known = store.checks_fingerprints(conn)
+    previous = store.checked_in_previous_run(conn, run_id)
+    eligible = [rid for rid in derive if rid in roles and rid in previous and known.get(rid) is not None
+                and known[rid] == checks.fingerprint(roles[rid], check_opts, opts.severity_rules)]
+    scope = checks.scope_repositories(conn, run_id, eligible)
+    return {rid: repos for rid, repos in scope.items()
+            if len(repos) <= min(SCOPE_MAX, SCOPE_SHARE * store.current_counts(conn, rid)[0])}
 
 
 def _suddenly_empty(conn: Connection, registry_id: int, counts: store.StageCounts) -> str | None:

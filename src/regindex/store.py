@@ -259,10 +259,11 @@ class Stage:
     links diff then compares the staged rows with the open links it could have read: those without a settled
     change time, those rechecked, and those of repositories it did not walk (gone)."""
 
-    def __init__(self, conn: Connection, incremental: bool = False) -> None:
+    def __init__(self, conn: Connection, incremental: bool = False, changes: bool = False) -> None:
         self.conn = conn
         self.pg = conn.dialect.name == "postgresql"
         self.incremental = incremental
+        self.changes = changes  # record what apply() changes in CHANGES_TABLE (start_changes)
         self.buffers: dict[str, list[tuple[Any, ...]]] = {k: [] for k in STAGED}
         self.rows: dict[str, int] = dict.fromkeys(STAGED, 0)
         # per row kind: the columns' values in one C call (attrgetter); the few kinds holding datetimes or
@@ -330,12 +331,39 @@ class Stage:
         stats = LoadStats()
         for key, spec in SPECS.items():
             only = _RECHECKABLE if key == "links" and self.incremental else None
-            _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, only)
+            capture = _CHANGE_COLUMNS.get(key) if self.changes else None
+            _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, only, capture)
         return stats
 
     def drop(self) -> None:
         for key in STAGED:
             drop_temp(self.conn, _stage_name(key))
+
+
+# What a scan changed in the inventory, as Stage.apply diffs it (with ``changes``): one row per row of an
+# episode table that was opened, closed or updated, as (registry_id, what, repository, digest). The checks'
+# scope on a night that changed little starts from it (regindex.checks.scope_repositories). A temporary table
+# of the scan's transaction: a registry whose savepoint rolls back takes its rows with it.
+CHANGES_TABLE = "scan_changes"
+_CHANGE_COLUMNS = {
+    "repositories": "'repository', name, NULL",
+    # the target of a layer or revision link: other repositories' findings name its linkers
+    "links": "'link', repository, CASE WHEN kind IN ('layer', 'revision') THEN target_digest END",
+    "blobs": "'blob', NULL, digest",
+}
+
+
+def drop_changes(conn: Connection) -> None:
+    drop_temp(conn, CHANGES_TABLE)
+
+
+def start_changes(conn: Connection) -> None:
+    """An empty CHANGES_TABLE for this scan."""
+    link = table(Link)
+    drop_temp(conn, CHANGES_TABLE)
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {CHANGES_TABLE} (registry_id INTEGER, what VARCHAR(16), "
+        f"repository {_sql_type(conn, link, 'repository')}, digest {_sql_type(conn, link, 'target_digest')})")
 
 
 # The open links an incremental crawl gave rows for, or would have (see Stage): the rest it found unchanged.
@@ -385,7 +413,7 @@ def _match(conn: Connection, spec: EpisodeSpec, t: str, s: str) -> str:
 
 
 def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry_id: int, stats: LoadStats,
-          only: str | None = None) -> None:
+          only: str | None = None, capture: str | None = None) -> None:
     """Two set differences (EXCEPT: sorted or hashed passes over both sides, NULLs equal, no probe per row)
     find the few rows that differ on a night: staged rows the inventory does not hold as they are, and
     inventory rows the crawl did not see as they are. An identity in both differs in a mutable column (updated
@@ -409,6 +437,9 @@ def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry
     # the updates below look each changed row up in diff_new: without an index that is |diff_new| squared (a
     # night after 32k link files were touched: 55 s of loading instead of 0.5 s)
     conn.exec_driver_sql(f"CREATE INDEX ix_diff_new ON diff_new ({', '.join(spec.index)})")
+    if capture:  # every row that differs, new or old side: what the checks' scope starts from
+        conn.execute(text(f"INSERT INTO {CHANGES_TABLE} (registry_id, what, repository, digest) "
+                          f"SELECT :rid, {capture} FROM diff_new UNION ALL SELECT :rid, {capture} FROM diff_old"), p)
     match_old = _match(conn, spec, "x", "o")
     gone = conn.execute(text(
         f"UPDATE {t} SET gone_run = :run WHERE id IN (SELECT x.id FROM diff_old o JOIN {t} x "
@@ -544,9 +575,9 @@ def _modifications(conn: Connection, seen: dict[str, int]) -> dict[str, tuple[in
     return {r[0]: (int(r[1]) - seen.get(r[0], 0), float(r[2])) for r in got}
 
 
-def close_registry(conn: Connection, run_id: int, registry_id: int) -> LoadStats:
+def close_registry(conn: Connection, run_id: int, registry_id: int, changes: bool = False) -> LoadStats:
     """A registry that is gone from the base on purpose (``--allow-empty``): close all its episodes."""
-    stage = Stage(conn)
+    stage = Stage(conn, changes=changes)
     stage.finish()
     stats = stage.apply(run_id, registry_id)
     stage.drop()
