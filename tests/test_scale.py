@@ -757,6 +757,15 @@ def whole_and_open(url: str, now: Any) -> tuple[dict[str, tuple[Any, ...]], dict
     return whole, open_
 
 
+def phase_items(url: str, run_id: int, phase: str) -> int | None:
+    engine = create_engine(_url(url))
+    with engine.connect() as c:
+        got = c.execute(text("SELECT items FROM run_phases WHERE run_id = :r AND phase = :p"),
+                        {"r": run_id, "p": phase}).scalar_one()
+    engine.dispose()
+    return got
+
+
 def closure_steps(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> list[tuple[str, Any]]:
     """Changes whose effect on a repository's findings comes through something the repository does not hold
     itself: another repository's link, a blob two manifests away."""
@@ -801,6 +810,8 @@ def test_a_scoped_derivation_equals_a_whole_one_after_every_kind_of_change(urls,
         assert open_ == whole, name
         assert set(open_findings(kept)) == set(whole) and {v[-1] for v in open_findings(kept).values()} <= {out.run_id}
         scoped.append(out.checks_scope)
+        if out.checks_scope:  # recorded: regindex runs shows it
+            assert phase_items(kept, out.run_id, "scope") == sum(out.checks_scope.values()), name
     # the scope was used, and narrow: most nights derived a few repositories of "private", not all seven
     assert sum(1 for s in scoped if s.get("private", 99) <= 2) >= len(steps) // 2, scoped
     kinds = {v[0] for v in open_.values()}

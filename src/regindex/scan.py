@@ -100,7 +100,8 @@ class ScanOutcome:
 class PhaseClock:
     """Wall time and work items per phase of a run, summed over registries (recorded in ``run_phases``)."""
 
-    ORDER = ("discover", "crawl", "load", "manifests", "verify", "checks", "history")
+    # "scope" is part of "checks": the query that finds what a night's changes reach (scan._scoped)
+    ORDER = ("discover", "crawl", "load", "manifests", "verify", "scope", "checks", "history")
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -382,7 +383,7 @@ def _scan(
         with clock("checks"):
             check_opts = checks.CheckOptions(stale_upload_hours=opts.stale_upload_hours, now=opts.now)
             carried, derive = _carried(conn, scanned, unchanged, roles, outcome, check_opts, opts)
-            scope = _scoped(conn, run_id, derive, roles, outcome, check_opts, opts)
+            scope = _scoped(conn, run_id, derive, roles, outcome, check_opts, opts, clock)
             outcome.checks_scope = {name: len(scope[rid]) for name, rid in scanned.items() if rid in scope}
             full = [rid for rid in derive if rid not in scope]
             if derive:
@@ -544,7 +545,7 @@ SCOPE_MAX = 5000
 
 def _scoped(
     conn: Connection, run_id: int, derive: list[int], roles: dict[int, str], outcome: ScanOutcome,
-    check_opts: checks.CheckOptions, opts: ScanOptions,
+    check_opts: checks.CheckOptions, opts: ScanOptions, clock: PhaseClock,
 ) -> dict[int, set[str]]:
     """Among the registries to derive, those whose per-repository findings can be derived for the repositories
     this run's changes reach only (registry id -> those repositories): not a full scan, the finished run before
@@ -557,9 +558,14 @@ def _scoped(
     previous = store.checked_in_previous_run(conn, run_id)
     eligible = [rid for rid in derive if rid in roles and rid in previous and known.get(rid) is not None
                 and known[rid] == checks.fingerprint(roles[rid], check_opts, opts.severity_rules)]
-    scope = checks.scope_repositories(conn, run_id, eligible)
-    return {rid: repos for rid, repos in scope.items()
-            if len(repos) <= min(SCOPE_MAX, SCOPE_SHARE * store.current_counts(conn, rid)[0])}
+    if not eligible:
+        return {}
+    with clock("scope"):
+        scope = checks.scope_repositories(conn, run_id, eligible)
+        used = {rid: repos for rid, repos in scope.items()
+                if len(repos) <= min(SCOPE_MAX, SCOPE_SHARE * store.current_counts(conn, rid)[0])}
+    clock.count("scope", sum(len(repos) for repos in used.values()))
+    return used
 
 
 def _suddenly_empty(conn: Connection, registry_id: int, counts: store.StageCounts) -> str | None:
