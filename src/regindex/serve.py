@@ -208,11 +208,13 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
     # Tables other branches add (issue 7: run phases; issue 8: repairs and acknowledgements): described here so
     # that the metadata covers them once they land; entries for tables a database lacks are ignored.
     "run_phases": (
-        "wall time of each phase of a run (discover, crawl, load, manifests, verify, checks, history), summed over "
-        "its registries",
-        {"run_id": "the run (runs.id)", "phase": "discover, crawl, load, manifests, verify, checks or history",
+        "wall time of each phase of a run (discover, crawl, load, manifests, verify, scope, checks, history), "
+        "summed over its registries",
+        {"run_id": "the run (runs.id)",
+         "phase": "discover, crawl, load, manifests, verify, scope (a part of checks), checks or history",
          "position": "the phase's order in the run", "seconds": "wall time spent in it",
-         "items": "what the phase worked through (files, inventory changes, manifests, findings)"},
+         "items": "what the phase worked through (files, inventory changes, manifests, repositories derived in "
+                  "scope, findings)"},
     ),
     "repair_actions": (
         "what `repair --apply` / `--undo` did: `batch`, `at`, `os_user`, `based_on_run`, `finding_id`, `finding_key`, `kind`, `registry`, `repository`, `digest`, `action` (`quarantine`, `restore_revision_link`, `undo`), `path` (relative to the registry's v2 root), `quarantine_path`, `outcome` (`done`, `skipped`, `refused`, `failed`), `reason`, `detail` (JSON: files, modes, directories created), `undone_by`",
