@@ -24,8 +24,7 @@ from sqlalchemy import Connection, bindparam, text
 
 from regindex import rules
 from regindex.layout import EMPTY_DIGESTS, blob_file, link_file, names_other_content
-from regindex.models import Link
-from regindex.store import CHANGES_TABLE, as_utc, drop_temp
+from regindex.store import CHANGES_TABLE, as_utc
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
@@ -159,7 +158,7 @@ class Check:
     description: str
     run: CheckFn
     clock: bool = False  # its findings depend on the time of the run, not only on the inventory
-    # its findings are per repository, and read only the evidence SCOPE_SQL follows (see scope_repositories)
+    # its findings are per repository, and read only the evidence _SCOPE_SQL follows (see scope_repositories)
     per_repository: bool = False
 
 
@@ -668,17 +667,14 @@ def storage_anomaly(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
 # ---------------------------------------------------------------------------------------------
 # A night that changed little: the per-repository checks derive only the repositories whose evidence changed.
 
-SCOPE_TABLE = "check_scope"
-_SEEDS_TABLE = "check_scope_seeds"
-
-# The digests whose evidence changed in a registry this run: its blobs opened, closed or updated (data, size,
-# mtime), manifests parsed (in any registry: parses are shared by digest) and content hashed this run.
+# The digests whose evidence changed in a registry this run (the closure's seeds): its blobs opened, closed or
+# updated (data, size, mtime), manifests parsed (in any registry: parses are shared by digest) and content
+# hashed this run.
 _SEEDS_SQL = f"""
-INSERT INTO {_SEEDS_TABLE} (registry_id, digest)
-SELECT c.registry_id, c.digest FROM {CHANGES_TABLE} c WHERE c.what = 'blob' AND c.registry_id IN :regs
-UNION SELECT g.id, m.digest FROM manifests m JOIN registries g ON g.id IN :regs WHERE m.parsed_run = :run
-UNION SELECT v.registry_id, v.digest FROM blob_verifications v WHERE v.verified_run = :run AND v.registry_id IN :regs
-"""
+    SELECT c.registry_id, c.digest FROM {CHANGES_TABLE} c WHERE c.what = 'blob' AND c.registry_id IN :regs
+    UNION SELECT g.id, m.digest FROM manifests m JOIN registries g ON g.id IN :regs WHERE m.parsed_run = :run
+    UNION SELECT v.registry_id, v.digest FROM blob_verifications v
+        WHERE v.verified_run = :run AND v.registry_id IN :regs"""
 
 _GONE = "NOT EXISTS (SELECT 1 FROM blobs b WHERE b.registry_id = c.registry_id AND b.gone_run IS NULL AND b.digest = {d})"
 
@@ -695,9 +691,8 @@ _GONE = "NOT EXISTS (SELECT 1 FROM blobs b WHERE b.registry_id = c.registry_id A
 #   digest. Asking about the data once per changed digest, not once per link to it, keeps a shared base layer
 #   (linked by hundreds of repositories, its data present) from costing a lookup per link.
 _SCOPE_SQL = f"""
-INSERT INTO {SCOPE_TABLE} (registry_id, repository)
 WITH RECURSIVE up(registry_id, digest) AS (
-    SELECT registry_id, digest FROM {_SEEDS_TABLE}
+    {_SEEDS_SQL}
     UNION
     SELECT u.registry_id, pm.digest FROM up u JOIN manifest_refs r ON r.digest = u.digest
     JOIN manifests pm ON pm.id = r.manifest_id
@@ -725,30 +720,17 @@ UNION SELECT l.registry_id, l.repository FROM links l
 def scope_repositories(conn: Connection, run_id: int, registry_ids: Sequence[int]) -> dict[int, set[str]]:
     """The repositories of each registry whose per-repository findings (``Check.per_repository``) this run's
     changes can reach, from the changes the scan recorded (``regindex.store.start_changes``) and the parses
-    and hashes it made, into SCOPE_TABLE (which ``run_checks(..., scoped=True)`` reads). Every other
-    repository's findings of those kinds are what a derivation would give again, provided the registry's
-    findings were derived at the end of the previous run under the same fingerprint (the caller's condition).
-    The kinds that are not per repository are derived in full."""
-    for name in (_SEEDS_TABLE, SCOPE_TABLE):
-        drop_temp(conn, name)
-    link = Link.__table__
-    types = {c: str(link.c[c].type.compile(dialect=conn.dialect)) for c in ("repository", "target_digest")}
-    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {_SEEDS_TABLE} (registry_id INTEGER, digest {types['target_digest']})")
-    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {SCOPE_TABLE} (registry_id INTEGER, repository {types['repository']})")
+    and hashes it made: what ``run_checks(..., scope=...)`` reads. Every other repository's findings of those
+    kinds are what a derivation would give again, provided the registry's findings were derived at the end of
+    the previous run under the same fingerprint (the caller's condition). The kinds that are not per
+    repository are derived in full."""
     out: dict[int, set[str]] = {rid: set() for rid in registry_ids}
     if not registry_ids:
         return out
-    params = {"regs": list(registry_ids), "run": run_id}
-    for sql in (_SEEDS_SQL, _SCOPE_SQL):
-        conn.execute(text(sql).bindparams(bindparam("regs", expanding=True)), params)
-    for rid, repo in conn.execute(text(f"SELECT registry_id, repository FROM {SCOPE_TABLE}")):
+    stmt = text(_SCOPE_SQL).bindparams(bindparam("regs", expanding=True))
+    for rid, repo in conn.execute(stmt, {"regs": list(registry_ids), "run": run_id}):
         out[rid].add(repo)
     return out
-
-
-def drop_scope(conn: Connection) -> None:
-    for name in (_SEEDS_TABLE, SCOPE_TABLE):
-        drop_temp(conn, name)
 
 
 # Finding kind -> what it means, in the order the checks are registered.

@@ -392,7 +392,6 @@ def _scan(
             for rid in sorted(scope):  # one registry at a time: the scope's repositories are names in it
                 found += checks.run_checks(conn, [rid], check_opts, scope=scope[rid])
             found += checks.run_checks(conn, carried, check_opts, kinds=checks.CLOCK_KINDS)
-            checks.drop_scope(conn)
             from regindex.policy import grade
 
             grade(found, opts.severity_rules)
@@ -521,19 +520,27 @@ def _carried(
     """(carried, derived): which scanned registries keep their open findings as they are (only the clock's
     kinds are derived again) and which get every check. A registry is carried when this run changed nothing
     of its inventory, no manifest was parsed in any registry (parses are shared by digest, so one registry's
-    new manifest can change another's findings), it is not a full scan (``--full`` derives everything), the
-    finished run before this one scanned it (had it failed there, another registry may have parsed manifests
-    in that run, after its findings were derived) and its findings were last derived under the same
-    fingerprint (code, schema, role, options, severity rules)."""
+    new manifest can change another's findings), it is not a full scan (``--full`` derives everything) and
+    its findings were derived before (``_derived_before``)."""
     ids = sorted(scanned.values())
     if outcome.full_scan or outcome.manifests_parsed:
         return [], ids
-    known = store.checks_fingerprints(conn)
-    previous = store.checked_in_previous_run(conn, outcome.run_id)
-    carried = [rid for rid in ids if rid in unchanged and rid in roles and rid in previous
-               and known.get(rid) is not None
-               and known[rid] == checks.fingerprint(roles[rid], check_opts, opts.severity_rules)]
+    carried = [rid for rid in _derived_before(conn, outcome.run_id, ids, roles, check_opts, opts) if rid in unchanged]
     return carried, [rid for rid in ids if rid not in carried]
+
+
+def _derived_before(
+    conn: Connection, run_id: int, ids: list[int], roles: dict[int, str], check_opts: checks.CheckOptions,
+    opts: ScanOptions,
+) -> list[int]:
+    """Those of ``ids`` whose open findings are what every check gave at the end of the finished run before
+    this one: that run scanned them (had one failed there, another registry may have parsed manifests in that
+    run after its findings were derived), and their findings were last derived under the same fingerprint
+    (code, schema, role, options, severity rules) as now. The condition for carrying or scoping them."""
+    known = store.checks_fingerprints(conn)
+    previous = store.checked_in_previous_run(conn, run_id)
+    return [rid for rid in ids if rid in roles and rid in previous and known.get(rid) is not None
+            and known[rid] == checks.fingerprint(roles[rid], check_opts, opts.severity_rules)]
 
 
 # A scoped derivation pays for its scope query and per-repository lookups; past this share of a registry's
@@ -548,16 +555,12 @@ def _scoped(
     check_opts: checks.CheckOptions, opts: ScanOptions, clock: PhaseClock,
 ) -> dict[int, set[str]]:
     """Among the registries to derive, those whose per-repository findings can be derived for the repositories
-    this run's changes reach only (registry id -> those repositories): not a full scan, the finished run before
-    this one scanned it (so its open findings are those of the inventory before this run's changes) and its
-    findings were last derived under the same fingerprint, as for carried registries (``_carried``), and the
+    this run's changes reach only (registry id -> those repositories): not a full scan, its findings derived
+    before (``_derived_before``: so they are those of the inventory before this run's changes), and the
     changes reach at most SCOPE_SHARE of its repositories and no more than SCOPE_MAX."""
     if outcome.full_scan or not derive:
         return {}
-    known = store.checks_fingerprints(conn)
-    previous = store.checked_in_previous_run(conn, run_id)
-    eligible = [rid for rid in derive if rid in roles and rid in previous and known.get(rid) is not None
-                and known[rid] == checks.fingerprint(roles[rid], check_opts, opts.severity_rules)]
+    eligible = _derived_before(conn, run_id, derive, roles, check_opts, opts)
     if not eligible:
         return {}
     with clock("scope"):
