@@ -137,3 +137,22 @@ def _two_runs_three_findings(c: Any, findings_open: int | None = None) -> None:
                        "detail, first_run, last_seen_run, resolved_run) VALUES (:k, 1, 'orphan_layer_link', "
                        "'error', 'private', 'team/app', 'sha256:' || :k, '{}', 1, 2, :res)"),
                   {"k": f"{i:064x}", "res": 2 if i == 3 else None})
+
+
+def test_the_head_every_command_compares_is_the_packaged_migrations_head(db_path):
+    """``HEAD_REVISION`` spares every command importing alembic: it must name the newest migration shipped, and
+    the version table read directly must say what alembic says (a new migration that forgets it fails here)."""
+    assert db.head_revision() == db.script_head()
+    engine = db.open_writer(str(db_path))
+    with engine.connect() as c:
+        assert db.current_revision(c) == MigrationContext.configure(c).get_current_revision() == db.script_head()
+    engine.dispose()
+
+
+def test_a_version_table_with_two_revisions_is_refused_in_one_line(db_path):
+    engine = db.open_writer(str(db_path))
+    with engine.begin() as c:
+        c.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES ('0001_initial_schema')")
+    with pytest.raises(SchemaError, match="2 schema revisions at once"):
+        db.ensure_schema(engine)
+    engine.dispose()
