@@ -206,6 +206,10 @@ def test_the_read_pool_gives_the_rows_one_thread_gives(private, rng, monkeypatch
         private.tag(f"team/app{i}", "v1", img.digest)
     private.write_layer_link("team/app3", "sha256:" + "ab" * 32, b"garbage")
     private.write_revision_link("team/app5", "sha256:" + "cd" * 32, b"")
+    for i in range(8):  # one prefix directory with enough data files for its stats to go to the pool
+        blob = private.v2 / "blobs" / "sha256" / "ee" / f"ee{i:062x}" / "data"
+        blob.parent.mkdir(parents=True)
+        blob.write_bytes(b"x" * i)
     root = discover(private.root)[0]
 
     def rows(readers: int) -> list[object]:
@@ -216,14 +220,15 @@ def test_the_read_pool_gives_the_rows_one_thread_gives(private, rng, monkeypatch
     alone = rows(1)
     monkeypatch.setattr(crawl_mod, "_SLOW", 0.0)  # every batch looks like it waits on the disk
     monkeypatch.setattr(crawl_mod, "_READ_BATCH", 11)
-    threads: set[str] = set()
-    read, stat = crawl_mod.FileSystem.read, crawl_mod.FileSystem.stat
+    threads: dict[str, set[str]] = {"read": set(), "stat": set()}
+    read, stat_many = crawl_mod.FileSystem.read, crawl_mod.FileSystem.stat_many
     monkeypatch.setattr(crawl_mod.FileSystem, "read", lambda self, p, n: (
-        threads.add(threading.current_thread().name), read(self, p, n))[1])
-    monkeypatch.setattr(crawl_mod.FileSystem, "stat", lambda self, p: (
-        threads.add(threading.current_thread().name), stat(self, p))[1])
+        threads["read"].add(threading.current_thread().name), read(self, p, n))[1])
+    monkeypatch.setattr(crawl_mod.FileSystem, "stat_many", lambda self, ps: (
+        threads["stat"].add(threading.current_thread().name), stat_many(self, ps))[1])
     pooled = rows(3)
-    assert any(t.startswith("regindex-read") for t in threads)  # the pool did read
+    assert any(t.startswith("regindex-read") for t in threads["read"])  # the pool did read
+    assert any(t.startswith("regindex-read") for t in threads["stat"])  # ... and stat (blob data files)
     assert pooled == alone
     assert sum(type(r).__name__ == "LinkRow" for r in pooled) > 60
     link = private.v2 / "repositories" / "team" / "app7" / "_layers"
@@ -232,3 +237,52 @@ def test_the_read_pool_gives_the_rows_one_thread_gives(private, rng, monkeypatch
     target.symlink_to("/etc/hostname")
     with pytest.raises(StorageError, match="is a symlink"):
         rows(8)
+
+
+def test_progress_hears_of_every_2000_files_and_the_count_is_exact(private):
+    """The progress display is told the files seen as the walk crosses each multiple of 2,000 (the crawl counts
+    a directory's worth of files at once), and the final count is every file."""
+    from regindex.crawl import crawl_into
+
+    for i in range(4100):
+        blob = private.v2 / "blobs" / "sha256" / f"{i % 256:02x}" / f"{i % 256:02x}{i:062x}" / "data"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(b"")
+    heard: list[int] = []
+    stats = crawl_into(discover(private.root)[0], lambda row: None, heard.append)
+    assert stats.files_seen == 4100
+    assert [n // 2000 for n in heard] == [1, 2] and heard == sorted(heard) and heard[-1] <= 4100
+
+
+def test_what_is_not_a_digest_directory_is_flagged_in_layers_revisions_and_blobs(private, rng):
+    """Beside the digest directories the walk tests in one call each, every other entry is judged: a directory
+    with another name (upper case, short, wrong prefix) or a file is an anomaly, a name that is not UTF-8 is
+    flagged, a symlink fails the crawl; the real digest directories are all still indexed."""
+    img = private.push_image("app", rng)
+    good = "ab" * 32
+    layers = private.v2 / "repositories" / "app" / "_layers" / "sha256"
+    revisions = private.v2 / "repositories" / "app" / "_manifests" / "revisions" / "sha256"
+    prefix = private.v2 / "blobs" / "sha256" / "ab"
+    (layers / good.upper()).mkdir()
+    (layers / good[:-1]).mkdir()
+    (layers / "stray").write_text("x")
+    (revisions / os.fsdecode(b"\xff" + b"a" * 63)).mkdir()
+    (prefix / ("cd" + good[2:])).mkdir(parents=True)  # a digest directory in the wrong prefix
+    (prefix / good).mkdir()
+    (prefix / good / "data").write_bytes(b"")
+    result = crawl(discover(private.root)[0])
+    reasons = {a.path: a.reason for a in result.anomalies}
+    assert reasons == {
+        f"repositories/app/_layers/sha256/{good.upper()}": "not a digest directory name",
+        f"repositories/app/_layers/sha256/{good[:-1]}": "not a digest directory name",
+        "repositories/app/_layers/sha256/stray": "unexpected file",
+        "repositories/app/_manifests/revisions/sha256/\\xff" + "a" * 63: "name is not UTF-8 (the registry cannot serve it)",
+        f"blobs/sha256/ab/cd{good[2:]}": "not a blob directory name",
+    }
+    assert {r.path_digest for r in result.links if r.kind == "layer"} == {*img.layers, img.config}
+    assert {r.path_digest for r in result.links if r.kind == "revision"} == {img.digest}
+    assert "sha256:" + good in {b.digest for b in result.blobs}
+    os.symlink("/etc", layers / ("ef" * 32))
+    with pytest.raises(StorageError, match="is a symlink"):
+        crawl(discover(private.root)[0])
+

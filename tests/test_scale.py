@@ -494,6 +494,9 @@ class MemoryStorage:
         kind = self.kinds.get(path)
         return None if kind is None else Stat(kind, len(self.data.get(path, b"")), self.mtimes.get(path, 0.0))
 
+    def stat_many(self, paths: list[str]) -> list[Any]:
+        return [self.stat(p) for p in paths]
+
     def read(self, path: str, limit: int) -> Any:
         from regindex.storage import Read
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePosixPath
+from typing import Callable
 
 V2_SUFFIX = ("docker", "registry", "v2")
 
@@ -60,6 +61,16 @@ def is_digest(value: str) -> bool:
 
 def is_hex_for(alg: str, hex_: str) -> bool:
     return alg in DIGEST_HEX_LEN and len(hex_) == DIGEST_HEX_LEN[alg] and bool(_HEX_RE.fullmatch(hex_))
+
+
+_HEX_NAME: dict[str, Callable[[str], object]] = {
+    alg: re.compile(f"[0-9a-f]{{{n}}}").fullmatch for alg, n in DIGEST_HEX_LEN.items()}
+
+
+def hex_name_test(alg: str) -> Callable[[str], object]:
+    """``is_hex_for(alg, ·)`` as one call, truthy or not (the crawl tests every digest directory's name with
+    it); ``alg`` must be a known algorithm."""
+    return _HEX_NAME[alg]
 
 
 def split_digest(digest: str) -> tuple[str, str]:

@@ -502,8 +502,8 @@ class KnownLinks:
         self.queries += 1
         out: dict[str, dict[tuple[str, str | None, str | None], Any]] = {name: {} for name in names}
         sql = _KNOWN_LINKS_SQL.format(", ".join("?" * len(names)))
-        for r in driver_rows(self.conn, sql, (self.registry_id, *names)):
-            out[r[0]][(r[1], r[2], r[3])] = KnownLink(float(r[4]), int(r[5]))
+        for name, kind, tag, path_digest, changed, id_ in driver_rows(self.conn, sql, (self.registry_id, *names)):
+            out[name][(kind, tag, path_digest)] = KnownLink(changed, id_)  # a Float column and an id: no cast
         return out
 
 
