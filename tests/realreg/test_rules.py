@@ -194,7 +194,7 @@ def test_repository_name_api(pristine, tmp_path, name) -> None:  # noqa: F811
         pulled = _skopeo_copy(reg, name)
     accepted, status = NAMES[name]
     assert (tag_status, digest_status, blob_status) == (status, status, status)
-    assert (listed == ["latest", "3.19"]) is (status == 200)
+    assert (sorted(listed or []) == ["3.19", "latest"]) is (status == 200)  # in readdir order: the filesystem's
     underscore = any(c.startswith("_") for c in name.split("/"))
     assert (name in catalog) is not underscore  # the catalog lists every other directory holding _layers
     # skopeo's own reference grammar (containers/image) is stricter than the registry's: it refuses every one of
