@@ -214,7 +214,7 @@ def test_the_read_pool_gives_the_rows_one_thread_gives(private, rng, monkeypatch
 
     def rows(readers: int) -> list[object]:
         out: list[object] = []
-        crawl_mod.crawl_into(root, out.append, readers=readers)
+        crawl_mod.crawl_into(root, out.append, readers=readers, helper=False)  # threads of this process
         return sorted(out, key=repr)
 
     alone = rows(1)
@@ -239,9 +239,11 @@ def test_the_read_pool_gives_the_rows_one_thread_gives(private, rng, monkeypatch
         rows(8)
 
 
-def test_progress_hears_of_every_2000_files_and_the_count_is_exact(private):
+@pytest.mark.parametrize("helper", [False, True])
+def test_progress_hears_of_every_2000_files_and_the_count_is_exact(private, helper):
     """The progress display is told the files seen as the walk crosses each multiple of 2,000 (the crawl counts
-    a directory's worth of files at once), and the final count is every file."""
+    a directory's worth of files at once), and the final count is every file; a blob walk in a helper process
+    is counted when it is collected."""
     from regindex.crawl import crawl_into
 
     for i in range(4100):
@@ -249,9 +251,10 @@ def test_progress_hears_of_every_2000_files_and_the_count_is_exact(private):
         blob.parent.mkdir(parents=True, exist_ok=True)
         blob.write_bytes(b"")
     heard: list[int] = []
-    stats = crawl_into(discover(private.root)[0], lambda row: None, heard.append)
+    stats = crawl_into(discover(private.root)[0], lambda row: None, heard.append, helper=helper)
     assert stats.files_seen == 4100
-    assert [n // 2000 for n in heard] == [1, 2] and heard == sorted(heard) and heard[-1] <= 4100
+    assert heard == ([4100] if helper else heard) and heard == sorted(heard) and heard[-1] <= 4100
+    assert helper or [n // 2000 for n in heard] == [1, 2]
 
 
 def test_what_is_not_a_digest_directory_is_flagged_in_layers_revisions_and_blobs(private, rng):
@@ -286,3 +289,56 @@ def test_what_is_not_a_digest_directory_is_flagged_in_layers_revisions_and_blobs
     with pytest.raises(StorageError, match="is a symlink"):
         crawl(discover(private.root)[0])
 
+
+def _rows(root, helper: bool) -> list[object]:
+    from regindex.crawl import crawl_into
+
+    out: list[object] = []
+    stats = crawl_into(root, out.append, helper=helper)
+    return sorted(out, key=repr) + [(stats.stat, stats.read, stats.files_seen)]
+
+
+def test_a_blob_walk_in_a_helper_process_gives_the_rows_and_counts_of_the_inline_walk(private, rng):
+    """The blob walk forked off to a second CPU: every row (blobs, anomalies among them) and every count
+    reaches this process as the inline walk gives them."""
+    for i in range(6):
+        private.push_image(f"app{i}", rng)
+    (private.v2 / "blobs" / "sha256" / "ab" / "not-hex").mkdir(parents=True)
+    (private.v2 / "blobs" / "sha256" / "zz" / ("zz" + "0" * 62)).mkdir(parents=True)
+    for i in range(5000):  # more rows than one pickled batch
+        blob = private.v2 / "blobs" / "sha256" / f"{i % 256:02x}" / f"{i % 256:02x}{i:062x}" / "data"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(b"x" * (i % 7))
+    root = discover(private.root)[0]
+    inline = _rows(root, helper=False)
+    assert _rows(root, helper=True) == inline
+    assert sum(type(r).__name__ == "BlobRow" for r in inline) > 5000
+    assert sum(type(r).__name__ == "Anomaly" for r in inline) == 2
+
+
+@pytest.mark.parametrize("damage", ["unlistable", "symlink"])
+def test_a_storage_error_in_the_helper_fails_the_crawl_as_inline(private, rng, unlistable, damage, tmp_path):
+    img = private.push_image("a", rng)
+    data = private.v2 / "blobs" / "sha256" / img.config[7:9] / img.config[7:] / "data"
+    if damage == "unlistable":
+        unlistable(lambda path: path.endswith("/blobs/sha256/" + img.config[7:9]))
+        match = f"cannot list blobs/sha256/{img.config[7:9]}"
+    else:
+        data.unlink()
+        data.symlink_to(tmp_path)
+        match = "data is a symlink"
+    root = discover(private.root)[0]
+    for helper in (False, True):
+        with pytest.raises(StorageError, match=match):
+            crawl(root) if not helper else _rows(root, helper=True)
+
+
+def test_a_helper_that_dies_fails_the_crawl_in_one_line(private, rng, monkeypatch):
+    """A helper killed before it reports (OOM killer, a signal) fails the registry's crawl; it never looks
+    like a registry without blobs."""
+    from regindex import crawl as crawl_mod
+
+    private.push_image("a", rng)
+    monkeypatch.setattr(crawl_mod._Walker, "walk_blobs", lambda self, blobs: os.kill(os.getpid(), 9))
+    with pytest.raises(StorageError, match="helper process ended without its result"):
+        _rows(discover(private.root)[0], helper=True)

@@ -528,7 +528,7 @@ def test_the_crawl_reaches_storage_only_through_the_storage_interface(base, monk
     from_memory: list[Any] = []
     stats = crawl_into(root, from_memory.append, fs=mem)
     monkeypatch.undo()
-    assert from_memory == on_disk and len(on_disk) > 50
+    assert sorted(from_memory, key=repr) == sorted(on_disk, key=repr) and len(on_disk) > 50  # rows carry no order
     assert mem.calls == stats.stat + stats.read
 
 

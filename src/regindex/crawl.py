@@ -10,9 +10,12 @@ recorded as anomalies.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
+import pickle
 import stat
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
@@ -247,8 +250,11 @@ class _Walker:
 
     def __init__(self, root: RegistryRoot, sink: Callable[[Row], None],
                  progress: Callable[[int], None] | None, fs: Storage | None = None,
-                 readers: int = DEFAULT_READERS, known: Known | None = None, settled: float | None = None) -> None:
+                 readers: int = DEFAULT_READERS, known: Known | None = None, settled: float | None = None,
+                 helper: bool = False) -> None:
         self.root = root
+        self.helper = helper
+        self.parent: int | None = None  # in a helper process: the walk's process, whose exit ends the helper
         self.known = known
         self.settled = settled
         self.prev: dict[tuple[str, str | None, str | None], KnownLink] = {}
@@ -425,13 +431,20 @@ class _Walker:
         v2 = str(self.root.v2)
         blobs = self.structural_dir(os.path.join(v2, "blobs"))
         repos = self.structural_dir(os.path.join(v2, "repositories"))
+        helper: BlobHelper | None = None
         try:
-            if blobs:
+            if blobs and self.helper:
+                helper = BlobHelper.start(self, blobs)
+            if blobs and helper is None:
                 self.walk_blobs(blobs)
             if repos:
                 self.walk_repositories(repos)
             self.flush_links()
+            if helper:
+                helper.collect(self)
         finally:
+            if helper:
+                helper.stop()
             self.pool.close()
         return self.stats
 
@@ -455,6 +468,8 @@ class _Walker:
             alg = alg_dir.name
             sink, head = self.sink, f"{alg}:"
             for prefix in self.subdirs(alg_dir.path):
+                if self.parent is not None and os.getppid() != self.parent:
+                    raise StorageError(f"{self.root.name}: the scan ended before its blob walk")  # orphaned helper
                 hexes: list[str] = []
                 datas: list[str] = []
                 for hex_dir in self.digest_dirs(prefix.path, alg, "not a blob directory name"):
@@ -610,6 +625,109 @@ class _Walker:
         self.sink(UploadRow(repo, uuid, started, started_raw, size))
 
 
+def usable_cpus() -> float:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's limit)."""
+    n = float(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else float(os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            n = min(n, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+_HELPER_BATCH = 4096  # rows the helper pickles at a time
+
+
+class BlobHelper:
+    """The blob walk (a third of a tree's files: every ``data`` file stat'ed) in a forked process, on a second
+    CPU, while this process walks the repositories. Warm, the crawl is CPU-bound Python (measured at 200k: the
+    blob walk ~0.75 s of a 2.3 s unchanged night's crawl). Its rows go to an unlinked temporary file, pickled a
+    batch at a time (memory stays flat), and reach the sink when both walks are done; its storage error fails
+    the crawl as the walk's own would. The helper touches nothing of this process but the walker: no database
+    connection (it never runs a finalizer: the collector is off and it leaves through ``os._exit``)."""
+
+    def __init__(self, walker: _Walker, blobs: str) -> None:
+        self.file = tempfile.TemporaryFile()
+        parent = os.getpid()
+        try:
+            self.pid = os.fork()
+        except OSError:
+            self.file.close()
+            raise
+        if self.pid == 0:  # the helper
+            gc.disable()
+            code = 1
+            try:
+                self.walk(walker, blobs, parent)
+                code = 0
+            finally:
+                os._exit(code)
+
+    @classmethod
+    def start(cls, walker: _Walker, blobs: str) -> BlobHelper | None:
+        """None when no helper can start (no temporary file: a read-only /tmp; fork refused): walk inline."""
+        try:
+            return cls(walker, blobs)
+        except OSError:
+            return None
+
+    def walk(self, walker: _Walker, blobs: str, parent: int) -> None:
+        out, batch = self.file, []
+
+        def sink(row: Row) -> None:
+            batch.append(row)
+            if len(batch) >= _HELPER_BATCH:
+                pickle.dump(batch, out, pickle.HIGHEST_PROTOCOL)
+                batch.clear()
+
+        walker.sink, walker.progress, walker.parent = sink, None, parent
+        walker.stats, walker.pool = CrawlStats(), ReadPool(walker.pool.n)
+        try:
+            walker.walk_blobs(blobs)
+            tail: tuple[str, Any] = ("ok", walker.stats)
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the walk's process
+            tail = ("error", str(exc) if isinstance(exc, StorageError)
+                    else f"{walker.root.name}: the blob walk failed: {type(exc).__name__}: {exc}")
+        finally:
+            walker.pool.close()
+        pickle.dump(batch, out, pickle.HIGHEST_PROTOCOL)
+        pickle.dump(tail, out, pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+    def collect(self, walker: _Walker) -> None:
+        """Wait for the helper; its rows to the sink, its counts to the walker's; its error raised here."""
+        _pid, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        self.file.seek(0)
+        try:
+            while isinstance(item := pickle.load(self.file), list):
+                for row in item:
+                    walker.sink(row)
+        except (EOFError, pickle.UnpicklingError):
+            raise StorageError(f"{walker.root.name}: the blob walk's helper process ended without its result "
+                               f"(exit status {os.waitstatus_to_exitcode(status)})") from None
+        what, value = item
+        if what == "error":
+            raise StorageError(value)
+        walker.stats.stat += value.stat
+        walker.stats.read += value.read
+        walker.tick(value.files_seen)
+
+    def stop(self) -> None:
+        """The walk ended early (an error, an interrupt): the helper is stopped and reaped."""
+        if self.pid:
+            try:
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = 0
+        self.file.close()
+
+
 class ReadPool:
     """``map`` over a thread pool of ``n`` readers (the crawl's, and manifest parsing's), in ``n`` slices (one task per slice: a task per file would
     cost more than a warm read); in the calling thread when ``n`` is 1 or there is little to do."""
@@ -644,17 +762,22 @@ class ReadPool:
 def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
                progress: Callable[[int], None] | None = None, fs: Storage | None = None,
                readers: int = DEFAULT_READERS, known: Known | None = None,
-               settled: float | None = None) -> CrawlStats:
+               settled: float | None = None, helper: bool | None = None) -> CrawlStats:
     """Walk one registry root, handing each row to ``sink`` as it is found. Raises ``StorageError`` when any
     part of the tree cannot be listed (rows already handed over must then be discarded).
 
     ``settled``: a link file whose change time is before it (the run's start minus a few seconds) keeps that
     time in its row: a later crawl given ``known`` (the inventory's links of a repository) stats such a file
     and reuses its row when the time is the same. Every directory is still listed and every other file
-    stat'ed or read, so nothing added, removed or rewritten is missed."""
+    stat'ed or read, so nothing added, removed or rewritten is missed.
+
+    ``helper``: walk the blobs in a forked process (``BlobHelper``); by default when the storage is the local
+    filesystem (a forked object-store client is not safe to use) and two CPUs are usable."""
     if fs is None and not os.access(root.v2, os.R_OK | os.X_OK):
         raise StorageError(f"{root.name}: cannot read {root.v2}")
-    return _Walker(root, sink, progress, fs, readers, known, settled).run()
+    if helper is None:
+        helper = fs is None and hasattr(os, "fork") and usable_cpus() >= 2
+    return _Walker(root, sink, progress, fs, readers, known, settled, helper).run()
 
 
 def crawl(root: RegistryRoot, progress: Callable[[int], None] | None = None) -> CrawlResult:
