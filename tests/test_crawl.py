@@ -342,3 +342,48 @@ def test_a_helper_that_dies_fails_the_crawl_in_one_line(private, rng, monkeypatc
     monkeypatch.setattr(crawl_mod._Walker, "walk_blobs", lambda self, blobs: os.kill(os.getpid(), 9))
     with pytest.raises(StorageError, match="helper process ended without its result"):
         _rows(discover(private.root)[0], helper=True)
+
+
+def test_a_cold_walk_reads_ahead_and_gives_the_same_rows(private, rng, monkeypatch, tmp_path):
+    """When the repositories' listings wait on the disk (forced here: every listing counts as slow), threads
+    list and stat ahead of the walk: the rows are the walk's own, the threads are gone when the crawl ends,
+    and they never open anything through a symlink (a symlinked repository directory fails the crawl)."""
+    from regindex import crawl as crawl_mod
+
+    for i in range(12):
+        img = private.push_image(f"team/app{i}", rng)
+        private.tag(f"team/app{i}", "v1", img.digest)
+    root = discover(private.root)[0]
+    cold = _rows(root, helper=False)
+    monkeypatch.setattr(crawl_mod, "_COLD_LIST", -1.0)
+    opened: list[tuple[str, str]] = []
+    real_open = os.open
+
+    def watched_open(path, flags, *a, **k):
+        opened.append((threading.current_thread().name, str(path)))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", watched_open)
+    assert _rows(root, helper=False) == cold
+    ahead = {p for name, p in opened if name.startswith("regindex-readahead")}
+    assert any(p.endswith("/_layers/sha256") for p in ahead) and len(ahead) > 64
+    assert not [t for t in threading.enumerate() if t.name.startswith("regindex-readahead")]
+
+    outside = tmp_path / "outside"
+    (outside / "_layers" / "sha256").mkdir(parents=True)
+    (outside / "secret").write_text("x")
+    os.symlink(outside, private.v2 / "repositories" / "team" / "zz-linked")
+    os.symlink(outside / "secret", private.v2 / "repositories" / "team" / "app3" / "_layers" / "file-link")
+    opened.clear()
+    with pytest.raises(StorageError, match="is a symlink"):
+        _rows(root, helper=False)
+    assert not [t for t in threading.enumerate() if t.name.startswith("regindex-readahead")]
+    # run to its end on its own: every real directory listed, nothing through either symlink
+    opened.clear()
+    ahead = crawl_mod.ReadAhead(str(private.v2 / "repositories"), 3)
+    for t in ahead.threads:
+        t.join()
+    dirs = {str(p) for p in (private.v2 / "repositories").rglob("*") if p.is_dir() and not p.is_symlink()
+            and p.parent.name != "sha256"}  # digest directories are not listed: their link is stat'ed
+    assert {p for _n, p in opened} == dirs | {str(private.v2 / "repositories")}
+    assert ahead.listed == len(dirs) + 1

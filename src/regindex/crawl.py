@@ -16,6 +16,7 @@ import os
 import pickle
 import stat
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
@@ -48,6 +49,9 @@ DEFAULT_MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 DEFAULT_READERS = 8
 _READ_BATCH = 512  # link files read together (across directories and repositories)
 _PROBE, _SLOW = 4, 0.0002  # a batch whose first 4 reads or stats take 200 µs each is waiting on the disk
+# The repositories' walk is cold when a quarter of a window of its listings each took longer than this (a
+# warm listing takes 5-30 µs; one waiting on the disk 0.1-10 ms): then ReadAhead starts.
+_COLD_LIST, _COLD_WINDOW, _COLD_SHARE = 0.00015, 64, 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +259,11 @@ class _Walker:
         self.root = root
         self.helper = helper
         self.parent: int | None = None  # in a helper process: the walk's process, whose exit ends the helper
+        # the local filesystem: the repositories' listings are watched, and a cold walk gets a ReadAhead
+        self.watch = fs is None and readers > 1
+        self.listings = self.slow_listings = 0
+        self.readahead: ReadAhead | None = None
+        self.readers = readers
         self.known = known
         self.settled = settled
         self.prev: dict[tuple[str, str | None, str | None], KnownLink] = {}
@@ -297,11 +306,26 @@ class _Walker:
 
     def scandir(self, path: str) -> list[Entry]:
         self.stats.stat += 1
+        t = time.perf_counter()
         try:
             entries = self.fs.list(path)
         except OSError as exc:
             raise StorageError(f"{self.root.name}: cannot list {self.rel(path)}: {exc.strerror}") from None
+        if self.watching is not None:
+            self.watch_listing(time.perf_counter() - t)
         return entries or []  # None: vanished while we walked (the registry deletes concurrently): gone
+
+    watching: str | None = None  # the repositories' top while their listings are watched (see ReadAhead)
+
+    def watch_listing(self, took: float) -> None:
+        self.listings += 1
+        self.slow_listings += took > _COLD_LIST
+        if self.listings < _COLD_WINDOW:
+            return
+        if self.slow_listings >= _COLD_SHARE and self.watching is not None:
+            self.readahead = ReadAhead(self.watching, self.readers)
+            self.watching = None
+        self.listings = self.slow_listings = 0
 
     def named(self, entry: Entry) -> bool:
         """False (and an anomaly) for a name that is not UTF-8: no registry API can name it."""
@@ -445,6 +469,8 @@ class _Walker:
         finally:
             if helper:
                 helper.stop()
+            if self.readahead:
+                self.readahead.stop()
             self.pool.close()
         return self.stats
 
@@ -496,6 +522,8 @@ class _Walker:
 
     def walk_repositories(self, top: str) -> None:
         """Depth-first, in name order, without recursion (nesting depth is the tree's, not ours)."""
+        if self.watch:
+            self.watching = top
         stack: list[tuple[str, str]] = [(top, "")]
         while stack:
             path, prefix = stack.pop()
@@ -623,6 +651,79 @@ class _Walker:
             size = st.size
         self.tick()
         self.sink(UploadRow(repo, uuid, started, started_raw, size))
+
+
+class ReadAhead:
+    """A cold walk's read-ahead (the local filesystem only): ``n`` threads list the repositories' directories
+    ahead of the walk, depth first in its order, and stat what it will stat (the ``link`` file of each digest
+    directory, every other file), throwing the results away: the kernel keeps the directory blocks and inodes,
+    and the walk's own listings and stats, one at a time, find them in memory instead of waiting on the disk
+    for each. Nothing it sees is used, so nothing it misses or races with can change a row. It never follows
+    a symlink: a directory is opened with O_NOFOLLOW and listed through its descriptor."""
+
+    def __init__(self, top: str, n: int) -> None:
+        self.stack = [top]
+        self.cond = threading.Condition()
+        self.busy = 0
+        self.stopped = False
+        self.listed = 0
+        self.threads = [threading.Thread(target=self.work, name=f"regindex-readahead-{i}", daemon=True)
+                        for i in range(max(1, n))]
+        for t in self.threads:
+            t.start()
+
+    def work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stack and self.busy and not self.stopped:
+                    self.cond.wait()
+                if self.stopped or not self.stack:
+                    self.cond.notify_all()
+                    return
+                path = self.stack.pop()
+                self.busy += 1
+            children = self.visit(path)
+            with self.cond:
+                self.stack.extend(reversed(children))
+                self.busy -= 1
+                self.listed += 1
+                self.cond.notify_all()
+
+    def visit(self, path: str) -> list[str]:
+        children: list[str] = []
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return children
+        try:
+            with os.scandir(fd) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            digest_dirs = os.path.basename(path) in DIGEST_HEX_LEN  # <alg>/<hex>/link: stat the link
+            for e in entries:
+                if self.stopped:
+                    break
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        if digest_dirs:
+                            os.stat(f"{e.name}/link", dir_fd=fd, follow_symlinks=False)
+                        else:
+                            children.append(f"{path}/{e.name}")
+                    elif e.is_file(follow_symlinks=False):
+                        os.stat(e.name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return children
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        for t in self.threads:
+            t.join()
 
 
 def usable_cpus() -> float:
