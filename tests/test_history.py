@@ -215,11 +215,11 @@ def test_a_killed_run_is_marked_failed_by_the_next_scan(base, scan, db_path):
 def test_a_real_signal_mid_scan_rolls_back_and_marks_the_run_failed(sig, tmp_path):
     """A CronJob deadline (SIGTERM) or Ctrl-C (SIGINT) during a scan of a real process: exit 2, the run is
     recorded as failed (never left 'running'), nothing of it is kept."""
+    import json
     import random
     import signal
     import subprocess
     import sys
-    import time
 
     from regindex.sample import StorageWriter
 
@@ -233,16 +233,18 @@ def test_a_real_signal_mid_scan_rolls_back_and_marks_the_run_failed(sig, tmp_pat
     cmd = [sys.executable, "-m", "regindex", "scan", str(base), "--db", str(db), "-q", "--verify-content"]
     subprocess.run(cmd, check=True, capture_output=True)  # run 1: the baseline
     w.remove_tag_current("team/app0", "v1")  # run 2 would add a finding
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if rows(db, "SELECT COUNT(*) AS n FROM runs WHERE status = 'running'")[0]["n"]:
+    # the signal goes as soon as the scan says its run started (a JSON log line on stderr): mid-scan, always
+    proc = subprocess.Popen(cmd + ["--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if json.loads(line).get("message") == "run 2 started":
+            proc.send_signal(getattr(signal, sig))
             break
-        time.sleep(0.01)
-    proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=60)
-    if rows(db, "SELECT status FROM runs WHERE id = 2") == [{"status": "complete"}]:
-        pytest.skip("the scan finished before the signal arrived")
+    err = "".join(seen) + err
     assert proc.returncode == 2, (out, err)
     assert "interrupted" in err and "Traceback" not in err
     assert rows(db, "SELECT id, status FROM runs ORDER BY id") == [{"id": 1, "status": "complete"},
