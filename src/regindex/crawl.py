@@ -264,7 +264,6 @@ class _Walker:
         self.listings = self.slow_listings = 0
         self.readahead: ReadAhead | None = None
         self.watching: str | None = None  # the repositories' top while their listings are watched
-        self.readers = readers
         self.known = known
         self.settled = settled
         self.prev: dict[tuple[str, str | None, str | None], KnownLink] = {}
@@ -322,7 +321,7 @@ class _Walker:
         if self.listings < _COLD_WINDOW:
             return
         if self.slow_listings >= _COLD_SHARE and self.watching is not None:
-            self.readahead = ReadAhead(self.watching, self.readers)
+            self.readahead = ReadAhead(self.watching, self.pool.n)
             self.watching = None
         self.listings = self.slow_listings = 0
 
@@ -335,14 +334,20 @@ class _Walker:
 
     def subdirs(self, path: str) -> Iterator[Entry]:
         for entry in self.scandir(path):
-            if entry.kind == SYMLINK:
-                raise self.not_followed(entry.path)
-            if not self.named(entry):
-                continue
-            if entry.kind == DIR:
+            if self.real_subdir(entry):
                 yield entry
-            else:
-                self.anomaly(entry.path, "unexpected file")
+
+    def real_subdir(self, entry: Entry) -> bool:
+        """A directory with a UTF-8 name; a symlink fails the crawl, a file is an anomaly (as is a name that
+        is not UTF-8)."""
+        if entry.kind == SYMLINK:
+            raise self.not_followed(entry.path)
+        if not self.named(entry):
+            return False
+        if entry.kind != DIR:
+            self.anomaly(entry.path, "unexpected file")
+            return False
+        return True
 
     def anomaly(self, path: str, reason: str) -> None:
         self.sink(Anomaly(self.rel(path), reason))
@@ -356,21 +361,15 @@ class _Walker:
 
     def digest_dirs(self, path: str, alg: str, what: str) -> list[Entry]:
         """The directories under ``path`` named by a hex digest of ``alg`` (the many entries of a ``_layers``,
-        ``revisions`` or blob prefix directory, tested in one call each); anything else there is judged as
-        :meth:`subdirs` would, and a directory with another name is an anomaly (``what``)."""
+        ``revisions`` or blob prefix directory, tested in one call each); anything else there is judged by
+        :meth:`real_subdir`, and a directory with another name is an anomaly (``what``)."""
         hexlen, is_hex = DIGEST_HEX_LEN[alg], hex_name_test(alg)
         out: list[Entry] = []
         for entry in self.scandir(path):
             name = entry.name
             if entry.kind == DIR and len(name) == hexlen and is_hex(name):
                 out.append(entry)  # hex is ASCII: no UTF-8 test needed
-            elif entry.kind == SYMLINK:
-                raise self.not_followed(entry.path)
-            elif not self.named(entry):
-                continue
-            elif entry.kind != DIR:
-                self.anomaly(entry.path, "unexpected file")
-            else:
+            elif self.real_subdir(entry):
                 self.anomaly(entry.path, what)
         return out
 

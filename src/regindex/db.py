@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
@@ -166,11 +167,16 @@ def head_revision() -> str:
     return HEAD_REVISION
 
 
-def script_head() -> str:
-    """The head of the packaged migrations, from alembic (slow: it imports alembic and every migration)."""
+def _scripts() -> Any:
+    """alembic's view of the packaged migrations (slow: it imports alembic and every migration)."""
     from alembic.script import ScriptDirectory
 
-    head = ScriptDirectory.from_config(alembic_config(None)).get_current_head()  # type: ignore[arg-type]
+    return ScriptDirectory.from_config(alembic_config(None))  # type: ignore[arg-type]
+
+
+def script_head() -> str:
+    """The head of the packaged migrations, from alembic."""
+    head = _scripts().get_current_head()
     assert head is not None
     return head
 
@@ -232,11 +238,10 @@ def check_schema(conn: Connection) -> None:
 
 
 def known_revision(rev: str) -> bool:
-    from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
 
     try:
-        return ScriptDirectory.from_config(alembic_config(None)).get_revision(rev) is not None  # type: ignore[arg-type]
+        return _scripts().get_revision(rev) is not None
     except CommandError:
         return False
 

@@ -116,14 +116,13 @@ class FileSystem:
         return out
 
     def stat(self, path: str) -> Stat | None:
-        try:
-            s = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return Stat(_kind(s.st_mode), s.st_size, s.st_mtime, max(s.st_mtime, s.st_ctime))
+        got = self.stat_many([path])[0]
+        if isinstance(got, OSError):
+            raise got
+        return got
 
     def stat_many(self, paths: Paths) -> Stats:
-        # the crawl's innermost loop (every link and blob data file of an incremental night): ``stat`` inlined
+        # the crawl's innermost loop (every link and blob data file of an incremental night): one call a batch
         out: Stats = []
         append, lstat, isreg = out.append, os.lstat, st_.S_ISREG
         for path in paths:
