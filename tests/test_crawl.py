@@ -316,6 +316,81 @@ def test_a_blob_walk_in_a_helper_process_gives_the_rows_and_counts_of_the_inline
     assert sum(type(r).__name__ == "Anomaly" for r in inline) == 2
 
 
+def _known_from(rows) -> dict[str, dict]:
+    """The known links an inventory would hold after a crawl gave ``rows``: those read when settled."""
+    from regindex.crawl import KnownLink, LinkRow
+
+    known: dict[str, dict] = {}
+    for i, r in enumerate(rows):
+        if isinstance(r, LinkRow) and r.changed is not None:
+            known.setdefault(r.repository, {})[(r.kind, r.tag, r.path_digest)] = KnownLink(r.changed, i)
+    return known
+
+
+def _split(monkeypatch, who: str) -> None:
+    """Who claims the repositories' runs: "race" (whoever is free), "helper" (all of them), "parent"."""
+    from regindex import crawl as crawl_mod
+
+    real, walk = crawl_mod._Runs.__iter__, os.getpid()
+    if who != "race":
+        monkeypatch.setattr(crawl_mod._Runs, "__iter__",
+                            lambda self: real(self) if (os.getpid() == walk) == (who == "parent") else iter(()))
+
+
+@pytest.mark.parametrize("who", ["race", "helper", "parent"])
+def test_the_helper_walks_repositories_too_and_every_row_is_the_inline_walks(private, rng, monkeypatch, who):
+    """The helper claims runs of the repositories' subtrees as the walk's process claims its own. A first
+    crawl, and an incremental one after every kind of link change (the helper cannot see the inventory: it
+    stats its links, and this process judges them), give the inline walk's rows and counts, whoever walks
+    which repositories."""
+    import time as time_mod
+
+    from regindex import crawl as crawl_mod
+    from regindex.crawl import crawl_into
+
+    images = {}
+    for i in range(40):
+        repo = f"ns{i % 7}/app{i}" if i % 3 else f"top{i}"
+        images[repo] = private.push_image(repo, rng)
+        private.tag(repo, "v1", images[repo].digest)
+    private.upload("top0", "u1", datetime(2020, 1, 1, tzinfo=timezone.utc))
+    (private.v2 / "repositories" / "_stray").mkdir()  # judged once, at the top, by the walk's process
+    root = discover(private.root)[0]
+    settled = time_mod.time() + 5
+
+    def rows(known=None, helper=True):
+        out: list[object] = []
+        stats = crawl_into(root, out.append, known=None if known is None else (lambda r: dict(known.get(r, {}))),
+                           settled=settled, helper=helper)
+        return sorted(out, key=repr), (stats.read, stats.skipped, stats.files_seen)
+
+    inline = rows(helper=False)
+    _split(monkeypatch, who)
+    assert rows() == inline
+    assert sum(type(r).__name__ == "Anomaly" for r in inline[0]) == 1
+
+    known = _known_from(inline[0])
+    assert sum(map(len, known.values())) >= 200
+    a, b, c = (images[k] for k in ("ns1/app1", "top3", "ns5/app5"))
+    private.write_layer_link("ns1/app1", a.config, b"")  # emptied
+    private.write_revision_link("top3", b.digest, ("sha256:" + "0" * 64).encode())  # same length, rewritten
+    private.remove_layer_link("ns5/app5", c.layers[0])  # removed inside its digest directory
+    private.write_tag_link("ns5/app5", "v1", b"x")
+    new = private.push_image("ns2/app2", rng)  # links the inventory never saw, in a known repository
+    private.tag("ns2/app2", "v2", new.digest)
+    private.push_image("ns6/brand-new", rng)  # a repository it never saw
+    settled = time_mod.time() + 5
+    settles: list[int] = []
+    real_settle = crawl_mod._Walker.settle
+    monkeypatch.setattr(crawl_mod._Walker, "settle", lambda self, seen: (settles.append(1), real_settle(self, seen)))
+    inline = rows(known, helper=False)
+    assert not settles
+    assert rows(known) == inline
+    assert inline[1][1] > 150 and sum(type(r).__name__ == "LinkRecheck" for r in inline[0]) == 4
+    if who != "race":  # the helper's links (all of them, or none) were judged here
+        assert (len(settles) > 150) == (who == "helper")
+
+
 @pytest.mark.parametrize("damage", ["unlistable", "symlink"])
 def test_a_storage_error_in_the_helper_fails_the_crawl_as_inline(private, rng, unlistable, damage, tmp_path):
     img = private.push_image("a", rng)
@@ -350,7 +425,7 @@ def test_a_cold_walk_reads_ahead_and_gives_the_same_rows(private, rng, monkeypat
     and they never open anything through a symlink (a symlinked repository directory fails the crawl)."""
     from regindex import crawl as crawl_mod
 
-    for i in range(12):
+    for i in range(30):  # listings enough, past the first window, for the threads to run ahead of the walk
         img = private.push_image(f"team/app{i}", rng)
         private.tag(f"team/app{i}", "v1", img.digest)
     root = discover(private.root)[0]
@@ -380,7 +455,7 @@ def test_a_cold_walk_reads_ahead_and_gives_the_same_rows(private, rng, monkeypat
     assert not [t for t in threading.enumerate() if t.name.startswith("regindex-readahead")]
     # run to its end on its own: every real directory listed, nothing through either symlink
     opened.clear()
-    ahead = crawl_mod.ReadAhead(str(private.v2 / "repositories"), 3)
+    ahead = crawl_mod.ReadAhead([str(private.v2 / "repositories")], 3)
     for t in ahead.threads:
         t.join()
     dirs = {str(p) for p in (private.v2 / "repositories").rglob("*") if p.is_dir() and not p.is_symlink()
