@@ -519,8 +519,8 @@ class _Walker:
                 if subtrees:
                     self.walk_subtrees(subtrees)
             else:
-                for chunk in helper.chunks:
-                    self.walk_subtrees(chunk)
+                for run in helper.runs:
+                    self.walk_subtrees(run)
             self.flush_links()
             if helper:
                 helper.collect(self)
@@ -732,8 +732,9 @@ class _Walker:
 
 class ReadAhead:
     """A cold walk's read-ahead (the local filesystem only): ``n`` threads list the directories of the subtrees
-    ``tops`` (the run of the repositories' subtrees being walked) ahead of the walk, depth first in its order, and stat what it will stat (the ``link`` file of each digest
-    directory, every other file), throwing the results away: the kernel keeps the directory blocks and inodes,
+    ``tops`` (the run of the repositories' subtrees being walked) ahead of the walk, depth first in its order,
+    and stat what it will stat (the ``link`` file of each digest directory, every other file), throwing the
+    results away: the kernel keeps the directory blocks and inodes,
     and the walk's own listings and stats, one at a time, find them in memory instead of waiting on the disk
     for each. Nothing it sees is used, so nothing it misses or races with can change a row. It never follows
     a symlink: a directory is opened with O_NOFOLLOW and listed through its descriptor."""
@@ -848,26 +849,27 @@ class Helper:
     """Half of the walk in a forked process, on a second CPU: the blob walk (a third of a tree's files: every
     ``data`` file stat'ed), then runs of the repositories' subtrees (``_Runs``), claimed as the walk's process
     claims its own. 200k tree in RAM: an unchanged night's crawl of its largest registry 1.39 s inline, 1.62 s
-    with the blobs alone in the helper, 1.17-1.22 s shared; the first scan's crawl 3.5 s -> 2.8 s. Its rows go to an unlinked temporary file, pickled a batch at a time (memory stays
-    flat), and reach the sink when both walks are done; its storage error fails the crawl as the walk's own
-    would. The helper touches nothing of this process but the walker: no database connection (it never runs a
-    finalizer: the collector is off and it leaves through ``os._exit``). So an incremental crawl's helper
-    cannot know the inventory's links: it stats every link of its repositories and sends a ``LinkSeen`` for
-    each, which this process judges (``_Walker.settle``) and reads when it is not known unchanged."""
+    with the blobs alone in the helper, 1.17-1.22 s shared; the first scan's crawl 3.5 s -> 2.8 s. Its rows go
+    to an unlinked temporary file, pickled a batch at a time (memory stays flat), and reach the sink when both
+    walks are done; its storage error fails the crawl as the walk's own would. The helper touches nothing of
+    this process but the walker: no database connection (it never runs a finalizer: the collector is off and
+    it leaves through ``os._exit``). So an incremental crawl's helper cannot know the inventory's links: it
+    stats every link of its repositories and sends a ``LinkSeen`` for each, which this process judges
+    (``_Walker.settle``) and reads when it is not known unchanged."""
 
     def __init__(self, walker: _Walker, blobs: str | None, subtrees: list[tuple[str, str]]) -> None:
-        self.chunks = _Runs(subtrees)
+        self.runs = _Runs(subtrees)
         try:
             self.file = tempfile.TemporaryFile()
         except OSError:
-            self.chunks.close()
+            self.runs.close()
             raise
         parent = os.getpid()
         try:
             self.pid = os.fork()
         except OSError:
             self.file.close()
-            self.chunks.close()
+            self.runs.close()
             raise
         if self.pid == 0:  # the helper
             gc.disable()
@@ -901,7 +903,7 @@ class Helper:
         try:
             if blobs:
                 walker.walk_blobs(blobs)
-            for run in self.chunks:
+            for run in self.runs:
                 walker.walk_subtrees(run)
             walker.flush_links()
             tail: tuple[str, Any] = ("ok", walker.stats)
@@ -953,7 +955,7 @@ class Helper:
                 pass
             self.pid = 0
         self.file.close()
-        self.chunks.close()
+        self.runs.close()
 
 
 class ReadPool:
@@ -999,8 +1001,9 @@ def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
     and reuses its row when the time is the same. Every directory is still listed and every other file
     stat'ed or read, so nothing added, removed or rewritten is missed.
 
-    ``helper``: walk the blobs and part of the repositories in a forked process (``Helper``); by default when the storage is the local
-    filesystem (a forked object-store client is not safe to use) and two CPUs are usable."""
+    ``helper``: walk the blobs and part of the repositories in a forked process (``Helper``); by default when
+    the storage is the local filesystem (a forked object-store client is not safe to use) and two CPUs are
+    usable."""
     if fs is None and not os.access(root.v2, os.R_OK | os.X_OK):
         raise StorageError(f"{root.name}: cannot read {root.v2}")
     if helper is None:
