@@ -428,35 +428,36 @@ class _Walker:
         episode goes on. The others are read again. Known links left in ``prev`` after the repository's walk
         are rechecked (``LinkRecheck``). In the helper (``observing``) each stat goes to the walk's process
         as a ``LinkSeen``, which :meth:`settle` judges there."""
-        prev, kv = self.prev, kind.value
+        kv, observing, unchanged = kind.value, self.observing, self.unchanged
         got = self.stat_many([path for path, _pd in links])
-        if self.observing:
-            for (path, path_digest), st in zip(links, got):
-                if isinstance(st, OSError):
-                    raise self.stat_error(path, st)
-                changed = st.changed if isinstance(st, Stat) and st.kind == FILE else None
-                self.sink(LinkSeen(path, repo, kind, tag, path_digest, changed))  # type: ignore[arg-type]
-            return
         skipped = 0
         for (path, path_digest), st in zip(links, got):
-            key = (kv, tag, path_digest)
-            if isinstance(st, Stat) and st.kind == FILE and st.changed == prev[key].changed:
-                del prev[key]
-                skipped += 1
-            elif isinstance(st, OSError):
+            if isinstance(st, OSError):
                 raise self.stat_error(path, st)
+            changed = st.changed if st is not None and st.kind == FILE else None
+            if observing:
+                self.sink(LinkSeen(path, repo, kind, tag, path_digest, changed))  # type: ignore[arg-type]
+            elif unchanged((kv, tag, path_digest), changed):
+                skipped += 1
             else:
                 self.queue_read(path, repo, kind, tag, path_digest)
         self.stats.skipped += skipped
         self.tick(skipped)
 
+    def unchanged(self, key: tuple[str, str | None, str | None], changed: float | None) -> bool:
+        """Whether the known link ``key`` of the repository being judged (``prev``) is unchanged: its file's
+        change time (``changed``: None when it is not a regular file) is the one the inventory read it at.
+        An unchanged link leaves ``prev``: its episode goes on."""
+        known = self.prev.get(key)
+        if known is None or changed is None or changed != known.changed:
+            return False
+        del self.prev[key]
+        return True
+
     def settle(self, seen: LinkSeen) -> None:
         """A link the helper stat'ed, judged against the known links of its repository (``prev``, set by
         :meth:`enter_known`) as :meth:`reuse_links` judges its own."""
-        key = (seen.kind.value, seen.tag, seen.path_digest)
-        known = self.prev.get(key)
-        if known is not None and seen.changed is not None and seen.changed == known.changed:
-            del self.prev[key]
+        if self.unchanged((seen.kind.value, seen.tag, seen.path_digest), seen.changed):
             self.stats.skipped += 1
             self.tick()
         else:
@@ -544,6 +545,11 @@ class _Walker:
             raise StorageError(f"{self.root.name}: {self.rel(path)} is not a directory")
         return path
 
+    def stop_if_orphaned(self) -> None:
+        """In the helper: the walk's process is gone (killed), so nothing will collect these rows: stop."""
+        if self.parent is not None and os.getppid() != self.parent:
+            raise StorageError(f"{self.root.name}: the scan ended before its helper's walk")
+
     def walk_blobs(self, blobs: str) -> None:
         join = self.fs.join
         for alg_dir in self.subdirs(blobs):
@@ -553,8 +559,7 @@ class _Walker:
             alg = alg_dir.name
             sink, head = self.sink, f"{alg}:"
             for prefix in self.subdirs(alg_dir.path):
-                if self.parent is not None and os.getppid() != self.parent:
-                    raise StorageError(f"{self.root.name}: the scan ended before its blob walk")  # orphaned helper
+                self.stop_if_orphaned()
                 hexes: list[str] = []
                 datas: list[str] = []
                 for hex_dir in self.digest_dirs(prefix.path, alg, "not a blob directory name"):
@@ -587,8 +592,7 @@ class _Walker:
     def walk_subtrees(self, subtrees: list[tuple[str, str]]) -> None:
         """Depth-first, in name order, without recursion (nesting depth is the tree's, not ours). Once the walk
         is found cold, each run of subtrees gets its own read-ahead."""
-        if self.parent is not None and os.getppid() != self.parent:
-            raise StorageError(f"{self.root.name}: the scan ended before its helper's walk")  # orphaned helper
+        self.stop_if_orphaned()
         if self.watch:
             paths = [path for path, _name in subtrees]
             if self.readahead is not None:
@@ -734,9 +738,8 @@ class ReadAhead:
     """A cold walk's read-ahead (the local filesystem only): ``n`` threads list the directories of the subtrees
     ``tops`` (the run of the repositories' subtrees being walked) ahead of the walk, depth first in its order,
     and stat what it will stat (the ``link`` file of each digest directory, every other file), throwing the
-    results away: the kernel keeps the directory blocks and inodes,
-    and the walk's own listings and stats, one at a time, find them in memory instead of waiting on the disk
-    for each. Nothing it sees is used, so nothing it misses or races with can change a row. It never follows
+    results away: the kernel keeps the directory blocks and inodes, and the walk's own listings and stats, one
+    at a time, find them in memory instead of waiting on the disk for each. Nothing it sees is used, so nothing it misses or races with can change a row. It never follows
     a symlink: a directory is opened with O_NOFOLLOW and listed through its descriptor."""
 
     def __init__(self, tops: list[str], n: int) -> None:
