@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from regindex import db
+from regindex import db, store
 from regindex.sample import StorageWriter, sha256
 
 
@@ -280,6 +280,89 @@ def test_a_known_indexs_children_are_followed_to_data_that_changed(urls, base, i
     got, want = seen(kept), seen(other)
     assert got == want and got[0][0][0] == 10  # the truncated bytes were hashed
     assert got[1]["child_blob_data_size"] == 10
+
+
+def verifications(url: str) -> list[tuple[str, ...]]:
+    """The blob data each registry hashed, as it stands (which bytes the manifest walk read)."""
+    engine = create_engine(_url(url))
+    with engine.connect() as c:
+        out = sorted(tuple(map(str, r)) for r in c.execute(text(
+            "SELECT g.name, v.digest, v.size, v.mtime, v.computed_digest, v.parse_error FROM blob_verifications v "
+            "JOIN registries g ON g.id = v.registry_id")))
+    engine.dispose()
+    return out
+
+
+def test_an_incremental_manifest_walk_reads_what_a_walk_from_every_root_reads(urls, base, invoke, tmp_path,
+                                                                             monkeypatch):
+    """A re-scan walks manifests from the roots its links diff opened and from the changed blobs that a walk
+    from every root reaches. Two databases with the same history, the last scan incremental in one and
+    ``--full`` in the other, hold the same parses and hashes: a child reached only through its index is read
+    again when its data changes, a manifest no root reaches is not read when its data changes (nor one named only by what its index's bytes
+    were before they changed), the target of
+    a new _layers alias under a reached path is read, and so is a manifest that was on disk, unread, when a
+    tag comes to name it."""
+    kept, fresh = urls
+    twin = fresh()
+    config = tmp_path / "regindex.toml"
+    config.write_text("settle_seconds = 0\n")
+    w, _rng, imgs = build(base)
+    idx0, _img0, old0 = imgs["team/app0"]
+    idx1, img1, _old1 = imgs["team/app1"]
+    _idx2, _img2, old2 = imgs["team/app2"]
+    child = idx0.children[0]
+
+    def manifest(layers: int) -> bytes:
+        return json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": img1.config, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": img1.config, "size": 2}]
+            * layers}).encode()
+
+    lone = w.put_blob(manifest(1))  # no link names it (a half-finished push): never read ...
+    stray = w.put_blob(manifest(0))  # the same, until a _layers alias under a reached path names it
+
+    def both(*extra: str) -> None:
+        for url in (kept, twin):
+            invoke("scan", base, "--db", url, "-q", "--fail-on", "never", "--config", config,
+                   *(extra if url == twin else ()))
+
+    both()
+    w.remove_revision("team/app0", child.digest)  # reached through its index only
+    w.remove_revision("team/app2", old2.digest)  # reached by nothing
+    dropped = idx1.children[0]
+    w.remove_revision("team/app1", dropped.digest)  # reached through its index only, until ...
+    both()
+    w.truncate_blob(child.digest, 10)
+    blob = w.v2 / "blobs" / "sha256" / old2.digest[7:9] / old2.digest[7:] / "data"
+    blob.write_bytes(b'{"schemaVersion": 2}')
+    w.write_layer_link("team/app1", img1.digest, stray.encode())  # an alias: a reached path names the stray
+    w.tag("team/app0", "again", old0.digest)
+    w.tag("team/app2", "lone", lone)  # ... until a tag names it
+    index = w.v2 / "blobs" / "sha256" / idx1.digest[7:9] / idx1.digest[7:] / "data"
+    same_length_rewrite(index, index.read_bytes().replace(dropped.digest.encode(), b"sha256:" + b"0" * 64))
+    w.truncate_blob(dropped.digest, 10)  # ... its index's bytes no longer name it: not read
+    walked: list[tuple[set[str], set[str]]] = []
+    reached = store.reached_from_roots
+
+    def spy(conn: Any, rid: int, digests: set[str], aliases: dict[str, set[str]]) -> set[str]:
+        got = reached(conn, rid, digests, aliases)
+        walked.append((digests, got))
+        return got
+
+    monkeypatch.setattr(store, "reached_from_roots", spy)
+    both("--full")
+    asked = set().union(*(d for d, _ in walked))
+    found = set().union(*(g for _, g in walked))
+    assert {child.digest, old2.digest, stray} <= asked  # the incremental walk ran (not its fallback) ...
+    assert {child.digest, stray} <= found and old2.digest not in found  # ... and judged reachability
+    a, b = inventory(_url(kept)), inventory(_url(twin))
+    assert a == b
+    assert verifications(kept) == verifications(twin)
+    hashed = {(r[1], r[2]) for r in verifications(kept)}
+    assert (child.digest, "10") in hashed and (dropped.digest, "10") not in hashed
+    assert {stray, lone} <= {d for d, _size in hashed} and {stray, lone} <= {r[0] for r in a["manifests"]}
+    assert (old2.digest, str(blob.stat().st_size)) not in hashed
 
 
 def test_full_scans_read_every_link_and_incremental_ones_only_what_changed(urls, base, invoke, tmp_path):

@@ -491,7 +491,8 @@ def _load_registry(
         # (parsing is idempotent over the same inventory). A full scan walks the manifests again all the same.
         if full or stats.changed:
             store.refresh_statistics(conn)  # the planner must know the inventory it just loaded
-            parsed, hashed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes)
+            parsed, hashed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes,
+                                              incremental=not full and counts.blobs > 0)
     clock.count("manifests", parsed)
     if opts.verify_content:
         _say(progress, f"verifying blob content of {name}")
@@ -583,9 +584,22 @@ def _open_count(conn: Connection) -> int:
     return int(conn.execute(text("SELECT COUNT(*) FROM findings WHERE resolved_run IS NULL")).scalar_one())
 
 
-def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, cap: int) -> tuple[int, int]:
+# An incremental walk asks, upwards, whether each changed blob is reached; past this share of the registry's
+# blobs changed (a first scan: all of them), walking from every root is cheaper.
+WALK_SHARE = 0.2
+
+
+def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, cap: int,
+                     incremental: bool = False) -> tuple[int, int]:
     """Parse manifests from link targets to their children, to a fixpoint, driven by the inventory in SQL.
     Returns how many manifests were parsed and how many blobs' bytes were hashed (and recorded).
+
+    ``incremental``: the walk before this scan's changes covered the registry (every committed inventory was
+    walked in the same savepoint that loaded it), so only what the changes reach can need reading: the walk
+    starts from the roots this scan's links diff opened, and from the changed blobs (data appeared, size or
+    mtime changed) that the walk from every root reaches (``store.reached_from_roots``); from there it
+    follows children as the whole walk does. Everything else it would find hashed at its size and mtime,
+    its stored parse standing. Unless too much changed (WALK_SHARE): then it walks from every root.
 
     A manifest's parse is stored once per (digest, size), ever. Its bytes are read again only when the blob's
     size or mtime changed since they were last hashed in this registry: every read is hashed, so a same-size
@@ -593,8 +607,17 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
     replace the parse of the genuine content (another registry may hold it): their parse is stored under their
     own hash.
     """
-    queue = store.manifest_roots(conn, registry_id)
     aliases = store.layer_aliases(conn, registry_id)
+    queue: set[str] | None = None
+    if incremental:
+        roots, changed = store.walk_seeds(conn, registry_id)
+        blobs = store.current_counts(conn, registry_id)[1]
+        if len(roots) + len(changed) <= WALK_SHARE * blobs:
+            # an alias whose path the walk reaches: its target too (the alias may be new)
+            changed |= {t for targets in aliases.values() for t in targets}
+            queue = roots | store.reached_from_roots(conn, registry_id, changed - roots, aliases)
+    if queue is None:
+        queue = store.manifest_roots(conn, registry_id)
     own: set[tuple[str, int]] = set()  # parses stored under the hash of non-genuine bytes in this run
     done: set[str] = set()
     parsed_total = hashed_total = 0

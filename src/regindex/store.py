@@ -332,7 +332,8 @@ class Stage:
         for key, spec in SPECS.items():
             only = _RECHECKABLE if key == "links" and self.incremental else None
             capture = _CHANGE_COLUMNS.get(key) if self.changes else None
-            _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, only, capture)
+            opened = _OPENED_CAPTURE.get(key) if self.changes else None
+            _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, only, capture, opened)
         return stats
 
     def drop(self) -> None:
@@ -350,6 +351,16 @@ _CHANGE_COLUMNS = {
     # the target of a layer or revision link: other repositories' findings name its linkers
     "links": "'link', repository, CASE WHEN kind IN ('layer', 'revision') THEN target_digest END",
     "blobs": "'blob', NULL, digest",
+}
+# Besides: where the manifest walk starts (``manifest_roots``) among the links a diff opened or changed, as
+# 'root' rows (an incremental walk starts from them: ``walk_seeds``). The checks' scope never reads them.
+_OPENED_CAPTURE = {
+    "links": (
+        "SELECT :rid, 'root', NULL, target_digest FROM diff_new WHERE state = 'ok' "
+        "AND kind IN ('revision', 'tag_current', 'tag_index') AND target_digest IS NOT NULL "
+        "UNION SELECT :rid, 'root', NULL, path_digest FROM diff_new WHERE kind = 'revision' "
+        "AND path_digest IS NOT NULL"
+    ),
 }
 
 
@@ -413,7 +424,7 @@ def _match(conn: Connection, spec: EpisodeSpec, t: str, s: str) -> str:
 
 
 def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry_id: int, stats: LoadStats,
-          only: str | None = None, capture: str | None = None) -> None:
+          only: str | None = None, capture: str | None = None, opened: str | None = None) -> None:
     """Two set differences (EXCEPT: sorted or hashed passes over both sides, NULLs equal, no probe per row)
     find the few rows that differ on a night: staged rows the inventory does not hold as they are, and
     inventory rows the crawl did not see as they are. An identity in both differs in a mutable column (updated
@@ -440,6 +451,8 @@ def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry
     if capture:  # every row that differs, new or old side: what the checks' scope starts from
         conn.execute(text(f"INSERT INTO {CHANGES_TABLE} (registry_id, what, repository, digest) "
                           f"SELECT :rid, {capture} FROM diff_new UNION ALL SELECT :rid, {capture} FROM diff_old"), p)
+    if opened:
+        conn.execute(text(f"INSERT INTO {CHANGES_TABLE} (registry_id, what, repository, digest) {opened}"), p)
     match_old = _match(conn, spec, "x", "o")
     gone = conn.execute(text(
         f"UPDATE {t} SET gone_run = :run WHERE id IN (SELECT x.id FROM diff_old o JOIN {t} x "
@@ -611,6 +624,92 @@ def layer_aliases(conn: Connection, registry_id: int) -> dict[str, set[str]]:
     for path, target in conn.execute(q, {"rid": registry_id}):
         out.setdefault(path, set()).add(target)
     return out
+
+
+def walk_seeds(conn: Connection, registry_id: int) -> tuple[set[str], set[str]]:
+    """What this scan's diffs opened or changed in a registry (CHANGES_TABLE): the manifest walk's roots among
+    its links (``manifest_roots``), and the present blobs whose data appeared or changed (size, mtime)."""
+    q = text(
+        f"SELECT c.what, c.digest FROM {CHANGES_TABLE} c WHERE c.registry_id = :rid AND c.digest IS NOT NULL "
+        "AND (c.what = 'root' OR (c.what = 'blob' AND EXISTS (SELECT 1 FROM blobs b WHERE b.registry_id = "
+        "c.registry_id AND b.gone_run IS NULL AND b.digest = c.digest)))"
+    )
+    roots: set[str] = set()
+    blobs: set[str] = set()
+    for what, digest in conn.execute(q, {"rid": registry_id}):
+        (roots if what == "root" else blobs).add(digest)
+    return roots, blobs
+
+
+# A digest that is a root of the walk (manifest_roots, for one digest at a time of the walk_up table).
+_IS_ROOT = (
+    "SELECT u.digest FROM walk_up u WHERE EXISTS (SELECT 1 FROM links l WHERE l.registry_id = :rid "
+    "AND l.target_digest = u.digest AND l.gone_run IS NULL AND l.state = 'ok' "
+    "AND l.kind IN ('revision', 'tag_current', 'tag_index')) OR EXISTS (SELECT 1 FROM links l "
+    "WHERE l.path_digest = u.digest AND l.registry_id = :rid AND l.gone_run IS NULL AND l.kind = 'revision')"
+)
+# (child, parent): a present blob whose stored parse stands for its bytes (Candidate.parsed_as: hashed at its
+# size and mtime, and the parse of its own digest and size) names the child.
+_STANDING_PARENTS = (
+    "SELECT DISTINCT r.digest, b.digest FROM walk_up u CROSS JOIN manifest_refs r "
+    "JOIN manifests m ON m.id = r.manifest_id "
+    "JOIN blobs b ON b.registry_id = :rid AND b.gone_run IS NULL AND b.digest = m.digest AND b.size = m.size "
+    "JOIN blob_verifications v ON v.registry_id = :rid AND v.digest = b.digest AND v.size = b.size "
+    "AND ABS(v.mtime - b.mtime) < 1e-6 WHERE r.digest = u.digest AND r.role IN ('child', 'subject')"
+)
+# The same for bytes that are not their digest's content (no parse of the digest and size is stored): the
+# parse stored under the digest they hash to stands for them. Few: loaded once.
+_ODD_PARENTS = (
+    "SELECT r.digest, b.digest FROM blob_verifications v CROSS JOIN blobs b "
+    "JOIN manifests m ON m.digest = v.computed_digest AND m.size = b.size "
+    "JOIN manifest_refs r ON r.manifest_id = m.id AND r.role IN ('child', 'subject') "
+    "WHERE v.registry_id = :rid AND v.computed_digest IS NOT NULL AND v.computed_digest <> v.digest "
+    "AND b.registry_id = v.registry_id AND b.gone_run IS NULL AND b.digest = v.digest AND b.size = v.size "
+    "AND ABS(v.mtime - b.mtime) < 1e-6 "
+    "AND NOT EXISTS (SELECT 1 FROM manifests k WHERE k.digest = b.digest AND k.size = b.size)"
+)
+
+
+def reached_from_roots(conn: Connection, registry_id: int, digests: set[str],
+                       aliases: dict[str, set[str]]) -> set[str]:
+    """Those of ``digests`` that the manifest walk over the registry's inventory as it stands reaches: a root
+    (``manifest_roots``), the target of a _layers alias whose path digest is reached (``layer_aliases``), or
+    a child or subject named by the stored parse that stands for a reached present blob. Found upwards from
+    the digests, a level of parents at a time (a few queries per level: index depth, not registry size)."""
+    down: dict[str, set[str]] = {}  # parent -> the children it names, of those asked about
+    extra: dict[str, set[str]] = {}  # child -> parents by an alias or by bytes that are not their digest's
+    for path, targets in aliases.items():
+        for t in targets:
+            extra.setdefault(t, set()).add(path)
+    for child, parent in conn.execute(text(_ODD_PARENTS), {"rid": registry_id}):
+        extra.setdefault(child, set()).add(parent)
+    frontier, seen, hits = set(digests), set(digests), set()
+    while frontier:
+        drop_temp(conn, "walk_up")
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE walk_up (digest {_sql_type(conn, table(Blob), 'digest')})")
+        driver_insert(conn, "walk_up", ("digest",), [(d,) for d in sorted(frontier)])
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE walk_up")
+        level_hits = {d for (d,) in conn.execute(text(_IS_ROOT), {"rid": registry_id})}
+        hits |= level_hits
+        edges = [(c, p) for c, p in conn.execute(text(_STANDING_PARENTS), {"rid": registry_id})]
+        edges += [(c, p) for c in frontier for p in extra.get(c, ())]
+        frontier = set()
+        for child, parent in edges:
+            if child in level_hits:
+                continue  # reached already: its parents tell nothing more
+            down.setdefault(parent, set()).add(child)
+            if parent not in seen:
+                seen.add(parent)
+                frontier.add(parent)
+    drop_temp(conn, "walk_up")
+    reached, stack = set(hits), list(hits)
+    while stack:
+        for child in down.get(stack.pop(), ()):
+            if child not in reached:
+                reached.add(child)
+                stack.append(child)
+    return digests & reached
 
 
 class Candidate(NamedTuple):
