@@ -200,6 +200,9 @@ class EpisodeSpec:
     # nullable identity columns (compared NULL-safely); a staging index on ``index`` serves the diff
     nullable: tuple[str, ...] = ()
     index: tuple[str, ...] = ()
+    # identity columns whose values repeat widely (a shared base layer's digest is the target of thousands of
+    # links): SQLite must not look inventory rows up by them (``_match``)
+    skewed: tuple[str, ...] = ()
 
 
 SPECS: dict[str, EpisodeSpec] = {
@@ -207,7 +210,7 @@ SPECS: dict[str, EpisodeSpec] = {
     "links": EpisodeSpec(
         table(Link), ("repository", "kind", "tag", "path_digest", "target_digest", "state", "preview"),
         mutable=("changed",), nullable=("tag", "path_digest", "target_digest", "preview"),
-        index=("repository", "kind", "path_digest"),
+        index=("repository", "kind", "path_digest"), skewed=("target_digest",),
     ),
     "blobs": EpisodeSpec(table(Blob), ("digest", "size"), ("mtime",), index=("digest",)),
     "uploads": EpisodeSpec(table(Upload), ("repository", "uuid", "started_raw"), ("started_at", "size"),
@@ -408,14 +411,19 @@ def _to_db(conn: Connection, v: Any) -> Any:
 
 
 def _match(conn: Connection, spec: EpisodeSpec, t: str, s: str) -> str:
-    """Identity equality of an inventory row and a staged row, NULL-safe. SQLite: ``IS`` (indexable).
-    PostgreSQL: COALESCE for columns that are never the empty string (hashable), an OR otherwise."""
+    """Identity equality of an inventory row and a staged row, NULL-safe. SQLite: ``IS`` (indexable), and a
+    unary ``+`` on ``t``'s skewed columns, which keeps SQLite from looking ``t``'s rows up by them: its
+    planner took the links' target index to probe each new link, scanning every link to a shared base layer
+    (2.1 s of a 1M churn night's load). PostgreSQL: COALESCE for columns that are never the empty string
+    (hashable), an OR otherwise."""
     out = []
+    sqlite = conn.dialect.name == "sqlite"
     for c in spec.identity:
+        left = f"+{t}.{c}" if sqlite and c in spec.skewed else f"{t}.{c}"
         if c not in spec.nullable:
-            out.append(f"{t}.{c} = {s}.{c}")
-        elif conn.dialect.name == "sqlite":
-            out.append(f"{t}.{c} IS {s}.{c}")
+            out.append(f"{left} = {s}.{c}")
+        elif sqlite:
+            out.append(f"{left} IS {s}.{c}")
         elif c in ("tag", "path_digest", "target_digest"):
             out.append(f"COALESCE({t}.{c}, '') = COALESCE({s}.{c}, '')")
         else:
