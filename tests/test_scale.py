@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from regindex import db, store
 from regindex.sample import StorageWriter, sha256
@@ -804,6 +804,36 @@ def test_0008_upgrades_a_database_with_history(urls, base, invoke):
         # derived under the new schema (the fingerprint names the head): the old finding is resolved by run 2
         assert c.execute(text("SELECT resolved_run FROM findings WHERE key = 'k'")).scalar_one() == 2
         rewritten_views_as_first_defined(c)
+    engine.dispose()
+
+
+def test_0009_upgrades_a_database_with_history(urls, base, invoke):
+    """A database built by 0008_serving_lookups (the previous head) with a run, link episodes (one of them a
+    _layers alias) and a finding keeps all of it; the new partial index holds the alias the old schema stored,
+    and the manifest walk's lookup (through that index on SQLite) finds it; a scan then works as before."""
+    kept, _fresh = urls
+    path, target = sha256(b"path"), sha256(b"target")
+    history_at(kept, "0008_serving_lookups", {"links": 2}, link=sha256(b"manifest"))
+    engine = db.make_engine(db.resolve_url(kept))
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO links (registry_id, repository, kind, path_digest, target_digest, state, "
+                       "first_run) VALUES (1, 'team/app', 'layer', :p, :t, 'ok', 1)"), {"p": path, "t": target})
+    engine.dispose()
+    engine = db.open_writer(kept)  # upgrades
+    with engine.connect() as c:
+        assert db.current_revision(c) == db.head_revision()
+        assert "ix_links_aliases" in {i["name"] for i in inspect(c).get_indexes("links")}
+        assert store.layer_aliases(c, 1) == {path: {target}}
+        assert c.execute(text("SELECT COUNT(*) FROM links WHERE first_run = 1 AND gone_run IS NULL")).scalar_one() == 2
+        assert c.execute(text("SELECT links FROM runs WHERE id = 1")).scalar_one() == 2
+        assert c.execute(text("SELECT COUNT(*) FROM findings WHERE key = 'k'")).scalar_one() == 1
+    engine.dispose()
+    StorageWriter(base / "r").push_image("team/app", random.Random(3))
+    invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")
+    engine = create_engine(_url(kept))
+    with engine.connect() as c:  # the scan closed the episodes the tree no longer holds, the alias among them
+        assert c.execute(text("SELECT gone_run FROM links WHERE path_digest = :p"), {"p": path}).scalar_one() == 2
+        assert store.layer_aliases(c, 1) == {}
     engine.dispose()
 
 

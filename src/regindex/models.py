@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -132,6 +133,10 @@ class Repository(Base):
     __table_args__ = (Index("ix_repositories_current", "registry_id", "gone_run", "name"),)
 
 
+# The _layers links that name another digest than their path (0009: a partial index holds them alone).
+_ALIAS_WHERE = "kind = 'layer' AND gone_run IS NULL AND path_digest <> target_digest"
+
+
 class Link(Base):
     """A link file (or a link directory without its file: state ``absent``).
 
@@ -159,6 +164,9 @@ class Link(Base):
         Index("ix_links_current", "registry_id", "gone_run", "repository", "kind", "path_digest"),
         Index("ix_links_target", "registry_id", "target_digest"),
         Index("ix_links_path_digest", "path_digest"),
+        # (0009) the _layers aliases alone (regindex.store.layer_aliases reads them on every manifest walk)
+        Index("ix_links_aliases", "registry_id", "path_digest", "target_digest",
+              sqlite_where=text(_ALIAS_WHERE), postgresql_where=text(_ALIAS_WHERE)),
     )
 
 

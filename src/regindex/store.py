@@ -623,10 +623,12 @@ def manifest_roots(conn: Connection, registry_id: int) -> set[str]:
 
 def layer_aliases(conn: Connection, registry_id: int) -> dict[str, set[str]]:
     """Path digest -> target digests of the _layers links (that parse) naming another digest than their path:
-    few (aliases and misdirected links), found in one pass."""
+    few (aliases and misdirected links), read from the partial index that holds them alone (0009; SQLite's
+    planner preferred the registry's whole current index: 0.7 s at 1M files, 0.1 ms through this one)."""
+    hint = " INDEXED BY ix_links_aliases" if conn.dialect.name == "sqlite" else ""
     q = text(
-        "SELECT path_digest, target_digest FROM links WHERE registry_id = :rid AND gone_run IS NULL "
-        "AND kind = 'layer' AND state = 'ok' AND target_digest IS NOT NULL AND path_digest <> target_digest"
+        f"SELECT path_digest, target_digest FROM links{hint} WHERE registry_id = :rid AND gone_run IS NULL "
+        "AND kind = 'layer' AND state = 'ok' AND path_digest <> target_digest"
     )
     out: dict[str, set[str]] = {}
     for path, target in conn.execute(q, {"rid": registry_id}):
