@@ -135,6 +135,7 @@ class Repository(Base):
 
 # The _layers links that name another digest than their path (0009: a partial index holds them alone).
 _ALIAS_WHERE = "kind = 'layer' AND gone_run IS NULL AND path_digest <> target_digest"
+_UNSETTLED_WHERE = "changed IS NULL AND gone_run IS NULL"
 
 
 class Link(Base):
@@ -167,6 +168,9 @@ class Link(Base):
         # (0009) the _layers aliases alone (regindex.store.layer_aliases reads them on every manifest walk)
         Index("ix_links_aliases", "registry_id", "path_digest", "target_digest",
               sqlite_where=text(_ALIAS_WHERE), postgresql_where=text(_ALIAS_WHERE)),
+        # (0009) the open links read while unsettled (no change time): an incremental load compares them again
+        Index("ix_links_unsettled", "registry_id",
+              sqlite_where=text(_UNSETTLED_WHERE), postgresql_where=text(_UNSETTLED_WHERE)),
     )
 
 
