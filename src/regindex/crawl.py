@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -85,6 +85,43 @@ class BlobRow(NamedTuple):
     digest: str
     size: int
     mtime: float
+
+
+class BlobBucket(NamedTuple):
+    """What the crawl saw of one bucket of blobs (an algorithm and four hex digits: ``bucket_of``), to keep for
+    the next crawl: given when the bucket is new or changed, after its blobs' rows."""
+
+    bucket: str
+    blobs: int
+    bytes: int
+    checksum: str  # bucket_checksum of its rows
+
+
+class CleanBucket(NamedTuple):
+    """A bucket the crawl found as the last scan saw it (its count, bytes and checksum are those it was given):
+    its blobs' rows are not given."""
+
+    bucket: str
+    blobs: int
+    bytes: int
+
+
+# known blobs, by bucket: (blobs, bytes, checksum) as the last scan saw them (regindex.store.blob_buckets)
+KnownBlobs = dict[str, tuple[int, int, str]]
+BUCKET_HEX = 4
+
+
+def bucket_of(digest: str) -> str:
+    """The bucket of a digest: its algorithm and the first BUCKET_HEX hex digits."""
+    return digest[:digest.index(":") + 1 + BUCKET_HEX]
+
+
+def bucket_checksum(rows: Sequence[BlobRow]) -> str:
+    """A checksum of blob rows (digest, size, mtime), whatever their order."""
+    h = hashlib.blake2b(digest_size=16)
+    for r in sorted(rows):
+        h.update(f"{r.digest} {r.size} {r.mtime!r}\n".encode())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +260,7 @@ class LinkRecheck:
     id: int
 
 
-Row = RepoRow | LinkRow | BlobRow | UploadRow | Anomaly | LinkRecheck
+Row = RepoRow | LinkRow | BlobRow | UploadRow | Anomaly | LinkRecheck | BlobBucket | CleanBucket
 
 
 class KnownLink(NamedTuple):
@@ -277,8 +314,9 @@ class _Walker:
     def __init__(self, root: RegistryRoot, sink: Callable[[Row], None],
                  progress: Callable[[int], None] | None, fs: Storage | None = None,
                  readers: int = DEFAULT_READERS, known: Known | None = None, settled: float | None = None,
-                 helper: bool = False) -> None:
+                 helper: bool = False, known_blobs: KnownBlobs | None = None) -> None:
         self.root = root
+        self.known_blobs = known_blobs
         self.helper = helper
         self.parent: int | None = None  # in a helper process: the walk's process, whose exit ends the helper
         # the local filesystem: the repositories' listings are watched, and a cold walk gets a ReadAhead
@@ -557,9 +595,10 @@ class _Walker:
                 self.anomaly(alg_dir.path, "unknown digest algorithm")
                 continue
             alg = alg_dir.name
-            sink, head = self.sink, f"{alg}:"
+            head = f"{alg}:"
             for prefix in self.subdirs(alg_dir.path):
                 self.stop_if_orphaned()
+                rows: list[BlobRow] = []
                 hexes: list[str] = []
                 datas: list[str] = []
                 for hex_dir in self.digest_dirs(prefix.path, alg, "not a blob directory name"):
@@ -581,8 +620,30 @@ class _Walker:
                             raise self.not_followed(data)
                         self.anomaly(data, "blob data is not a regular file (not read)")
                         continue
-                    sink(BlobRow(head + hex_, st.size, st.mtime))
+                    rows.append(BlobRow(head + hex_, st.size, st.mtime))
+                self.buckets(rows)
                 self.tick(seen)
+
+    def buckets(self, rows: list[BlobRow]) -> None:
+        """One prefix directory's blob rows to the sink, a bucket at a time: a bucket the last scan saw the same
+        (``known_blobs``) as a ``CleanBucket`` alone, any other with its rows and then its ``BlobBucket``."""
+        rows.sort()
+        sink, known = self.sink, self.known_blobs
+        i = 0
+        while i < len(rows):
+            key = bucket_of(rows[i].digest)
+            j = i + 1
+            while j < len(rows) and rows[j].digest.startswith(key):
+                j += 1
+            part = rows[i:j]
+            i = j
+            n, size, checksum = len(part), sum(r.size for r in part), bucket_checksum(part)
+            if known is not None and known.get(key) == (n, size, checksum):
+                sink(CleanBucket(key, n, size))
+                continue
+            for row in part:
+                sink(row)
+            sink(BlobBucket(key, n, size, checksum))
 
     def top_subtrees(self, top: str) -> list[tuple[str, str]]:
         """The repositories' top directory, listed and judged once: its subtrees (path, name), in walk order
@@ -995,7 +1056,8 @@ class ReadPool:
 def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
                progress: Callable[[int], None] | None = None, fs: Storage | None = None,
                readers: int = DEFAULT_READERS, known: Known | None = None,
-               settled: float | None = None, helper: bool | None = None) -> CrawlStats:
+               settled: float | None = None, helper: bool | None = None,
+               known_blobs: KnownBlobs | None = None) -> CrawlStats:
     """Walk one registry root, handing each row to ``sink`` as it is found. Raises ``StorageError`` when any
     part of the tree cannot be listed (rows already handed over must then be discarded).
 
@@ -1004,6 +1066,9 @@ def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
     and reuses its row when the time is the same. Every directory is still listed and every other file
     stat'ed or read, so nothing added, removed or rewritten is missed.
 
+    ``known_blobs``: what the last scan saw of the blobs, by bucket (``KnownBlobs``). Every data file is still
+    stat'ed; the rows of a bucket found the same are not given (a ``CleanBucket`` stands for them).
+
     ``helper``: walk the blobs and part of the repositories in a forked process (``Helper``); by default when
     the storage is the local filesystem (a forked object-store client is not safe to use) and two CPUs are
     usable."""
@@ -1011,7 +1076,7 @@ def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
         raise StorageError(f"{root.name}: cannot read {root.v2}")
     if helper is None:
         helper = fs is None and hasattr(os, "fork") and usable_cpus() >= 2
-    return _Walker(root, sink, progress, fs, readers, known, settled, helper).run()
+    return _Walker(root, sink, progress, fs, readers, known, settled, helper, known_blobs).run()
 
 
 def crawl(root: RegistryRoot, progress: Callable[[int], None] | None = None) -> CrawlResult:
@@ -1019,7 +1084,7 @@ def crawl(root: RegistryRoot, progress: Callable[[int], None] | None = None) -> 
     result = CrawlResult(root)
     lists: dict[type, list[Any]] = {RepoRow: result.repositories, LinkRow: result.links, BlobRow: result.blobs,
                                     UploadRow: result.uploads, Anomaly: result.anomalies}
-    stats = crawl_into(root, lambda row: lists[type(row)].append(row), progress)
+    stats = crawl_into(root, lambda row: lists[type(row)].append(row) if type(row) in lists else None, progress)
     result.files_seen = stats.files_seen
     return result
 

@@ -191,6 +191,21 @@ class Blob(Base):
     )
 
 
+class BlobBucket(Base):
+    """(0010) What the last scan saw of a registry's blobs whose digest starts with ``bucket`` (an algorithm and
+    four hex digits): how many, their bytes, and a checksum of their (digest, size, mtime), sorted. A crawl
+    given these skips the rows of every bucket it finds the same, so an unchanged blob is neither staged nor
+    diffed (``regindex.store.Stage``). Internal bookkeeping of the scan, replaced with the inventory it
+    describes; not part of the documented schema."""
+
+    __tablename__ = "blob_buckets"
+    registry_id: Mapped[int] = mapped_column(ForeignKey("registries.id"), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(32), primary_key=True)
+    blobs: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    checksum: Mapped[str] = mapped_column(String(64))
+
+
 class BlobVerification(Base):
     """Content hash of blob data, recomputed only when its size or mtime changes (``--verify-content``)."""
 

@@ -28,10 +28,12 @@ from sqlalchemy import (
     update,
 )
 
+from regindex.crawl import BUCKET_HEX
 from regindex.manifests import ParsedManifest
 from regindex.models import (
     Anomaly,
     Blob,
+    BlobBucket,
     BlobVerification,
     Link,
     Manifest,
@@ -219,10 +221,12 @@ SPECS: dict[str, EpisodeSpec] = {
 }
 # crawl row type -> staging key (the crawl yields these dataclasses; their fields are the columns)
 ROW_KINDS = {"RepoRow": "repositories", "LinkRow": "links", "BlobRow": "blobs", "UploadRow": "uploads",
-             "Anomaly": "anomalies", "LinkRecheck": "link_recheck"}
+             "Anomaly": "anomalies", "LinkRecheck": "link_recheck", "BlobBucket": "blob_buckets",
+             "CleanBucket": "clean_buckets"}
 # staging key -> its columns: each episode table's, and the ids of known links an incremental crawl rechecks
 STAGED: dict[str, tuple[str, ...]] = {
-    **{key: spec.identity + spec.mutable for key, spec in SPECS.items()}, "link_recheck": ("id",)}
+    **{key: spec.identity + spec.mutable for key, spec in SPECS.items()}, "link_recheck": ("id",),
+    "blob_buckets": ("bucket", "blobs", "bytes", "checksum"), "clean_buckets": ("bucket", "blobs", "bytes")}
 STAGE_BATCH = 20000
 SQLITE_CACHE_KIB = 32 * 1024
 
@@ -284,7 +288,7 @@ class Stage:
             conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             conn.exec_driver_sql(f"PRAGMA temp.cache_size = -{SQLITE_CACHE_KIB}")
         for key, names in STAGED.items():
-            t = SPECS[key].table if key in SPECS else table(Link)
+            t = SPECS[key].table if key in SPECS else table(BlobBucket) if "buckets" in key else table(Link)
             typed = ", ".join(f"{c} {_sql_type(conn, t, c)}" for c in names)
             name = _stage_name(key)
             drop_temp(conn, name)
@@ -325,8 +329,11 @@ class Stage:
         return StageCounts(
             repositories=int(one("SELECT COUNT(DISTINCT name) FROM stage_repositories").scalar_one()),
             links=self.rows["links"] + reused,
-            blobs=int(one("SELECT COUNT(*) FROM stage_blobs").scalar_one()),
-            blob_bytes=int(one("SELECT COALESCE(SUM(size), 0) FROM stage_blobs").scalar_one()),
+            # the blobs of the buckets found the same were not staged: their count and bytes stand for them
+            blobs=int(one("SELECT (SELECT COUNT(*) FROM stage_blobs) "
+                          "+ (SELECT COALESCE(SUM(blobs), 0) FROM stage_clean_buckets)").scalar_one()),
+            blob_bytes=int(one("SELECT (SELECT COALESCE(SUM(size), 0) FROM stage_blobs) "
+                               "+ (SELECT COALESCE(SUM(bytes), 0) FROM stage_clean_buckets)").scalar_one()),
             uploads=self.rows["uploads"],
             anomalies=self.rows["anomalies"],
         )
@@ -343,7 +350,12 @@ class Stage:
         for key, spec in SPECS.items():
             capture = _CHANGE_COLUMNS.get(key) if self.changes else None
             opened = _OPENED_CAPTURE.get(key) if self.changes else None
-            if key == "links" and self.incremental:
+            if key == "blobs":
+                gaps = self._blob_gaps()
+                _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, gaps, capture, opened,
+                      scoped_new=gaps is not None)
+                self._keep_buckets(registry_id)
+            elif key == "links" and self.incremental:
                 # few staged rows against many unchanged links: each staged row looked up, not the registry's
                 # every open link read for a set difference (0.48 s of each 1M night; 105 s the other way
                 # round, when a full crawl stages every link)
@@ -353,7 +365,42 @@ class Stage:
             else:
                 _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, None, capture, opened)
         drop_temp(self.conn, "gone_repositories")
+        drop_temp(self.conn, "blob_gaps")
         return stats
+
+    def _blob_gaps(self) -> str | None:
+        """The inventory's blobs the crawl could have staged: outside the buckets it found the same (``None``:
+        it found none the same, so all of them). On SQLite the clean buckets, merged where consecutive, leave
+        gaps between them; each gap is one range of the blobs' current index (an unchanged night at 1M files:
+        no blob is staged or diffed, instead of 375k rows twice)."""
+        if self.pg:
+            # PostgreSQL compares strings by the database's collation, whose order of ':' ';' '~' and the hex
+            # digits need not be the bytes' (en_US: punctuation is ignored at first): a bucket is matched by
+            # equality instead, a hashed anti-join over the registry's blobs (not staged, not diffed)
+            if not self.rows["clean_buckets"]:
+                return None
+            return ("SELECT {cols} FROM blobs WHERE registry_id = :rid AND gone_run IS NULL AND NOT EXISTS "
+                    "(SELECT 1 FROM stage_clean_buckets c WHERE c.bucket = "
+                    f"substr(blobs.digest, 1, strpos(blobs.digest, ':') + {BUCKET_HEX}))")
+        clean = [b for (b,) in self.conn.exec_driver_sql("SELECT bucket FROM stage_clean_buckets ORDER BY bucket")]
+        if not clean:
+            return None
+        gaps = bucket_gaps(clean)  # SQLite compares strings by their bytes
+        drop_temp(self.conn, "blob_gaps")
+        digest = _sql_type(self.conn, table(Blob), "digest")
+        self.conn.exec_driver_sql(f"CREATE TEMPORARY TABLE blob_gaps (lo {digest}, hi {digest})")
+        driver_insert(self.conn, "blob_gaps", ("lo", "hi"), gaps)
+        return ("SELECT {cols} FROM blob_gaps g CROSS JOIN blobs WHERE blobs.registry_id = :rid "
+                "AND blobs.gone_run IS NULL AND blobs.digest >= g.lo AND blobs.digest < g.hi")
+
+    def _keep_buckets(self, registry_id: int) -> None:
+        """What this crawl saw of the blobs, by bucket, for the next crawl (``regindex.crawl.KnownBlobs``): the
+        buckets it found the same stay, the others are replaced by what it saw (or dropped: no blob left)."""
+        p = {"rid": registry_id}
+        self.conn.execute(text("DELETE FROM blob_buckets WHERE registry_id = :rid "
+                               "AND bucket NOT IN (SELECT bucket FROM stage_clean_buckets)"), p)
+        self.conn.execute(text("INSERT INTO blob_buckets (registry_id, bucket, blobs, bytes, checksum) "
+                               "SELECT :rid, bucket, blobs, bytes, checksum FROM stage_blob_buckets"), p)
 
     def drop(self) -> None:
         for key in STAGED:
@@ -416,6 +463,33 @@ _RECHECKABLE = (
 )
 
 
+def _next_bucket(bucket: str) -> str:
+    """The bucket right after ``bucket`` in digest order (past the last one: a string after every digest of
+    its algorithm)."""
+    alg, hx = bucket.split(":")
+    n = int(hx, 16) + 1
+    return f"{alg};" if n >= 16 ** len(hx) else f"{alg}:{n:0{len(hx)}x}"
+
+
+def bucket_gaps(clean: Sequence[str]) -> list[tuple[str, str]]:
+    """The ranges [lo, hi) of digests outside the buckets ``clean`` (sorted): a digest is in one of them
+    exactly when its bucket is not among ``clean``. Consecutive buckets are merged: one range between runs."""
+    runs: list[list[str]] = []  # [start, end) of consecutive clean buckets
+    for b in clean:
+        if runs and runs[-1][1] == b:
+            runs[-1][1] = _next_bucket(b)
+        else:
+            runs.append([b, _next_bucket(b)])
+    bounds = ["", *(x for run in runs for x in run), "~"]  # '~' sorts after every digest
+    return [(lo, hi) for lo, hi in zip(bounds[::2], bounds[1::2]) if lo < hi]
+
+
+def blob_buckets(conn: Connection, registry_id: int) -> dict[str, tuple[int, int, str]]:
+    """What the last scan saw of a registry's blobs, by bucket (``regindex.crawl.KnownBlobs``)."""
+    return {b: (int(n), int(size), ck) for b, n, size, ck in driver_rows(
+        conn, "SELECT bucket, blobs, bytes, checksum FROM blob_buckets WHERE registry_id = ?", (registry_id,))}
+
+
 def _converted(conn: Connection, get: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], tuple[Any, ...]]:
     return lambda row: tuple(_to_db(conn, v) for v in get(row))
 
@@ -462,14 +536,16 @@ def _match(conn: Connection, spec: EpisodeSpec, t: str, s: str) -> str:
 
 def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry_id: int, stats: LoadStats,
           only: str | None = None, capture: str | None = None, opened: str | None = None,
-          probe: bool = False) -> None:
+          probe: bool = False, scoped_new: bool = False) -> None:
     """Two set differences (EXCEPT: sorted or hashed passes over both sides, NULLs equal, no probe per row)
     find the few rows that differ on a night: staged rows the inventory does not hold as they are, and
     inventory rows the crawl did not see as they are. An identity in both differs in a mutable column (updated
     in place); only in the inventory's, it is gone; only in the crawl's, it is new. (Probing an index for each
     of ~600k staged links cost 105 s of an unchanged night at 1M files.) ``only``: a query (``{cols}`` for the
     columns) of the inventory's rows the crawl could have staged: those it did not stage because they are
-    unchanged are left out. ``probe``: the staged rows are few; each is looked up in the inventory instead."""
+    unchanged are left out. ``probe``: the staged rows are few; each is looked up in the inventory instead.
+    ``scoped_new``: an inventory row equal to a staged row is always one of ``only``'s (the blobs of the
+    buckets the crawl staged), so the staged rows are compared with those alone."""
     t = spec.table.name
     p = {"run": run_id, "rid": registry_id}
     cols = spec.identity + spec.mutable
@@ -485,6 +561,8 @@ def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry
         held = f"x.registry_id = :rid AND x.gone_run IS NULL AND {_match(conn, spec, 'x', 's')}"
         new_rows = (f"SELECT DISTINCT {', '.join('s.' + c for c in cols)} FROM {stage} s WHERE NOT EXISTS "
                     f"(SELECT 1 FROM {t} x WHERE {held}{' AND ' + same if same else ''})")
+    elif scoped_new:
+        new_rows = f"SELECT {allc} FROM {stage} EXCEPT {theirs}"
     else:
         new_rows = f"SELECT {allc} FROM {stage} EXCEPT SELECT {allc} FROM {t} WHERE {open_rows}"
     for name, query in (
