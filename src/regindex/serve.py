@@ -174,6 +174,17 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
             "is_foreign": "a foreign (non-distributable) layer",
         },
     ),
+    "blob_buckets": (
+        "scan bookkeeping, not findings or inventory: per registry and `bucket` (`sha256:` and four hex digits), "
+        "what the last scan saw of those blobs (`blobs`, `bytes`, `checksum` of their digest, size and mtime), so "
+        "the next one skips the buckets that stat the same",
+        {
+            "bucket": "an algorithm and the first four hex digits of the digests it holds",
+            "blobs": "how many blobs the last scan saw in it",
+            "bytes": "their data's bytes",
+            "checksum": "of the blobs' digest, size and mtime, sorted (blake2b-128)",
+        },
+    ),
     "blob_verifications": (
         "content hashes, one per registry and digest, recomputed only when size or mtime change (manifests "
         "whenever read; every blob with `--verify-content`): `digest`, `size`, `mtime`, `computed_digest`, "
