@@ -1083,6 +1083,34 @@ def closure_steps(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) ->
     ]
 
 
+def digest_steps(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Changes to what makes a blob unreferenced (the digest-scoped kind): a tag as its only reference, a
+    manifest in another registry that names it, a link by path only."""
+    loose = {"solo": w.put_blob(b"referenced by a tag alone " + rng.randbytes(8)),
+             "named": w.put_blob(b"named by a manifest elsewhere " + rng.randbytes(8)),
+             "path": w.put_blob(b"linked by path alone " + rng.randbytes(8))}
+    _idx0, img0, _old0 = imgs["team/app0"]
+    other = StorageWriter(w.root.parent / "other")
+
+    def named_elsewhere() -> None:  # an image in "other" whose config is the digest "private" holds unlinked
+        other.put_blob(w.v2.joinpath("blobs", "sha256", loose["named"][7:9], loose["named"][7:], "data").read_bytes())
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": loose["named"],
+                       "size": 38}, "layers": []}).encode()
+        other.link_revision("lib/x", other.put_blob(manifest))
+
+    return [
+        ("loose blobs appear", lambda: None),  # put above, before the first step's scan
+        ("a tag names a blob no link names", lambda: w.tag("team/app0", "solo", loose["solo"])),
+        ("the tag goes", lambda: w.remove_tag("team/app0", "solo")),
+        ("a manifest in another registry names an unlinked blob", named_elsewhere),
+        ("a link names a blob by its path alone", lambda: w.write_layer_link("team/app1", loose["path"],
+                                                                              img0.config.encode())),
+        ("that link is emptied", lambda: w.write_layer_link("team/app1", loose["path"], b"")),
+    ]
+
+
 def test_a_scoped_derivation_equals_a_whole_one_after_every_kind_of_change(urls, base):
     """Each change alone, then the night's scan (incremental: its per-repository checks derived only for the
     repositories the change can reach): its open findings, with their detail and hint, are every check derived
@@ -1094,7 +1122,7 @@ def test_a_scoped_derivation_equals_a_whole_one_after_every_kind_of_change(urls,
     t0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
     scan_at(kept, base, t0)
     scoped = []
-    steps = closure_steps(w, rng, imgs) + changes(w, rng, imgs)
+    steps = digest_steps(w, rng, imgs) + closure_steps(w, rng, imgs) + changes(w, rng, imgs)
     for name, action in steps:
         action()
         out = scan_at(kept, base, t0)

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, bindparam, text
 
 from regindex import rules
 from regindex.layout import EMPTY_DIGESTS, blob_file, link_file, names_other_content
-from regindex.store import CHANGES_TABLE, as_utc
+from regindex.store import CHANGES_TABLE, as_utc, drop_temp, driver_insert
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
@@ -68,11 +68,18 @@ def _q(conn: Connection, sql: str, regs: Sequence[int], **params: Any) -> list[A
 class _Context:
     """Lookups shared by several checks, loaded once per run."""
 
-    def __init__(self, conn: Connection, regs: Sequence[int], scope: Collection[str] | None = None) -> None:
+    def __init__(self, conn: Connection, regs: Sequence[int], scope: Collection[str] | None = None,
+                 digests: Collection[str] | None = None) -> None:
         self.conn = conn
         self.regs = regs
         # the repositories the per-repository checks read (one registry's: see scope_repositories); None: all
         self.scope = None if scope is None else sorted(scope)
+        # the digests the digest-scoped checks read (scope_digests), in a temporary table; None: all
+        self.digests = digests is not None
+        if digests is not None:
+            drop_temp(conn, "scope_digests")
+            conn.exec_driver_sql("CREATE TEMPORARY TABLE scope_digests (digest VARCHAR(140) PRIMARY KEY)")
+            driver_insert(conn, "scope_digests", ("digest",), [(d,) for d in sorted(digests)])
         self._tags: dict[tuple[int, str, str], list[str]] | None = None
         self._gone: dict[tuple[int, str], int | None] = {}
         self._linkers: dict[tuple[int, str], list[tuple[str, str, str]]] = {}
@@ -129,6 +136,10 @@ class _Context:
         planners push it into the views' subqueries and look the links up by repository (SQLite pushes no
         term with a subquery down, and materialized every index of the registry)."""
         return "" if self.scope is None else f" AND {alias}.repository IN :scope"
+
+    def in_digests(self, column: str) -> str:
+        """The condition that keeps a digest-scoped check's rows to the digests in scope (or nothing)."""
+        return f" AND {column} IN (SELECT digest FROM scope_digests)" if self.digests else ""
 
     def rows(self, sql: str) -> list[Any]:
         """The rows of a check's SQL over the context's registries (``:regs``) and scope (``:scope``)."""
@@ -632,7 +643,7 @@ def unreferenced_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]
                AND NOT EXISTS (SELECT 1 FROM links l WHERE l.registry_id = b.registry_id AND l.gone_run IS NULL
                                  AND l.state <> 'absent' AND l.path_digest = b.digest)"""
     # two NOT EXISTS, not one with an OR: each is a hashable anti-join (PostgreSQL otherwise loops per blob)
-    for r in _q(ctx.conn, sql, ctx.regs):
+    for r in _q(ctx.conn, sql + ctx.in_digests("b.digest"), ctx.regs):
         named = bool(r["named_by_manifest"])
         yield FindingRow(
             "unreferenced_blob", INFO, r["registry"], None, r["digest"],
@@ -739,23 +750,48 @@ KINDS: dict[str, str] = {kind: c.description for kind, c in CHECKS.items()}
 CLOCK_KINDS: frozenset[str] = frozenset(kind for kind, c in CHECKS.items() if c.clock)
 # The kinds a scoped derivation derives only for the repositories in scope (scope_repositories).
 PER_REPOSITORY_KINDS: frozenset[str] = frozenset(kind for kind, c in CHECKS.items() if c.per_repository)
+# The registry-wide kinds a scoped derivation derives only for the digests in scope (scope_digests): one
+# finding per blob, whose evidence is that digest's own rows.
+DIGEST_KINDS: frozenset[str] = frozenset({"unreferenced_blob"})
+
+# The digests whose unreferenced_blob finding may differ from its open one: a blob of the registry opened,
+# closed or changed, a digest a link of the registry that changed names by target or path (any kind: a tag's
+# target counts as a reference), and a digest named by a manifest parsed this run (in any registry: parses
+# are shared; the finding's detail says whether a manifest names it).
+_SCOPE_DIGESTS_SQL = f"""
+SELECT c.digest FROM {CHANGES_TABLE} c WHERE c.registry_id = :rid AND c.what IN ('blob', 'linked')
+    AND c.digest IS NOT NULL
+UNION SELECT r.digest FROM manifest_refs r JOIN manifests m ON m.id = r.manifest_id WHERE m.parsed_run = :run
+"""
+
+
+def scope_digests(conn: Connection, run_id: int, registry_id: int) -> set[str]:
+    """The digests of a registry whose ``DIGEST_KINDS`` findings this run's changes can reach (from the changes
+    the scan recorded and the parses it made): what ``run_checks(..., digests=...)`` reads. Every other
+    digest's findings of those kinds are what a derivation would give again, under the same condition as
+    ``scope_repositories``."""
+    return {d for (d,) in conn.execute(text(_SCOPE_DIGESTS_SQL), {"rid": registry_id, "run": run_id})}
 
 
 def run_checks(
     conn: Connection, registry_ids: Sequence[int], opts: CheckOptions | None = None,
     kinds: Collection[str] | None = None, scope: Collection[str] | None = None,
+    digests: Collection[str] | None = None,
 ) -> list[FindingRow]:
     """Every check (or those of ``kinds``) over the current inventory of the given registries. Findings are
     unique by key. ``scope``: the per-repository checks read only these repositories (of the one registry
-    given: see scope_repositories)."""
+    given: see scope_repositories). ``digests``: the digest-scoped checks (``DIGEST_KINDS``) read only these
+    digests (of the one registry given: see scope_digests)."""
     if not registry_ids:
         return []
-    if scope is not None:
+    if scope is not None or digests is not None:
         if len(registry_ids) != 1:
-            raise ValueError("a scope names the repositories of one registry")
-        if not scope:  # nothing in scope: no per-repository check has a row to read
+            raise ValueError("a scope names the repositories or digests of one registry")
+        if scope is not None and not scope:  # nothing in scope: no per-repository check has a row to read
             kinds = [k for k in (kinds if kinds is not None else CHECKS) if k not in PER_REPOSITORY_KINDS]
-    ctx = _Context(conn, list(registry_ids), scope)
+        if digests is not None and not digests:
+            kinds = [k for k in (kinds if kinds is not None else CHECKS) if k not in DIGEST_KINDS]
+    ctx = _Context(conn, list(registry_ids), scope, digests)
     out: dict[str, FindingRow] = {}
     for c in CHECKS.values():
         if kinds is not None and c.kind not in kinds:

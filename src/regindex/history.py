@@ -37,27 +37,32 @@ def apply(
     conn: Connection, run_id: int, found: Sequence[FindingRow], registries: Collection[str],
     carried: Collection[str] = (), derived: Collection[str] = (),
     scoped: Mapping[str, Collection[str]] | None = None, scoped_kinds: Collection[str] = (),
+    digest_scoped: Mapping[str, Collection[str]] | None = None, digest_kinds: Collection[str] = (),
 ) -> HistoryCounts:
     """Compare the findings derived for ``registries`` with their open ones. For the ``carried`` registries
     (among ``registries``: nothing in their inventory changed, see regindex.scan) only the kinds in ``derived``
     were derived again; their open findings of every other kind are seen again as they are. For the
     ``scoped`` registries (name -> repositories in scope, regindex.checks.scope_repositories) the kinds in
     ``scoped_kinds`` were derived only for the repositories in scope; their open findings of those kinds in
-    other repositories are seen again as they are."""
+    other repositories are seen again as they are. Likewise ``digest_scoped`` (name -> digests in scope,
+    regindex.checks.scope_digests) for the kinds in ``digest_kinds``, by the finding's digest."""
     counts = HistoryCounts()
     regs = sorted(set(registries))
     if not regs:
         return counts
     scoped = {name: set(repos) for name, repos in (scoped or {}).items() if name in registries}
     scoped_kinds = set(scoped_kinds)
+    by_digest = {name: set(ds) for name, ds in (digest_scoped or {}).items() if name in registries}
+    digest_kinds = set(digest_kinds)
 
-    def out_of_scope(registry: str, kind: str, repository: str | None) -> bool:
-        return registry in scoped and kind in scoped_kinds and repository not in scoped[registry]
+    def out_of_scope(registry: str, kind: str, repository: str | None, digest: str | None) -> bool:
+        return ((registry in scoped and kind in scoped_kinds and repository not in scoped[registry])
+                or (registry in by_digest and kind in digest_kinds and digest not in by_digest[registry]))
 
     # a derivation in scope never yields a finding out of it (the checks' SQL reads only the scope); were one
     # to, it must not open a second episode of a finding carried as it is
     current = {f.key: f for f in found if f.registry in registries
-               and not out_of_scope(f.registry, f.kind, f.repository)}
+               and not out_of_scope(f.registry, f.kind, f.repository, f.digest)}
     kept = sorted(set(carried) & set(regs))
     for part in chunks(kept, IN_LIST):  # seen again as they are: not compared below
         same = and_(F.c.resolved_run.is_(None), F.c.registry.in_(list(part)), F.c.kind.not_in(list(derived)))
@@ -67,10 +72,10 @@ def apply(
     for part in chunks(regs, IN_LIST):
         in_part = [r for r in part if r in kept]
         not_carried = ~and_(F.c.registry.in_(in_part), F.c.kind.not_in(list(derived))) if in_part else true()
-        open_q = select(F.c.id, F.c.key, F.c.registry, F.c.kind, F.c.repository).where(
+        open_q = select(F.c.id, F.c.key, F.c.registry, F.c.kind, F.c.repository, F.c.digest).where(
             F.c.resolved_run.is_(None), F.c.registry.in_(list(part)), not_carried)
         for row in conn.execute(open_q):
-            if out_of_scope(row.registry, row.kind, row.repository):
+            if out_of_scope(row.registry, row.kind, row.repository, row.digest):
                 unscoped.append(row.id)
             else:
                 open_rows[row.key] = row

@@ -389,8 +389,9 @@ def _scan(
             if derive:
                 store.refresh_statistics(conn)
             found = checks.run_checks(conn, full, check_opts)
+            digests = {rid: checks.scope_digests(conn, run_id, rid) for rid in scope}
             for rid in sorted(scope):  # one registry at a time: the scope's repositories are names in it
-                found += checks.run_checks(conn, [rid], check_opts, scope=scope[rid])
+                found += checks.run_checks(conn, [rid], check_opts, scope=scope[rid], digests=digests[rid])
             found += checks.run_checks(conn, carried, check_opts, kinds=checks.CLOCK_KINDS)
             from regindex.policy import grade
 
@@ -402,7 +403,8 @@ def _scan(
             outcome.counts = history.apply(
                 conn, run_id, found, set(scanned), carried={by_id[rid] for rid in carried},
                 derived=checks.CLOCK_KINDS, scoped={by_id[rid]: repos for rid, repos in scope.items()},
-                scoped_kinds=checks.PER_REPOSITORY_KINDS)
+                scoped_kinds=checks.PER_REPOSITORY_KINDS,
+                digest_scoped={by_id[rid]: ds for rid, ds in digests.items()}, digest_kinds=checks.DIGEST_KINDS)
             store.set_checks_fingerprint(conn, derive, {
                 rid: checks.fingerprint(roles.get(rid, "authoritative"), check_opts, opts.severity_rules)
                 for rid in derive})

@@ -423,7 +423,8 @@ _CHANGE_COLUMNS = {
     "links": "'link', repository, CASE WHEN kind IN ('layer', 'revision') THEN target_digest END",
     "blobs": "'blob', NULL, digest",
 }
-# Besides: where the manifest walk starts (``manifest_roots``) among the links a diff opened or changed, as
+# Besides: every digest a changed link names, by its target or its path, as 'linked' rows (the digest scope of
+# the registry-wide kinds: regindex.checks.scope_digests); and where the manifest walk starts (``manifest_roots``) among the links a diff opened or changed, as
 # 'root' rows (an incremental walk starts from them: ``walk_seeds``). The checks' scope never reads them.
 _OPENED_CAPTURE = {
     "links": (
@@ -580,6 +581,11 @@ def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry
                           f"SELECT :rid, {capture} FROM diff_new UNION ALL SELECT :rid, {capture} FROM diff_old"), p)
     if opened:
         conn.execute(text(f"INSERT INTO {CHANGES_TABLE} (registry_id, what, repository, digest) {opened}"), p)
+    if capture and spec.table.name == "links":  # every digest a link opened, closed or changed names
+        conn.execute(text(
+            f"INSERT INTO {CHANGES_TABLE} (registry_id, what, repository, digest) "
+            + " UNION ".join(f"SELECT :rid, 'linked', NULL, {col} FROM {src} WHERE {col} IS NOT NULL"
+                             for src in ("diff_new", "diff_old") for col in ("target_digest", "path_digest"))), p)
     match_old = _match(conn, spec, "x", "o")
     gone = conn.execute(text(
         f"UPDATE {t} SET gone_run = :run WHERE id IN (SELECT x.id FROM diff_old o JOIN {t} x "
