@@ -198,15 +198,19 @@ def changes(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> list[
     ]
 
 
-def change_times(db_: str) -> list[tuple[str, ...]]:
-    """Each open link's settled change time (``changed``), by its identity."""
-    engine = create_engine(_url(db_))
+def rows_of(url: str, sql: str) -> list[tuple[str, ...]]:
+    """The rows of one query, sorted, each value as text: two databases compared by value."""
+    engine = create_engine(_url(url))
     with engine.connect() as c:
-        out = sorted(tuple(map(str, r)) for r in c.execute(text(
-            "SELECT g.name, l.repository, l.kind, l.tag, l.path_digest, l.changed FROM links l "
-            "JOIN registries g ON g.id = l.registry_id WHERE l.gone_run IS NULL")))
+        out = sorted(tuple(map(str, r)) for r in c.execute(text(sql)))
     engine.dispose()
     return out
+
+
+def change_times(db_: str) -> list[tuple[str, ...]]:
+    """Each open link's settled change time (``changed``), by its identity."""
+    return rows_of(db_, "SELECT g.name, l.repository, l.kind, l.tag, l.path_digest, l.changed FROM links l "
+                        "JOIN registries g ON g.id = l.registry_id WHERE l.gone_run IS NULL")
 
 
 def skipped(db_: str) -> list[int]:
@@ -310,13 +314,8 @@ def test_a_known_indexs_children_are_followed_to_data_that_changed(urls, base, i
 
 def verifications(url: str) -> list[tuple[str, ...]]:
     """The blob data each registry hashed, as it stands (which bytes the manifest walk read)."""
-    engine = create_engine(_url(url))
-    with engine.connect() as c:
-        out = sorted(tuple(map(str, r)) for r in c.execute(text(
-            "SELECT g.name, v.digest, v.size, v.mtime, v.computed_digest, v.parse_error FROM blob_verifications v "
-            "JOIN registries g ON g.id = v.registry_id")))
-    engine.dispose()
-    return out
+    return rows_of(url, "SELECT g.name, v.digest, v.size, v.mtime, v.computed_digest, v.parse_error "
+                        "FROM blob_verifications v JOIN registries g ON g.id = v.registry_id")
 
 
 def test_an_incremental_manifest_walk_reads_what_a_walk_from_every_root_reads(urls, base, invoke, tmp_path,
@@ -500,13 +499,8 @@ def content_starting(prefix: str) -> bytes:
 
 def buckets(url: str) -> list[tuple[str, ...]]:
     """What a database keeps per blob bucket, by registry name."""
-    engine = create_engine(_url(url))
-    with engine.connect() as c:
-        out = sorted(tuple(map(str, r)) for r in c.execute(text(
-            "SELECT g.name, k.bucket, k.blobs, k.bytes, k.checksum FROM blob_buckets k "
-            "JOIN registries g ON g.id = k.registry_id")))
-    engine.dispose()
-    return out
+    return rows_of(url, "SELECT g.name, k.bucket, k.blobs, k.bytes, k.checksum FROM blob_buckets k "
+                        "JOIN registries g ON g.id = k.registry_id")
 
 
 def bucket_rows(url: str) -> list[tuple[str, ...]]:
