@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from regindex import db, store
+from regindex import checks, db, store
 from regindex.sample import StorageWriter, sha256
 
 
@@ -1078,9 +1078,12 @@ def closure_steps(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) ->
 
 
 def digest_steps(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Changes to what makes a blob unreferenced (the digest-scoped kind): a tag as its only reference, a
-    manifest in another registry that names it, a link by path only."""
-    loose = {"solo": w.put_blob(b"referenced by a tag alone " + rng.randbytes(8)),
+    """Changes to the evidence of the digest-scoped kinds: what makes a blob unreferenced (a tag as its only
+    reference, a manifest in another registry that names it, a link by path only), a blob emptied and its
+    linkers, a truncated config and the manifest that declares its size."""
+    kid = imgs["team/app1"][0].children[-1]
+    loose = {"empty": w.put_blob(b"emptied later " + rng.randbytes(8)),
+             "solo": w.put_blob(b"referenced by a tag alone " + rng.randbytes(8)),
              "named": w.put_blob(b"named by a manifest elsewhere " + rng.randbytes(8)),
              "path": w.put_blob(b"linked by path alone " + rng.randbytes(8))}
     _idx0, img0, _old0 = imgs["team/app0"]
@@ -1102,6 +1105,11 @@ def digest_steps(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> 
         ("a link names a blob by its path alone", lambda: w.write_layer_link("team/app1", loose["path"],
                                                                               img0.config.encode())),
         ("that link is emptied", lambda: w.write_layer_link("team/app1", loose["path"], b"")),
+        ("a linked blob's data is emptied", lambda: (w.link_layer("team/app1", loose["empty"]),
+                                                     w.truncate_blob(loose["empty"], 0))),
+        ("its link goes", lambda: w.remove_layer_link("team/app1", loose["empty"])),
+        ("an index child's config is truncated", lambda: w.truncate_blob(kid.config, 3)),
+        ("the child's manifest data is gone", lambda: w.remove_blob(kid.digest)),
     ]
 
 
@@ -1117,12 +1125,14 @@ def test_a_scoped_derivation_equals_a_whole_one_after_every_kind_of_change(urls,
     scan_at(kept, base, t0)
     scoped = []
     steps = digest_steps(w, rng, imgs) + closure_steps(w, rng, imgs) + changes(w, rng, imgs)
+    seen: set[str] = set()
     for name, action in steps:
         action()
         out = scan_at(kept, base, t0)
         assert not out.full_scan and out.status == "complete", name
         whole, open_ = whole_and_open(kept, t0)
         assert open_ == whole, name
+        seen |= {v[0] for v in open_.values()}
         assert set(open_findings(kept)) == set(whole) and {v[-1] for v in open_findings(kept).values()} <= {out.run_id}
         scoped.append(out.checks_scope)
         if out.checks_scope:  # recorded: regindex runs shows it
@@ -1131,3 +1141,4 @@ def test_a_scoped_derivation_equals_a_whole_one_after_every_kind_of_change(urls,
     assert sum(1 for s in scoped if s.get("private", 99) <= 2) >= len(steps) // 2, scoped
     kinds = {v[0] for v in open_.values()}
     assert {"orphan_layer_link", "orphan_index_child", "dangling_tag", "corrupt_link", "misdirected_link"} <= kinds
+    assert checks.DIGEST_KINDS <= seen  # the digest-scoped kinds had findings to carry or resolve

@@ -486,6 +486,7 @@ def _per_linking_repo(
 def empty_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT b.registry_id, g.name AS registry, b.digest FROM blobs b JOIN registries g ON g.id = b.registry_id
              WHERE b.registry_id IN :regs AND b.gone_run IS NULL AND b.size = 0 AND b.digest NOT IN :empty"""
+    sql += ctx.in_digests("b.digest")
     stmt_rows = ctx.conn.execute(
         text(sql).bindparams(bindparam("regs", expanding=True), bindparam("empty", expanding=True)),
         {"regs": list(ctx.regs), "empty": list(EMPTY_DIGESTS)},
@@ -532,9 +533,9 @@ def size_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     JOIN manifests pm ON pm.id = r.manifest_id AND pm.parse_error IS NULL
     JOIN blobs mb ON mb.registry_id = b.registry_id AND mb.gone_run IS NULL AND mb.digest = pm.digest
                  AND mb.size = pm.size
-    WHERE b.registry_id IN :regs AND b.gone_run IS NULL AND b.size > 0 AND b.size <> r.size
+    WHERE b.registry_id IN :regs AND b.gone_run IS NULL AND b.size > 0 AND b.size <> r.size{scoped}
     ORDER BY b.registry_id, b.digest, pm.digest, r.role
-    """
+    """.format(scoped=ctx.in_digests("b.digest"))
     grouped: dict[tuple[int, str], list[Any]] = defaultdict(list)
     for r in _q(ctx.conn, sql, ctx.regs):
         grouped[(r["registry_id"], r["digest"])].append(r)
@@ -750,18 +751,23 @@ KINDS: dict[str, str] = {kind: c.description for kind, c in CHECKS.items()}
 CLOCK_KINDS: frozenset[str] = frozenset(kind for kind, c in CHECKS.items() if c.clock)
 # The kinds a scoped derivation derives only for the repositories in scope (scope_repositories).
 PER_REPOSITORY_KINDS: frozenset[str] = frozenset(kind for kind, c in CHECKS.items() if c.per_repository)
-# The registry-wide kinds a scoped derivation derives only for the digests in scope (scope_digests): one
-# finding per blob, whose evidence is that digest's own rows.
-DIGEST_KINDS: frozenset[str] = frozenset({"unreferenced_blob"})
+# The registry-wide kinds a scoped derivation derives only for the digests in scope (scope_digests): findings
+# about one blob, whose evidence is that digest's rows (its data, the links naming it, the manifests naming it).
+DIGEST_KINDS: frozenset[str] = frozenset({"unreferenced_blob", "empty_blob", "size_mismatch"})
 
-# The digests whose unreferenced_blob finding may differ from its open one: a blob of the registry opened,
-# closed or changed, a digest a link of the registry that changed names by target or path (any kind: a tag's
-# target counts as a reference), and a digest named by a manifest parsed this run (in any registry: parses
-# are shared; the finding's detail says whether a manifest names it).
+# The digests whose findings of those kinds may differ from their open ones:
+# - a blob of the registry opened, closed or changed;
+# - a digest a link of the registry that changed names by target or path (any kind: a tag's target counts as
+#   a reference for unreferenced_blob; empty_blob and size_mismatch name the repositories linking it);
+# - a digest named by a manifest parsed this run (in any registry: parses are shared), or by a manifest whose
+#   blob in the registry opened, closed or changed (size_mismatch counts only the manifests the registry
+#   holds).
 _SCOPE_DIGESTS_SQL = f"""
 SELECT c.digest FROM {CHANGES_TABLE} c WHERE c.registry_id = :rid AND c.what IN ('blob', 'linked')
     AND c.digest IS NOT NULL
 UNION SELECT r.digest FROM manifest_refs r JOIN manifests m ON m.id = r.manifest_id WHERE m.parsed_run = :run
+UNION SELECT r.digest FROM {CHANGES_TABLE} c JOIN manifests m ON m.digest = c.digest
+    JOIN manifest_refs r ON r.manifest_id = m.id WHERE c.registry_id = :rid AND c.what = 'blob'
 """
 
 
