@@ -24,7 +24,7 @@ from sqlalchemy import Connection, bindparam, text
 
 from regindex import rules
 from regindex.layout import EMPTY_DIGESTS, blob_file, link_file, names_other_content
-from regindex.store import CHANGES_TABLE, as_utc, drop_temp, driver_insert
+from regindex.store import CHANGES_TABLE, as_utc, digest_table
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
@@ -77,9 +77,7 @@ class _Context:
         # the digests the digest-scoped checks read (scope_digests), in a temporary table; None: all
         self.digests = digests is not None
         if digests is not None:
-            drop_temp(conn, "scope_digests")
-            conn.exec_driver_sql("CREATE TEMPORARY TABLE scope_digests (digest VARCHAR(140) PRIMARY KEY)")
-            driver_insert(conn, "scope_digests", ("digest",), [(d,) for d in sorted(digests)])
+            digest_table(conn, "scope_digests", digests)
         self._tags: dict[tuple[int, str, str], list[str]] | None = None
         self._gone: dict[tuple[int, str], int | None] = {}
         self._linkers: dict[tuple[int, str], list[tuple[str, str, str]]] = {}

@@ -495,6 +495,18 @@ def _converted(conn: Connection, get: Callable[[Any], tuple[Any, ...]]) -> Calla
     return lambda row: tuple(_to_db(conn, v) for v in get(row))
 
 
+def digest_table(conn: Connection, name: str, digests: Iterable[str]) -> int:
+    """A temporary table ``name`` (column ``digest``) holding ``digests``, in order, replacing any of that name:
+    one join through it instead of an IN list (PostgreSQL's planner is told its size). How many rows."""
+    drop_temp(conn, name)
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} (digest {_sql_type(conn, table(Blob), 'digest')})")
+    rows = [(d,) for d in sorted(digests)]
+    driver_insert(conn, name, ("digest",), rows)
+    if rows and conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"ANALYZE {name}")
+    return len(rows)
+
+
 def drop_temp(conn: Connection, name: str) -> None:
     """Drop one of our temporary tables, never a table of the same name in the database's own schema."""
     schema = "pg_temp" if conn.dialect.name == "postgresql" else "temp"
@@ -820,11 +832,7 @@ def reached_from_roots(conn: Connection, registry_id: int, digests: set[str],
         extra.setdefault(child, set()).add(parent)
     frontier, seen, hits = set(digests), set(digests), set()
     while frontier:
-        drop_temp(conn, "walk_up")
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE walk_up (digest {_sql_type(conn, table(Blob), 'digest')})")
-        driver_insert(conn, "walk_up", ("digest",), [(d,) for d in sorted(frontier)])
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("ANALYZE walk_up")
+        digest_table(conn, "walk_up", frontier)
         level_hits = {d for (d,) in conn.execute(text(_IS_ROOT), {"rid": registry_id})}
         hits |= level_hits
         edges = [(c, p) for c, p in conn.execute(text(_STANDING_PARENTS), {"rid": registry_id})]
@@ -877,14 +885,8 @@ class Candidate(NamedTuple):
 def manifest_candidates(conn: Connection, registry_id: int, digests: Iterable[str]) -> list[Candidate]:
     """For the digests whose data this registry holds, what the inventory knows of them (``Candidate``). One
     join through a temporary table, not IN lists."""
-    drop_temp(conn, "parse_level")
-    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE parse_level (digest {_sql_type(conn, table(Blob), 'digest')})")
-    rows = [(d,) for d in sorted(digests)]
-    if not rows:
+    if not digest_table(conn, "parse_level", digests):
         return []
-    driver_insert(conn, "parse_level", ("digest",), rows)
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ANALYZE parse_level")
     q = text(
         "SELECT b.digest, b.size, b.mtime, m.id IS NOT NULL AS known, v.size AS v_size, v.mtime AS v_mtime, "
         "v.computed_digest, EXISTS (SELECT 1 FROM manifest_refs r WHERE r.manifest_id = m.id "
