@@ -800,8 +800,9 @@ class ReadAhead:
     ``tops`` (the run of the repositories' subtrees being walked) ahead of the walk, depth first in its order,
     and stat what it will stat (the ``link`` file of each digest directory, every other file), throwing the
     results away: the kernel keeps the directory blocks and inodes, and the walk's own listings and stats, one
-    at a time, find them in memory instead of waiting on the disk for each. Nothing it sees is used, so nothing it misses or races with can change a row. It never follows
-    a symlink: a directory is opened with O_NOFOLLOW and listed through its descriptor."""
+    at a time, find them in memory instead of waiting on the disk for each. Nothing it sees is used, so nothing
+    it misses or races with can change a row. It never follows a symlink: a directory is opened with O_NOFOLLOW
+    and listed through its descriptor."""
 
     def __init__(self, tops: list[str], n: int) -> None:
         self.stack = list(reversed(tops))

@@ -227,6 +227,8 @@ ROW_KINDS = {"RepoRow": "repositories", "LinkRow": "links", "BlobRow": "blobs", 
 STAGED: dict[str, tuple[str, ...]] = {
     **{key: spec.identity + spec.mutable for key, spec in SPECS.items()}, "link_recheck": ("id",),
     "blob_buckets": ("bucket", "blobs", "bytes", "checksum"), "clean_buckets": ("bucket", "blobs", "bytes")}
+# the staged keys that are not episode tables: the table their columns' types come from
+_STAGE_TABLES = {"link_recheck": table(Link), "blob_buckets": table(BlobBucket), "clean_buckets": table(BlobBucket)}
 STAGE_BATCH = 20000
 SQLITE_CACHE_KIB = 32 * 1024
 
@@ -288,7 +290,7 @@ class Stage:
             conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             conn.exec_driver_sql(f"PRAGMA temp.cache_size = -{SQLITE_CACHE_KIB}")
         for key, names in STAGED.items():
-            t = SPECS[key].table if key in SPECS else table(BlobBucket) if "buckets" in key else table(Link)
+            t = SPECS[key].table if key in SPECS else _STAGE_TABLES[key]
             typed = ", ".join(f"{c} {_sql_type(conn, t, c)}" for c in names)
             name = _stage_name(key)
             drop_temp(conn, name)
@@ -348,11 +350,10 @@ class Stage:
                 "CREATE TEMPORARY TABLE gone_repositories AS SELECT name FROM repositories WHERE registry_id = :rid "
                 "AND gone_run IS NULL EXCEPT SELECT name FROM stage_repositories"), {"rid": registry_id})
         for key, spec in SPECS.items():
-            capture = _CHANGE_COLUMNS.get(key) if self.changes else None
-            opened = _OPENED_CAPTURE.get(key) if self.changes else None
+            capture = _CAPTURES.get(key, []) if self.changes else []
             if key == "blobs":
                 gaps = self._blob_gaps()
-                _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, gaps, capture, opened,
+                _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, gaps, capture,
                       scoped_new=gaps is not None)
                 self._keep_buckets(registry_id)
             elif key == "links" and self.incremental:
@@ -360,10 +361,10 @@ class Stage:
                 # every open link read for a set difference (0.48 s of each 1M night; 105 s the other way
                 # round, when a full crawl stages every link)
                 few = self.rows["links"] * PROBE_RATIO <= self.reused
-                _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, _RECHECKABLE, capture, opened,
+                _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, _RECHECKABLE, capture,
                       probe=few)
             else:
-                _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, None, capture, opened)
+                _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, None, capture)
         drop_temp(self.conn, "gone_repositories")
         drop_temp(self.conn, "blob_gaps")
         return stats
@@ -423,17 +424,24 @@ _CHANGE_COLUMNS = {
     "links": "'link', repository, CASE WHEN kind IN ('layer', 'revision') THEN target_digest END",
     "blobs": "'blob', NULL, digest",
 }
-# Besides: every digest a changed link names, by its target or its path, as 'linked' rows (the digest scope of
-# the registry-wide kinds: regindex.checks.scope_digests); and where the manifest walk starts (``manifest_roots``) among the links a diff opened or changed, as
-# 'root' rows (an incremental walk starts from them: ``walk_seeds``). The checks' scope never reads them.
-_OPENED_CAPTURE = {
-    "links": (
-        "SELECT :rid, 'root', NULL, target_digest FROM diff_new WHERE state = 'ok' "
-        "AND kind IN ('revision', 'tag_current', 'tag_index') AND target_digest IS NOT NULL "
-        "UNION SELECT :rid, 'root', NULL, path_digest FROM diff_new WHERE kind = 'revision' "
-        "AND path_digest IS NOT NULL"
-    ),
+# The links whose target is where the manifest walk starts (manifest_roots), besides every revision's path.
+_ROOT_KINDS = "('revision', 'tag_current', 'tag_index')"
+# What a diff records in CHANGES_TABLE, per episode table: SELECTs over its diff_new and diff_old. Every row
+# that differs, either side (_CHANGE_COLUMNS); for links besides, every digest a changed link names by target or
+# path, as 'linked' rows (the digest scope of the registry-wide kinds: regindex.checks.scope_digests), and
+# where the manifest walk starts among the links a diff opened or changed, as 'root' rows (an incremental walk
+# starts from them: ``walk_seeds``). The checks' repository scope reads neither.
+_CAPTURES: dict[str, list[str]] = {
+    key: [f"SELECT :rid, {cols} FROM diff_new UNION ALL SELECT :rid, {cols} FROM diff_old"]
+    for key, cols in _CHANGE_COLUMNS.items()
 }
+_CAPTURES["links"] += [
+    " UNION ".join(f"SELECT :rid, 'linked', NULL, {col} FROM {side} WHERE {col} IS NOT NULL"
+                   for side in ("diff_new", "diff_old") for col in ("target_digest", "path_digest")),
+    "SELECT :rid, 'root', NULL, target_digest FROM diff_new WHERE state = 'ok' "
+    f"AND kind IN {_ROOT_KINDS} AND target_digest IS NOT NULL "
+    "UNION SELECT :rid, 'root', NULL, path_digest FROM diff_new WHERE kind = 'revision' AND path_digest IS NOT NULL",
+]
 
 
 def drop_changes(conn: Connection) -> None:
@@ -450,11 +458,11 @@ def start_changes(conn: Connection) -> None:
 
 
 # The open links an incremental crawl gave rows for, or would have (see Stage): the rest it found unchanged.
-# Each part is found through an index: the unsettled ones through the partial index of 0009, the rechecked by
-# id (SQLite is told the partial index: its planner read the registry's current index instead), those of the
-# repositories the crawl did not walk (every link is walked inside its repository: a link's
-# repository is always a repository of the same crawl) through the current index. Read as one condition over
-# every open link, it cost 0.41 s of each 1M night.
+# Each part is found through an index: the unsettled ones through the partial index of 0009 (SQLite is told
+# it: its planner read the registry's current index instead), the rechecked by id, those of the repositories
+# the crawl did not walk (every link is walked inside its repository: a link's repository is always a
+# repository of the same crawl) through the current index. Read as one condition over every open link, it
+# cost 0.41 s of each 1M night.
 _RECHECKABLE = (
     "SELECT {cols} FROM links{unsettled} WHERE registry_id = :rid AND gone_run IS NULL AND changed IS NULL "
     "UNION SELECT {cols} FROM links WHERE id IN (SELECT id FROM stage_link_recheck) AND registry_id = :rid "
@@ -548,8 +556,8 @@ def _match(conn: Connection, spec: EpisodeSpec, t: str, s: str) -> str:
 
 
 def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry_id: int, stats: LoadStats,
-          only: str | None = None, capture: str | None = None, opened: str | None = None,
-          probe: bool = False, scoped_new: bool = False) -> None:
+          only: str | None = None, capture: Sequence[str] = (), probe: bool = False,
+          scoped_new: bool = False) -> None:
     """Two set differences (EXCEPT: sorted or hashed passes over both sides, NULLs equal, no probe per row)
     find the few rows that differ on a night: staged rows the inventory does not hold as they are, and
     inventory rows the crawl did not see as they are. An identity in both differs in a mutable column (updated
@@ -588,16 +596,8 @@ def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry
     # the updates below look each changed row up in diff_new: without an index that is |diff_new| squared (a
     # night after 32k link files were touched: 55 s of loading instead of 0.5 s)
     conn.exec_driver_sql(f"CREATE INDEX ix_diff_new ON diff_new ({', '.join(spec.index)})")
-    if capture:  # every row that differs, new or old side: what the checks' scope starts from
-        conn.execute(text(f"INSERT INTO {CHANGES_TABLE} (registry_id, what, repository, digest) "
-                          f"SELECT :rid, {capture} FROM diff_new UNION ALL SELECT :rid, {capture} FROM diff_old"), p)
-    if opened:
-        conn.execute(text(f"INSERT INTO {CHANGES_TABLE} (registry_id, what, repository, digest) {opened}"), p)
-    if capture and spec.table.name == "links":  # every digest a link opened, closed or changed names
-        conn.execute(text(
-            f"INSERT INTO {CHANGES_TABLE} (registry_id, what, repository, digest) "
-            + " UNION ".join(f"SELECT :rid, 'linked', NULL, {col} FROM {src} WHERE {col} IS NOT NULL"
-                             for src in ("diff_new", "diff_old") for col in ("target_digest", "path_digest"))), p)
+    for query in capture:  # what the checks' scope and the manifest walk start from (_CAPTURES)
+        conn.execute(text(f"INSERT INTO {CHANGES_TABLE} (registry_id, what, repository, digest) {query}"), p)
     match_old = _match(conn, spec, "x", "o")
     gone = conn.execute(text(
         f"UPDATE {t} SET gone_run = :run WHERE id IN (SELECT x.id FROM diff_old o JOIN {t} x "
@@ -751,7 +751,7 @@ def manifest_roots(conn: Connection, registry_id: int) -> set[str]:
     path digest (the reference scanner reads revisions by their path)."""
     q = text(
         "SELECT target_digest FROM links WHERE registry_id = :rid AND gone_run IS NULL AND state = 'ok' "
-        "AND kind IN ('revision', 'tag_current', 'tag_index') AND target_digest IS NOT NULL "
+        f"AND kind IN {_ROOT_KINDS} AND target_digest IS NOT NULL "
         "UNION SELECT path_digest FROM links WHERE registry_id = :rid AND gone_run IS NULL AND kind = 'revision' "
         "AND path_digest IS NOT NULL"
     )
@@ -792,7 +792,7 @@ def walk_seeds(conn: Connection, registry_id: int) -> tuple[set[str], set[str]]:
 _IS_ROOT = (
     "SELECT u.digest FROM walk_up u WHERE EXISTS (SELECT 1 FROM links l WHERE l.registry_id = :rid "
     "AND l.target_digest = u.digest AND l.gone_run IS NULL AND l.state = 'ok' "
-    "AND l.kind IN ('revision', 'tag_current', 'tag_index')) OR EXISTS (SELECT 1 FROM links l "
+    f"AND l.kind IN {_ROOT_KINDS}) OR EXISTS (SELECT 1 FROM links l "
     "WHERE l.path_digest = u.digest AND l.registry_id = :rid AND l.gone_run IS NULL AND l.kind = 'revision')"
 )
 # (child, parent): a present blob whose stored parse stands for its bytes (Candidate.parsed_as: hashed at its
