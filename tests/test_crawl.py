@@ -358,10 +358,10 @@ def test_the_helper_walks_repositories_too_and_every_row_is_the_inline_walks(pri
     root = discover(private.root)[0]
     settled = time_mod.time() + 5
 
-    def rows(known=None, helper=True):
+    def rows(known=None, helper=True, sums=None):
         out: list[object] = []
-        stats = crawl_into(root, out.append, known=None if known is None else (lambda r: dict(known.get(r, {}))),
-                           settled=settled, helper=helper)
+        stats = crawl_into(root, out.append, settled=settled, helper=helper, known_sums=sums,
+                           known=None if known is None else (lambda names: {r: dict(known.get(r, {})) for r in names}))
         return sorted(out, key=repr), (stats.read, stats.skipped, stats.files_seen)
 
     inline = rows(helper=False)
@@ -380,15 +380,44 @@ def test_the_helper_walks_repositories_too_and_every_row_is_the_inline_walks(pri
     private.tag("ns2/app2", "v2", new.digest)
     private.push_image("ns6/brand-new", rng)  # a repository it never saw
     settled = time_mod.time() + 5
-    settles: list[int] = []
-    real_settle = crawl_mod._Walker.settle
-    monkeypatch.setattr(crawl_mod._Walker, "settle", lambda self, seen: (settles.append(1), real_settle(self, seen)))
+    settles: list[int] = []  # links the helper stat'ed and this process judged
+    collecting = [False]
+    real_defer, real_collect = crawl_mod._Walker.defer, crawl_mod.Helper.collect
+
+    def collect(self, walker):
+        collecting[0] = True
+        try:
+            real_collect(self, walker)
+        finally:
+            collecting[0] = False
+
+    monkeypatch.setattr(crawl_mod.Helper, "collect", collect)
+    monkeypatch.setattr(crawl_mod._Walker, "defer", lambda self, repo, seen: (
+        settles.extend(seen) if collecting[0] else None, real_defer(self, repo, seen)))
     inline = rows(known, helper=False)
     assert not settles
     assert rows(known) == inline
     assert inline[1][1] > 150 and sum(type(r).__name__ == "LinkRecheck" for r in inline[0]) == 4
     if who != "race":  # the helper's links (all of them, or none) were judged here
         assert (len(settles) > 150) == (who == "helper")
+    # The next night each repository's link files stat as its LinkSum says, but two: those two alone are
+    # judged against the known links (rows or rechecks), the others are clean, whoever walks them.
+    sums = {r.repository: (r.links, r.checksum) for r in inline[0] if type(r).__name__ == "LinkSum"}
+    assert len(sums) == len({r.name for r in inline[0] if type(r).__name__ == "RepoRow"}) == 41
+    time_mod.sleep(0.05)
+    private.write_tag_link("top3", "v1", images["top3"].digest.encode())  # rewritten with the same bytes
+    private.link_layer("ns2/app2", images["top0"].config)  # a link added to a known repository
+    settles.clear()
+    inline = rows(known, helper=False, sums=sums)
+    assert rows(known, sums=sums) == inline
+    judged = {r.repository for r in inline[0] if type(r).__name__ in ("LinkRow", "LinkSum")}
+    judged |= {"?" for r in inline[0] if type(r).__name__ == "LinkRecheck"}
+    assert judged == {"top3", "ns2/app2", "?"}
+    clean = {r.repository for r in inline[0] if type(r).__name__ == "CleanRepository"}
+    assert clean == set(sums) - {"top3", "ns2/app2"}
+    reread = sum(type(r).__name__ == "LinkRow" for r in inline[0])
+    assert 2 <= reread < 40 and inline[1][0] == reread + 1  # and the upload's startedat
+    assert inline[1][1] == sum(n for n, _ck in sums.values()) + 1 - reread  # the rest were skipped
 
 
 @pytest.mark.parametrize("damage", ["unlistable", "symlink"])

@@ -213,6 +213,12 @@ def change_times(db_: str) -> list[tuple[str, ...]]:
                         "JOIN registries g ON g.id = l.registry_id WHERE l.gone_run IS NULL")
 
 
+def link_sums(db_: str) -> list[tuple[str, ...]]:
+    """What a database keeps per repository of its link files, by registry name."""
+    return rows_of(db_, "SELECT g.name, k.repository, k.links, k.checksum FROM link_sums k "
+                        "JOIN registries g ON g.id = k.registry_id")
+
+
 def skipped(db_: str) -> list[int]:
     """files_skipped of each run, in order."""
     engine = create_engine(_url(db_))
@@ -258,6 +264,8 @@ def test_rescan_equals_full_scan_into_a_fresh_database_after_every_kind_of_chang
         settled = fresh()
         invoke("scan", base, "--db", settled, "-q", "--fail-on", "never", "--config", config)
         assert change_times(kept) == change_times(settled)
+        # and the link sums it finds repositories clean by: as a fresh scan computes them
+        assert link_sums(kept) == link_sums(settled) and len(link_sums(kept)) >= 4
     if settle == "0":  # the re-scans did reuse rows (this test would prove nothing otherwise)
         assert skipped(kept)[0] == 0 and all(n > 10 for n in skipped(kept)[1:])
     else:  # the scan right after the first (seconds later) read everything again: it was all too recent
@@ -554,13 +562,14 @@ def test_full_scans_read_every_link_and_incremental_ones_only_what_changed(urls,
     assert [r.get("full_scan") for r in runs] == [bool(f) for f in full]
 
 
-def test_known_links_come_in_batches_in_the_walks_order_and_equal_one_query_per_repository(
+def test_known_links_of_the_repositories_not_found_clean_come_in_batches_and_equal_one_query_per_repository(
     urls, base, invoke, tmp_path,
 ):
-    """The crawl asks for each repository's known links in its walk's order (depth first, siblings by name):
-    they come a batch of repositories per query, and equal what a query for that repository alone returns,
-    whatever the order asked, and for a repository the inventory does not hold."""
+    """Without link sums every repository the crawl walks is asked about, in batches; a batch's answer equals
+    what a query for each repository alone returns, whatever the batch, and a repository the inventory does not
+    hold has no links."""
     from regindex import store
+    from regindex.crawl import _JUDGE_REPOSITORIES
 
     kept, _fresh = urls
     w, rng, _imgs = build(base)
@@ -580,19 +589,21 @@ def test_known_links_come_in_batches_in_the_walks_order_and_equal_one_query_per_
                 "AND repository = :n AND changed IS NOT NULL"), {"r": rid, "n": name})
             alone[name] = {(k, t, p): (float(c), int(i)) for k, t, p, c, i in rows}
         assert sum(map(len, alone.values())) > 20 and all(alone.values())
-        walked: list[str] = []
-        from regindex.crawl import crawl_into, discover  # the walk's own order
+        asked: list[list[str]] = []
+        from regindex.crawl import crawl_into, discover
 
         root = next(r for r in discover(base) if r.name == "private")
-        crawl_into(root, lambda row: None, known=lambda repo: walked.append(repo) or {})
+        crawl_into(root, lambda row: None, known=lambda names: asked.append(names) or {n: {} for n in names})
+        walked = [n for names in asked for n in names]
         assert sorted(walked) == sorted(alone) and "team/app0/nested/deeper" in walked
-        known = store.KnownLinks(conn, rid, batch=3)
-        got = {name: {k: tuple(v) for k, v in known(name).items()} for name in walked}
-        assert got == alone
-        assert known.queries == -(-len(walked) // 3)  # one query a batch: the walk's order was foreseen
-        known = store.KnownLinks(conn, rid, batch=3)
-        backwards = {name: {k: tuple(v) for k, v in known(name).items()} for name in reversed(walked)}
-        assert backwards == alone and known("not/here") == {}
+        assert all(len(names) <= _JUDGE_REPOSITORIES for names in asked)
+        known = store.KnownLinks(conn, rid)
+        for batch in ([walked[i:i + 3] for i in range(0, len(walked), 3)], [walked[::-1]], [[n] for n in walked]):
+            got = {}
+            for names in batch:
+                got.update({n: {k: tuple(v) for k, v in links.items()} for n, links in known(names).items()})
+            assert got == alone
+        assert known(["not/here", walked[0]])["not/here"] == {}
     engine.dispose()
 
 
@@ -1006,6 +1017,45 @@ def test_0010_upgrades_a_database_with_history(urls, base, invoke):
     assert held and held == bucket_rows(kept) and sum(int(r[2]) for r in held) == len(img.blobs) + 1  # + manifest
     invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")
     assert buckets(kept) == held
+
+
+def test_0011_upgrades_a_database_with_history(urls, base, invoke, tmp_path):
+    """A database built by 0010_blob_buckets (the previous head) with a run, a link episode, a blob bucket and a
+    finding keeps all of it; ``link_sums`` starts empty, so the first scan after the upgrade judges every link
+    by itself and fills it with what a fresh scan computes; the next scan finds the repository clean and reads
+    none of its links."""
+    kept, fresh = urls
+    config = tmp_path / "regindex.toml"
+    config.write_text("settle_seconds = 0\n")
+    img = StorageWriter(base / "r").push_image("team/app", random.Random(3))
+    history_at(kept, "0010_blob_buckets", {"links": 1, "files_read": 1}, link=img.digest)
+    engine = db.make_engine(db.resolve_url(kept))
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO blob_buckets (registry_id, bucket, blobs, bytes, checksum) "
+                       "VALUES (1, 'sha256:0000', 1, 5, 'c')"))
+    engine.dispose()
+    scan = ("scan", base, "--db", kept, "-q", "--fail-on", "never", "--config", config)
+    invoke(*scan)  # upgrades, then scans
+    engine = create_engine(_url(kept))
+    with engine.connect() as c:
+        assert db.current_revision(c) == db.head_revision()
+        assert c.execute(text("SELECT links, files_read FROM runs WHERE id = 1")).one() == (1, 1)
+        assert c.execute(text("SELECT COUNT(*) FROM findings WHERE key = 'k'")).scalar_one() == 1
+        assert c.execute(text("SELECT first_run, gone_run FROM links WHERE path_digest = :d AND kind = 'revision'"),
+                         {"d": img.digest}).one() == (1, None)
+        links = c.execute(text("SELECT COUNT(*) FROM links WHERE gone_run IS NULL")).scalar_one()
+    engine.dispose()
+    held = link_sums(kept)
+    assert [r[:3] for r in held] == [("r", "team/app", str(links))]
+    other = fresh()
+    invoke("scan", base, "--db", other, "-q", "--fail-on", "never", "--config", config)
+    assert link_sums(other) == held
+    invoke(*scan)
+    engine = create_engine(_url(kept))
+    with engine.connect() as c:
+        assert c.execute(text("SELECT files_read, files_skipped FROM runs WHERE id = 3")).one() == (0, links)
+    engine.dispose()
+    assert link_sums(kept) == held
 
 
 def test_a_registry_that_failed_is_derived_again_on_its_next_unchanged_night(urls, base, calls, unlistable):

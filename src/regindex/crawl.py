@@ -48,6 +48,9 @@ DEFAULT_MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 # (benchmarks/bench_scale.py, cold phases). 1 reads in the walking thread.
 DEFAULT_READERS = 8
 _READ_BATCH = 512  # link files read together (across directories and repositories)
+# Repositories not found clean are judged together, their known links asked for in one query: at most this many
+# repositories, or about this many links, at a time (memory stays flat).
+_JUDGE_REPOSITORIES, _JUDGE_LINKS = 64, 20000
 _PROBE, _SLOW = 4, 0.0002  # a batch whose first 4 reads or stats take 200 µs each is waiting on the disk
 # The repositories' walk is cold when a quarter of a window of its listings each took longer than this (a
 # warm listing takes 5-30 µs; one waiting on the disk 0.1-10 ms): then ReadAhead starts.
@@ -122,6 +125,35 @@ def bucket_checksum(rows: Sequence[BlobRow]) -> str:
     for r in sorted(rows):
         h.update(f"{r.digest} {r.size} {r.mtime!r}\n".encode())
     return h.hexdigest()
+
+
+class LinkSum(NamedTuple):
+    """What the crawl saw of one repository's link files (every one the layout names: layer and revision links,
+    each tag's current and index links), to keep for the next crawl: how many and ``link_checksum`` of their
+    (kind, tag, path digest, change time). Given only when every one was a regular file whose change time was
+    settled (older than the crawl's ``settled``)."""
+
+    repository: str
+    links: int
+    checksum: str
+
+
+class CleanRepository(NamedTuple):
+    """A repository whose link files stat'ed as the last scan saw them (its ``LinkSum`` the same): none of them
+    gives a row or a ``LinkRecheck``, and the inventory is not asked about them: their episodes go on."""
+
+    repository: str
+
+
+# known link sums, by repository: (links, checksum) as the last scan saw them (regindex.store.link_sums)
+KnownSums = dict[str, tuple[int, str]]
+
+
+def link_checksum(entries: Sequence[tuple[str, str | None, str | None, float | None]]) -> str:
+    """A checksum of a repository's link files as (kind, tag, path digest, change time), whatever their order
+    (``repr`` of each: names from storage may hold any character, and a float's repr is exact)."""
+    return hashlib.blake2b("\n".join(sorted(map(repr, entries))).encode("utf-8", "surrogateescape"),
+                           digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +292,8 @@ class LinkRecheck:
     id: int
 
 
-Row = RepoRow | LinkRow | BlobRow | UploadRow | Anomaly | LinkRecheck | BlobBucket | CleanBucket
+Row = (RepoRow | LinkRow | BlobRow | UploadRow | Anomaly | LinkRecheck | BlobBucket | CleanBucket | LinkSum
+       | CleanRepository)
 
 
 class KnownLink(NamedTuple):
@@ -271,30 +304,36 @@ class KnownLink(NamedTuple):
     id: int
 
 
-# A repository's links as the inventory knows them, by (kind, tag, path digest): for an incremental crawl.
-Known = Callable[[str], dict[tuple[str, str | None, str | None], KnownLink]]
+# The links of some repositories as the inventory knows them: every name asked for is in the answer, its links by
+# (kind, tag, path digest) ({} for none). For an incremental crawl, asked for the repositories it did not find
+# clean, a batch at a time.
+Known = Callable[[list[str]], dict[str, dict[tuple[str, str | None, str | None], KnownLink]]]
+# A link file as stat'ed for judging: (path, kind, tag, path digest, change time: None when it is not a regular
+# file or is gone)
+Seen = tuple[str, LinkKind, str | None, str | None, float | None]
 
 
-class LinkSeen(NamedTuple):
-    """A link file the helper process stat'ed for an incremental crawl (it holds no database connection, so
-    it cannot know the inventory's links): the walk's process judges it as ``_Walker.reuse_links`` would have,
-    and reads it when it is not known unchanged. ``changed``: the file's change time, None when it is not a
-    regular file (or vanished). Never reaches a sink."""
+class DirtyRepository(NamedTuple):
+    """A repository the helper process did not find clean (it holds no database connection, so it cannot know
+    the inventory's links): its link files as stat'ed, which the walk's process judges (``_Walker.defer``) and
+    reads when they are not known unchanged. Never reaches a sink."""
 
-    path: str
     repository: str
-    kind: LinkKind
-    tag: str | None
-    path_digest: str | None
-    changed: float | None
+    links: list[Seen]
 
 
-class _Observed(dict[tuple[str, str | None, str | None], KnownLink]):
-    """The helper's stand-in for a repository's known links: every link may be known, so each is stat'ed
-    (``LinkSeen``), none is read."""
+class _Sum:
+    """A repository's link files as a crawl without known links reads them (their reads come in batches,
+    across repositories), toward its ``LinkSum``: given when the last of them is read, if every one was a
+    regular file with a settled change time."""
 
-    def __contains__(self, key: object) -> bool:
-        return True
+    __slots__ = ("repository", "entries", "waiting", "settled")
+
+    def __init__(self, repository: str, waiting: int) -> None:
+        self.repository = repository
+        self.entries: list[tuple[str, str | None, str | None, float | None]] = []
+        self.waiting = waiting
+        self.settled = True
 
 
 @dataclass(slots=True)
@@ -314,9 +353,11 @@ class _Walker:
     def __init__(self, root: RegistryRoot, sink: Callable[[Row], None],
                  progress: Callable[[int], None] | None, fs: Storage | None = None,
                  readers: int = DEFAULT_READERS, known: Known | None = None, settled: float | None = None,
-                 helper: bool = False, known_blobs: KnownBlobs | None = None) -> None:
+                 helper: bool = False, known_blobs: KnownBlobs | None = None,
+                 known_sums: KnownSums | None = None) -> None:
         self.root = root
         self.known_blobs = known_blobs
+        self.known_sums = known_sums
         self.helper = helper
         self.parent: int | None = None  # in a helper process: the walk's process, whose exit ends the helper
         # the local filesystem: the repositories' listings are watched, and a cold walk gets a ReadAhead
@@ -325,16 +366,19 @@ class _Walker:
         self.readahead: ReadAhead | None = None
         self.watching: list[str] | None = None  # the subtrees being walked while the listings are watched
         self.known = known
-        self.observing = False  # in the helper process of an incremental crawl: links are stat'ed for LinkSeen
+        self.observing = False  # in the helper of an incremental crawl: dirty repositories go to the parent
         self.settled = settled
-        self.prev: dict[tuple[str, str | None, str | None], KnownLink] = {}
+        # repositories not found clean, waiting to be judged against the inventory's links a batch at a time
+        self.dirty: list[tuple[str, list[Seen]]] = []
+        self.dirty_links = 0
         self.sink = sink
         self.progress = progress
         self.fs: Storage = fs or FileSystem()
         self.stats = CrawlStats()
         self.pool = ReadPool(readers)
-        # links found but not yet read: (link path, repository, kind, tag, path digest), read in batches
-        self.pending: list[tuple[str, str, LinkKind, str | None, str | None]] = []
+        # links found but not yet read: (link path, repository, kind, tag, path digest, the _Sum it counts
+        # toward or None), read in batches
+        self.pending: list[tuple[str, str, LinkKind, str | None, str | None, _Sum | None]] = []
 
     # -- helpers -------------------------------------------------------------------------------
     def rel(self, path: str) -> str:
@@ -443,87 +487,107 @@ class _Walker:
             raise self.not_followed(path)
         return st.kind == DIR
 
-    def queue_link(self, dirpath: str, repo: str, kind: LinkKind, tag: str | None, path_digest: str | None) -> None:
-        """``<dirpath>/link`` is opened directly (the layout says where it is), later, in a batch read by the
-        pool: its row reaches the sink when the batch is read (rows carry no order). Incremental: see
-        :meth:`reuse_links`."""
-        path = self.fs.join(dirpath, "link")
-        if (kind.value, tag, path_digest) in self.prev:
-            self.reuse_links([(path, path_digest)], repo, kind, tag)
-        else:
-            self.queue_read(path, repo, kind, tag, path_digest)
-
-    def queue_read(self, path: str, repo: str, kind: LinkKind, tag: str | None, path_digest: str | None) -> None:
-        self.pending.append((path, repo, kind, tag, path_digest))
+    def queue_read(self, path: str, repo: str, kind: LinkKind, tag: str | None, path_digest: str | None,
+                   acc: _Sum | None = None) -> None:
+        self.pending.append((path, repo, kind, tag, path_digest, acc))
         if len(self.pending) >= _READ_BATCH:
             self.flush_links()
 
-    def reuse_links(self, links: list[tuple[str, str | None]], repo: str, kind: LinkKind, tag: str | None) -> None:
-        """Links (path, path digest) the inventory read when their change time was settled: each is stat'ed (by
-        the pool, together: cold, each waits on the disk), and one whose change time is still that one is
-        unchanged (a write, a truncation, a chmod, a rename over it or a re-creation all change the later of
-        mtime and ctime; a file removed from its directory is not found by the stat): it gives no row, its
-        episode goes on. The others are read again. Known links left in ``prev`` after the repository's walk
-        are rechecked (``LinkRecheck``). In the helper (``observing``) each stat goes to the walk's process
-        as a ``LinkSeen``, which :meth:`settle` judges there."""
-        kv, observing, unchanged = kind.value, self.observing, self.unchanged
-        got = self.stat_many([path for path, _pd in links])
-        skipped = 0
-        for (path, path_digest), st in zip(links, got):
+    def judge_links(self, repo: str, found: list[tuple[str, LinkKind, str | None, str | None]]) -> None:
+        """A repository's link files (path, kind, tag, path digest), every one the layout names there.
+
+        Without known links (a full crawl) each is read, and the repository's ``LinkSum`` comes from what the
+        reads see (``_Sum``). Otherwise each is stat'ed (by the pool, together: cold, each waits on the disk).
+        When they stat as the repository's known ``LinkSum`` says (the same files, each with the change time it
+        had), the repository is clean: no row, nothing asked of the inventory. Otherwise the repository is
+        judged against the inventory's known links (:meth:`defer`; in the helper, by the walk's process: a
+        ``DirtyRepository``)."""
+        if self.known is None and not self.observing:
+            acc = _Sum(repo, len(found))
+            for path, kind, tag, path_digest in found:
+                self.queue_read(path, repo, kind, tag, path_digest, acc)
+            if not found:
+                self.summed(acc)
+            return
+        got = self.stat_many([f[0] for f in found])
+        settled = self.settled
+        seen: list[Seen] = []
+        all_settled = settled is not None
+        for (path, kind, tag, path_digest), st in zip(found, got):
             if isinstance(st, OSError):
                 raise self.stat_error(path, st)
             changed = st.changed if st is not None and st.kind == FILE else None
-            if observing:
-                self.sink(LinkSeen(path, repo, kind, tag, path_digest, changed))  # type: ignore[arg-type]
-            elif unchanged((kv, tag, path_digest), changed):
-                skipped += 1
-            else:
-                self.queue_read(path, repo, kind, tag, path_digest)
+            if changed is None or settled is None or changed >= settled:
+                all_settled = False
+            seen.append((path, kind, tag, path_digest, changed))
+        checksum = link_checksum([(k.value, t, pd, c) for _p, k, t, pd, c in seen]) if all_settled else None
+        if checksum is not None:
+            if self.known_sums is not None and self.known_sums.get(repo) == (len(found), checksum):
+                self.sink(CleanRepository(repo))
+                self.stats.skipped += len(found)
+                self.tick(len(found))
+                return
+            self.sink(LinkSum(repo, len(found), checksum))
+        if self.observing:
+            self.sink(DirtyRepository(repo, seen))  # type: ignore[arg-type]
+        else:
+            self.defer(repo, seen)
+
+    def summed(self, acc: _Sum) -> None:
+        if acc.settled:
+            self.sink(LinkSum(acc.repository, len(acc.entries), link_checksum(acc.entries)))
+
+    def defer(self, repo: str, seen: list[Seen]) -> None:
+        """A repository not found clean, judged with the next ones (:meth:`judge_dirty`): their known links
+        come in one query."""
+        self.dirty.append((repo, seen))
+        self.dirty_links += len(seen)
+        if len(self.dirty) >= _JUDGE_REPOSITORIES or self.dirty_links >= _JUDGE_LINKS:
+            self.judge_dirty()
+
+    def judge_dirty(self) -> None:
+        """Each waiting repository's link files against the inventory's known links of it: one whose change
+        time is still the one it was read at is unchanged (a write, a truncation, a chmod, a rename over it or
+        a re-creation all change the later of mtime and ctime; a file removed from its directory is not found
+        by the stat) and gives no row, its episode goes on; the others are read again. Known links not found
+        unchanged (rewritten, or gone) are rechecked against what the crawl gave (``LinkRecheck``)."""
+        batch, self.dirty, self.dirty_links = self.dirty, [], 0
+        if not batch:
+            return
+        known = self.known([repo for repo, _seen in batch]) if self.known is not None else {}
+        skipped = 0
+        for repo, seen in batch:
+            prev = known.get(repo) or {}
+            for path, kind, tag, path_digest, changed in seen:
+                key = (kind.value, tag, path_digest)
+                was = prev.get(key)
+                if was is not None and changed is not None and changed == was.changed:
+                    del prev[key]  # its episode goes on
+                    skipped += 1
+                else:
+                    self.queue_read(path, repo, kind, tag, path_digest)
+            for left in prev.values():
+                self.sink(LinkRecheck(left.id))
         self.stats.skipped += skipped
         self.tick(skipped)
-
-    def unchanged(self, key: tuple[str, str | None, str | None], changed: float | None) -> bool:
-        """Whether the known link ``key`` of the repository being judged (``prev``) is unchanged: its file's
-        change time (``changed``: None when it is not a regular file) is the one the inventory read it at.
-        An unchanged link leaves ``prev``: its episode goes on."""
-        known = self.prev.get(key)
-        if known is None or changed is None or changed != known.changed:
-            return False
-        del self.prev[key]
-        return True
-
-    def settle(self, seen: LinkSeen) -> None:
-        """A link the helper stat'ed, judged against the known links of its repository (``prev``, set by
-        :meth:`enter_known`) as :meth:`reuse_links` judges its own."""
-        if self.unchanged((seen.kind.value, seen.tag, seen.path_digest), seen.changed):
-            self.stats.skipped += 1
-            self.tick()
-        else:
-            self.queue_read(seen.path, seen.repository, seen.kind, seen.tag, seen.path_digest)
-
-    def enter_known(self, repo: str) -> None:
-        """Start judging a repository's links against what the inventory knows of them."""
-        self.leave_known()
-        self.prev = _Observed() if self.observing else self.known(repo) if self.known is not None else {}
-
-    def leave_known(self) -> None:
-        """Known links not found unchanged (rewritten or gone) are rechecked against what the crawl gave."""
-        if not self.observing:
-            for left in self.prev.values():
-                self.sink(LinkRecheck(left.id))
-        self.prev = {}
 
     def flush_links(self) -> None:
         batch, self.pending = self.pending, []
         fs = self.fs
         got = self.pool.map(lambda path: fs.read(path, MAX_LINK_BYTES + 1), [b[0] for b in batch])
         settled = self.settled
-        for (path, repo, kind, tag, path_digest), read in zip(batch, got):
+        for (path, repo, kind, tag, path_digest, acc), read in zip(batch, got):
             state, target, preview = self.link_state(path, read)
             changed = read.changed if read is not None and read.kind == FILE else None
             if changed is not None and (settled is None or changed >= settled):
                 changed = None  # changed too recently to trust: a write in the same clock tick would not show
             self.sink(LinkRow(repo, kind.value, tag, path_digest, target, state.value, preview, changed))
+            if acc is not None:
+                acc.entries.append((kind.value, tag, path_digest, changed))
+                acc.settled = acc.settled and changed is not None
+                acc.waiting -= 1
+                if not acc.waiting:
+                    self.summed(acc)
 
     def link_state(self, path: str, got: Read | None) -> tuple[LinkState, str | None, str | None]:
         """One open, fstat and bounded read of a link file, judged."""
@@ -560,9 +624,11 @@ class _Walker:
             else:
                 for run in helper.runs:
                     self.walk_subtrees(run)
+            self.judge_dirty()
             self.flush_links()
             if helper:
                 helper.collect(self)
+                self.judge_dirty()
                 self.flush_links()
         finally:
             if helper:
@@ -702,11 +768,11 @@ class _Walker:
         has_tags = has_manifests and self.structural_dir(tags_dir) is not None
         revisions = self.structural_dir(join(manifests, "revisions")) if has_manifests else None
         self.sink(RepoRow(repo, has_manifests, has_tags))
-        self.enter_known(repo)
+        found: list[tuple[str, LinkKind, str | None, str | None]] = []  # the link files, judged together
         if layers:
-            self.walk_digest_links(layers, repo, LinkKind.LAYER, None, known_dir=True)
+            self.walk_digest_links(layers, LinkKind.LAYER, None, found, known_dir=True)
         if revisions:
-            self.walk_digest_links(revisions, repo, LinkKind.REVISION, None, known_dir=True)
+            self.walk_digest_links(revisions, LinkKind.REVISION, None, found, known_dir=True)
         if has_tags:
             for tag_dir in self.subdirs(tags_dir):
                 tag = tag_dir.name
@@ -722,40 +788,30 @@ class _Walker:
                     self.add_link(repo, LinkKind.TAG_CURRENT, tag, None, LinkState.UNREADABLE, None,
                                   "current is not a directory")
                 else:
-                    self.queue_link(cur, repo, LinkKind.TAG_CURRENT, tag, None)
-                self.walk_digest_links(join(tag_dir.path, "index"), repo, LinkKind.TAG_INDEX, tag)
+                    found.append((join(cur, "link"), LinkKind.TAG_CURRENT, tag, None))
+                self.walk_digest_links(join(tag_dir.path, "index"), LinkKind.TAG_INDEX, tag, found)
+        self.judge_links(repo, found)
         uploads = join(path, "_uploads")
         if "_uploads" in names and self.real_dir(uploads):
             for up in self.subdirs(uploads):
                 self.visit_upload(up.path, repo, up.name)
-        self.leave_known()
 
-    def walk_digest_links(self, path: str, repo: str, kind: LinkKind, tag: str | None,
-                          known_dir: bool = False) -> None:
-        """``<alg>/<hex>/link`` under ``path``: list the algorithm directories and their digest directories,
-        then open each ``link`` directly (never list a one-entry digest directory). ``known_dir``: ``path`` was
-        already stat'ed as a real directory by ``structural_dir``."""
+    def walk_digest_links(self, path: str, kind: LinkKind, tag: str | None,
+                          found: list[tuple[str, LinkKind, str | None, str | None]], known_dir: bool = False) -> None:
+        """``<alg>/<hex>/link`` under ``path`` to ``found``: list the algorithm directories and their digest
+        directories, never a one-entry digest directory (its ``link`` is stat'ed or opened directly).
+        ``known_dir``: ``path`` was already stat'ed as a real directory by ``structural_dir``."""
         if not known_dir and not self.real_dir(path):
             return
         join = self.fs.join
-        prev = self.prev
-        kv = kind.value
         for alg_dir in self.subdirs(path):
             alg = alg_dir.name
             if alg not in DIGEST_HEX_LEN:
                 self.anomaly(alg_dir.path, "unknown digest algorithm")
                 continue
-            known: list[tuple[str, str | None]] = []
             head = f"{alg}:"
-            for hex_dir in self.digest_dirs(alg_dir.path, alg, "not a digest directory name"):
-                path_digest = head + hex_dir.name
-                link = join(hex_dir.path, "link")
-                if (kv, tag, path_digest) in prev:
-                    known.append((link, path_digest))
-                else:
-                    self.queue_read(link, repo, kind, tag, path_digest)
-            if known:
-                self.reuse_links(known, repo, kind, tag)
+            found.extend((join(hex_dir.path, "link"), kind, tag, head + hex_dir.name)
+                         for hex_dir in self.digest_dirs(alg_dir.path, alg, "not a digest directory name"))
 
     def add_link(
         self,
@@ -919,8 +975,9 @@ class Helper:
     walks are done; its storage error fails the crawl as the walk's own would. The helper touches nothing of
     this process but the walker: no database connection (it never runs a finalizer: the collector is off and
     it leaves through ``os._exit``). So an incremental crawl's helper cannot know the inventory's links: it
-    stats every link of its repositories and sends a ``LinkSeen`` for each, which this process judges
-    (``_Walker.settle``) and reads when it is not known unchanged."""
+    stats the links of its repositories and finds them clean by their known ``LinkSum`` (inherited), and sends
+    every other repository's stats as a ``DirtyRepository``, which this process judges (``_Walker.defer``) and
+    reads where not known unchanged."""
 
     def __init__(self, walker: _Walker, blobs: str | None, subtrees: list[tuple[str, str]]) -> None:
         self.runs = _Runs(subtrees)
@@ -956,7 +1013,7 @@ class Helper:
     def walk(self, walker: _Walker, blobs: str | None, parent: int) -> None:
         out, batch = self.file, []
 
-        def sink(row: Row | LinkSeen) -> None:
+        def sink(row: Row | DirtyRepository) -> None:
             batch.append(row)
             if len(batch) >= _HELPER_BATCH:
                 pickle.dump(batch, out, pickle.HIGHEST_PROTOCOL)
@@ -970,6 +1027,7 @@ class Helper:
                 walker.walk_blobs(blobs)
             for run in self.runs:
                 walker.walk_subtrees(run)
+            walker.judge_dirty()  # (none: the helper's dirty repositories go to the walk's process)
             walker.flush_links()
             tail: tuple[str, Any] = ("ok", walker.stats)
         except BaseException as exc:  # noqa: BLE001 - everything goes back to the walk's process
@@ -984,7 +1042,7 @@ class Helper:
         out.flush()
 
     def collect(self, walker: _Walker) -> None:
-        """Wait for the helper; its rows to the sink (its ``LinkSeen`` judged), its counts to the walker's;
+        """Wait for the helper; its rows to the sink (its ``DirtyRepository`` judged), its counts to the walker's;
         its error raised here."""
         _pid, status = os.waitpid(self.pid, 0)
         self.pid = 0
@@ -993,21 +1051,19 @@ class Helper:
         try:
             while isinstance(item := pickle.load(self.file), list):
                 for row in item:
-                    if type(row) is LinkSeen:
-                        walker.settle(row)
-                        continue
-                    if type(row) is RepoRow:
-                        walker.enter_known(row.name)
-                    sink(row)
+                    if type(row) is DirtyRepository:
+                        walker.defer(row.repository, row.links)
+                    else:
+                        sink(row)
         except (EOFError, pickle.UnpicklingError):
             raise StorageError(f"{walker.root.name}: the walk's helper process ended without its result "
                                f"(exit status {os.waitstatus_to_exitcode(status)})") from None
-        walker.leave_known()
         what, value = item
         if what == "error":
             raise StorageError(value)
         walker.stats.stat += value.stat
         walker.stats.read += value.read
+        walker.stats.skipped += value.skipped  # the links of the repositories it found clean
         walker.tick(value.files_seen)
 
     def stop(self) -> None:
@@ -1058,7 +1114,7 @@ def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
                progress: Callable[[int], None] | None = None, fs: Storage | None = None,
                readers: int = DEFAULT_READERS, known: Known | None = None,
                settled: float | None = None, helper: bool | None = None,
-               known_blobs: KnownBlobs | None = None) -> CrawlStats:
+               known_blobs: KnownBlobs | None = None, known_sums: KnownSums | None = None) -> CrawlStats:
     """Walk one registry root, handing each row to ``sink`` as it is found. Raises ``StorageError`` when any
     part of the tree cannot be listed (rows already handed over must then be discarded).
 
@@ -1070,6 +1126,11 @@ def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
     ``known_blobs``: what the last scan saw of the blobs, by bucket (``KnownBlobs``). Every data file is still
     stat'ed; the rows of a bucket found the same are not given (a ``CleanBucket`` stands for them).
 
+    ``known_sums``: what the last scan saw of each repository's link files (``KnownSums``). Given ``known``
+    too, a repository whose link files stat the same gives no link row and is not asked about (a
+    ``CleanRepository`` stands for them). Either way each repository's ``LinkSum`` is given when its link files
+    all had settled change times.
+
     ``helper``: walk the blobs and part of the repositories in a forked process (``Helper``); by default when
     the storage is the local filesystem (a forked object-store client is not safe to use) and two CPUs are
     usable."""
@@ -1077,7 +1138,7 @@ def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
         raise StorageError(f"{root.name}: cannot read {root.v2}")
     if helper is None:
         helper = fs is None and hasattr(os, "fork") and usable_cpus() >= 2
-    return _Walker(root, sink, progress, fs, readers, known, settled, helper, known_blobs).run()
+    return _Walker(root, sink, progress, fs, readers, known, settled, helper, known_blobs, known_sums).run()
 
 
 def crawl(root: RegistryRoot, progress: Callable[[int], None] | None = None) -> CrawlResult:

@@ -206,6 +206,21 @@ class BlobBucket(Base):
     checksum: Mapped[str] = mapped_column(String(64))
 
 
+class LinkSum(Base):
+    """(0011) What the last scan saw of one repository's link files (the layer, revision, tag current and tag
+    index links the layout names): how many, and a checksum of their (kind, tag, path digest, change time),
+    sorted. Kept only when every one was a regular file whose change time was settled. A crawl given these
+    stats a repository's link files and, when they stat the same, gives no row for them and asks nothing of
+    the inventory about them (``regindex.crawl``). Internal bookkeeping of the scan, replaced with the
+    inventory it describes; not part of the documented schema."""
+
+    __tablename__ = "link_sums"
+    registry_id: Mapped[int] = mapped_column(ForeignKey("registries.id"), primary_key=True)
+    repository: Mapped[str] = mapped_column(Text, primary_key=True)
+    links: Mapped[int] = mapped_column(Integer)
+    checksum: Mapped[str] = mapped_column(String(64))
+
+
 class BlobVerification(Base):
     """Content hash of blob data, recomputed only when its size or mtime changes (``--verify-content``)."""
 

@@ -472,8 +472,9 @@ def _load_registry(
         known = None if full else store.KnownLinks(conn, rid)
         stage = store.Stage(conn, incremental=known is not None, changes=True)
         known_blobs = None if full else store.blob_buckets(conn, rid)
+        known_sums = None if full else store.link_sums(conn, rid)
         crawled = crawl_into(root, stage.add, tick, known=known, settled=settled,  # rows stream into staging
-                             known_blobs=known_blobs)
+                             known_blobs=known_blobs, known_sums=known_sums)
     work = StorageWork(stat=crawled.stat, read=crawled.read, skipped=crawled.skipped)
     clock.count("crawl", crawled.files_seen)
     _say(progress, f"loading {name}")

@@ -185,6 +185,16 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
             "checksum": "of the blobs' digest, size and mtime, sorted (blake2b-128)",
         },
     ),
+    "link_sums": (
+        "scan bookkeeping, not findings or inventory: per registry and `repository`, what the last scan saw of its "
+        "link files (`links`, `checksum` of their kind, tag, path digest and change time), so the next one asks "
+        "nothing about a repository whose link files stat the same",
+        {
+            "repository": "the repository's name",
+            "links": "how many link files the last scan saw in it",
+            "checksum": "of each link file's kind, tag, path digest and change time, sorted (blake2b-128)",
+        },
+    ),
     "blob_verifications": (
         "content hashes, one per registry and digest, recomputed only when size or mtime change (manifests "
         "whenever read; every blob with `--verify-content`): `digest`, `size`, `mtime`, `computed_digest`, "

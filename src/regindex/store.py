@@ -36,6 +36,7 @@ from regindex.models import (
     BlobBucket,
     BlobVerification,
     Link,
+    LinkSum,
     Manifest,
     ManifestRef,
     Registry,
@@ -222,13 +223,15 @@ SPECS: dict[str, EpisodeSpec] = {
 # crawl row type -> staging key (the crawl yields these dataclasses; their fields are the columns)
 ROW_KINDS = {"RepoRow": "repositories", "LinkRow": "links", "BlobRow": "blobs", "UploadRow": "uploads",
              "Anomaly": "anomalies", "LinkRecheck": "link_recheck", "BlobBucket": "blob_buckets",
-             "CleanBucket": "clean_buckets"}
+             "CleanBucket": "clean_buckets", "LinkSum": "link_sums", "CleanRepository": "clean_repositories"}
 # staging key -> its columns: each episode table's, and the ids of known links an incremental crawl rechecks
 STAGED: dict[str, tuple[str, ...]] = {
     **{key: spec.identity + spec.mutable for key, spec in SPECS.items()}, "link_recheck": ("id",),
-    "blob_buckets": ("bucket", "blobs", "bytes", "checksum"), "clean_buckets": ("bucket", "blobs", "bytes")}
+    "blob_buckets": ("bucket", "blobs", "bytes", "checksum"), "clean_buckets": ("bucket", "blobs", "bytes"),
+    "link_sums": ("repository", "links", "checksum"), "clean_repositories": ("repository",)}
 # the staged keys that are not episode tables: the table their columns' types come from
-_STAGE_TABLES = {"link_recheck": table(Link), "blob_buckets": table(BlobBucket), "clean_buckets": table(BlobBucket)}
+_STAGE_TABLES = {"link_recheck": table(Link), "blob_buckets": table(BlobBucket), "clean_buckets": table(BlobBucket),
+                 "link_sums": table(LinkSum), "clean_repositories": table(LinkSum)}
 STAGE_BATCH = 20000
 SQLITE_CACHE_KIB = 32 * 1024
 
@@ -264,9 +267,10 @@ class Stage:
     more than one batch of rows.
 
     ``incremental``: the crawl was given the inventory's known links and gave rows only for the links it
-    read; a known link it found unchanged gives no row, one it did not find unchanged a ``LinkRecheck``. The
-    links diff then compares the staged rows with the open links it could have read: those without a settled
-    change time, those rechecked, and those of repositories it did not walk (gone)."""
+    read; a known link it found unchanged gives no row, one it did not find unchanged a ``LinkRecheck``, and
+    the links of a repository it found clean (``CleanRepository``) none either. The links diff then compares
+    the staged rows with the open links it could have read: those without a settled change time, those
+    rechecked, and those of repositories it did not walk (gone)."""
 
     def __init__(self, conn: Connection, incremental: bool = False, changes: bool = False) -> None:
         self.conn = conn
@@ -365,6 +369,7 @@ class Stage:
                       probe=few)
             else:
                 _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, None, capture)
+        self._keep_link_sums(registry_id)
         drop_temp(self.conn, "gone_repositories")
         drop_temp(self.conn, "blob_gaps")
         return stats
@@ -402,6 +407,16 @@ class Stage:
                                "AND bucket NOT IN (SELECT bucket FROM stage_clean_buckets)"), p)
         self.conn.execute(text("INSERT INTO blob_buckets (registry_id, bucket, blobs, bytes, checksum) "
                                "SELECT :rid, bucket, blobs, bytes, checksum FROM stage_blob_buckets"), p)
+
+    def _keep_link_sums(self, registry_id: int) -> None:
+        """What this crawl saw of each repository's link files, for the next crawl (``regindex.crawl.KnownSums``):
+        the repositories it found clean keep theirs, the others get what it saw (none when a link file was
+        not settled, or the repository is gone)."""
+        p = {"rid": registry_id}
+        self.conn.execute(text("DELETE FROM link_sums WHERE registry_id = :rid "
+                               "AND repository NOT IN (SELECT repository FROM stage_clean_repositories)"), p)
+        self.conn.execute(text("INSERT INTO link_sums (registry_id, repository, links, checksum) "
+                               "SELECT :rid, repository, links, checksum FROM stage_link_sums"), p)
 
     def drop(self) -> None:
         for key in STAGED:
@@ -497,6 +512,12 @@ def blob_buckets(conn: Connection, registry_id: int) -> dict[str, tuple[int, int
     """What the last scan saw of a registry's blobs, by bucket (``regindex.crawl.KnownBlobs``)."""
     return {b: (int(n), int(size), ck) for b, n, size, ck in driver_rows(
         conn, "SELECT bucket, blobs, bytes, checksum FROM blob_buckets WHERE registry_id = ?", (registry_id,))}
+
+
+def link_sums(conn: Connection, registry_id: int) -> dict[str, tuple[int, str]]:
+    """What the last scan saw of a registry's link files, by repository (``regindex.crawl.KnownSums``)."""
+    return {r: (int(n), ck) for r, n, ck in driver_rows(
+        conn, "SELECT repository, links, checksum FROM link_sums WHERE registry_id = ?", (registry_id,))}
 
 
 def _converted(conn: Connection, get: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], tuple[Any, ...]]:
@@ -629,32 +650,16 @@ _KNOWN_LINKS_SQL = ("SELECT repository, kind, tag, path_digest, changed, id FROM
 
 class KnownLinks:
     """A registry's current links whose file was read when its change time was settled (an incremental crawl
-    stats those instead of reading them), by repository, then by (kind, tag, path digest).
+    stats those instead of reading them), for the repositories asked for, by repository, then by (kind, tag,
+    path digest). The crawl asks only about the repositories it did not find clean (``regindex.crawl.Known``),
+    a batch of them per query (one query per repository cost a round trip each: PostgreSQL, 200k tree: 1.5 s
+    for 2,700 queries a night)."""
 
-    The crawl asks for one repository at a time, depth first in name order. One query per repository cost a
-    round trip each (PostgreSQL, 200k tree: 1.5 s for 2,700 queries a night), so the links of the next
-    ``batch`` current repositories, in the walk's order, come in one query. Only one batch is held: memory does
-    not grow with the tree. A repository asked for out of order, or not current, gets a query of its own."""
-
-    def __init__(self, conn: Connection, registry_id: int, batch: int = 64) -> None:
-        self.conn, self.registry_id, self.batch = conn, registry_id, batch
-        names = [r[0] for r in driver_rows(conn, "SELECT name FROM repositories WHERE registry_id = ? "
-                                                 "AND gone_run IS NULL", (registry_id,))]
-        # the walk's order: a repository, then the repositories nested in it, siblings by name
-        self.order = sorted(names, key=lambda n: n.split("/"))
-        self.position = {name: i for i, name in enumerate(self.order)}
-        self.held: dict[str, dict[tuple[str, str | None, str | None], Any]] = {}
+    def __init__(self, conn: Connection, registry_id: int) -> None:
+        self.conn, self.registry_id = conn, registry_id
         self.queries = 0
 
-    def __call__(self, repository: str) -> dict[tuple[str, str | None, str | None], Any]:
-        if repository in self.held:
-            return self.held.pop(repository)
-        i = self.position.get(repository)
-        names = [repository] if i is None else self.order[i:i + self.batch]
-        self.held = self._fetch(names)
-        return self.held.pop(repository)
-
-    def _fetch(self, names: list[str]) -> dict[str, dict[tuple[str, str | None, str | None], Any]]:
+    def __call__(self, names: list[str]) -> dict[str, dict[tuple[str, str | None, str | None], Any]]:
         from regindex.crawl import KnownLink
 
         self.queries += 1
