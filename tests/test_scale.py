@@ -1163,6 +1163,20 @@ def digest_steps(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> 
     ]
 
 
+def blocker_steps(w: StorageWriter, imgs: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Changes to what makes garbage-collect abort in a repository: its ``_manifests/tags`` directory (with
+    --delete-untagged and an untagged revision), a revision link that does not parse, data a revision names
+    that is not a manifest."""
+    tags = w.v2 / "repositories" / "team" / "app2" / "_manifests" / "tags"
+    _idx1, img1, old1 = imgs["team/app1"]
+    return [
+        ("a repository's _manifests/tags directory goes", lambda: shutil.move(tags, w.root.parent / "tags-parked")),
+        ("and comes back", lambda: shutil.move(w.root.parent / "tags-parked", tags)),
+        ("a revision link is garbage", lambda: w.write_revision_link("team/app1", old1.digest, b"not a digest")),
+        ("a revision names data that is not a manifest", lambda: w.link_revision("team/app1", img1.config)),
+    ]
+
+
 def test_a_scoped_derivation_equals_a_whole_one_after_every_kind_of_change(urls, base):
     """Each change alone, then the night's scan (incremental: its per-repository checks derived only for the
     repositories the change can reach): its open findings, with their detail and hint, are every check derived
@@ -1174,7 +1188,7 @@ def test_a_scoped_derivation_equals_a_whole_one_after_every_kind_of_change(urls,
     t0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
     scan_at(kept, base, t0)
     scoped = []
-    steps = digest_steps(w, rng, imgs) + closure_steps(w, rng, imgs) + changes(w, rng, imgs)
+    steps = digest_steps(w, rng, imgs) + closure_steps(w, rng, imgs) + blocker_steps(w, imgs) + changes(w, rng, imgs)
     seen: set[str] = set()
     for name, action in steps:
         action()
@@ -1192,3 +1206,4 @@ def test_a_scoped_derivation_equals_a_whole_one_after_every_kind_of_change(urls,
     kinds = {v[0] for v in open_.values()}
     assert {"orphan_layer_link", "orphan_index_child", "dangling_tag", "corrupt_link", "misdirected_link"} <= kinds
     assert checks.DIGEST_KINDS <= seen  # the digest-scoped kinds had findings to carry or resolve
+    assert "gc_blocker" in seen and "gc_blocker" in checks.PER_REPOSITORY_KINDS

@@ -101,13 +101,11 @@ class _Context:
         return [repo for repo, kind, _path in self.linkers(registry_id, digest) if kind == "layer"]
 
     def tags_for(self, registry_id: int, repo: str, digest: str) -> list[str]:
-        if self._tags is None:
+        if self._tags is None:  # (the per-repository checks ask: only the repositories in scope)
             self._tags = defaultdict(list)
-            for r in _q(
-                self.conn,
-                "SELECT registry_id, repository, tag, target_digest FROM links WHERE gone_run IS NULL "
-                "AND kind = 'tag_current' AND state = 'ok' AND registry_id IN :regs",
-                self.regs,
+            for r in self.rows(
+                "SELECT registry_id, repository, tag, target_digest FROM links l WHERE gone_run IS NULL "
+                "AND kind = 'tag_current' AND state = 'ok' AND registry_id IN :regs" + self.in_scope("l")
             ):
                 self._tags[(r["registry_id"], r["repository"], r["target_digest"])].append(r["tag"])
         return sorted(self._tags.get((registry_id, repo, digest), []))
@@ -582,15 +580,17 @@ _BLOCKER_HINTS = {
 }
 
 
-@check("something that makes registry garbage-collect abort")
+@check("something that makes registry garbage-collect abort", per_repository=True)
 def gc_blocker(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     """What makes registry 2.8's garbage-collect abort with nothing deleted: the blockers of
-    :func:`regindex.rules.mark`, the mark phase gc-preview runs, in either mode."""
+    :func:`regindex.rules.mark`, the mark phase gc-preview runs, in either mode. Each is a repository's: its
+    name, its ``_manifests/tags`` directory, its own links and the data, hashes and parses they name (what
+    ``scope_repositories`` follows), so a scoped derivation reads the repositories in scope only."""
     for reg in _q(ctx.conn, "SELECT id, name FROM registries WHERE id IN :regs ORDER BY name", ctx.regs):
         name = reg["name"]
         # only the repositories where a blocker can be (found in SQL), a part at a time: a repository's blockers
         # read only its own links and the data they name, and the whole inventory would grow with the tree
-        candidates = rules.blocker_candidates(ctx.conn, reg["id"])
+        candidates = rules.blocker_candidates(ctx.conn, reg["id"], ctx.scope)
         parts = rules.load_parts(ctx.conn, reg["id"], name, only=candidates)
         for b, aborts in (x for inv in parts for x in rules.blockers(inv)):
             if b.what == "invalid_name":

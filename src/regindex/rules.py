@@ -16,10 +16,11 @@ Read from distribution 2.8.2 (``registry/storage``: ``linkedblobstore.go``, ``ma
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, text
 
 from regindex.layout import (
     LinkKind,
@@ -169,31 +170,47 @@ def load_parts(conn: Connection, registry_id: int, name: str, size: int = PART_R
         _drop_scope(conn, t)
 
 
-def blocker_candidates(conn: Connection, registry_id: int) -> set[str]:
-    """The repositories of a registry where :func:`mark` can find a blocker, in either mode: a superset, found
-    in SQL, of those holding one. Every other repository has a valid name, ``_manifests/tags``, only links that
-    parse (or are absent) where the walk reads them, and no revision or layer link naming data whose parse
-    fails or that is not its digest's content: nothing there can abort. (The parity test checks that
-    evaluating only these finds every blocker the whole inventory has.)"""
-    p = {"r": registry_id, "no": False}
-    names = {r[0] for r in conn.execute(
-        text("SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL"), p)}
+def blocker_candidates(conn: Connection, registry_id: int, only: Collection[str] | None = None) -> set[str]:
+    """The repositories of a registry (or of those ``only`` names) where :func:`mark` can find a blocker, in
+    either mode: a superset, found in SQL, of those holding one. Every other repository has a valid name,
+    ``_manifests/tags``, only links that parse (or are absent) where the walk reads them, and no revision or
+    layer link naming data whose parse fails or that is not its digest's content: nothing there can abort.
+    (The parity test checks that evaluating only these finds every blocker the whole inventory has.)"""
+    if only is not None and not only:
+        return set()
+    p: dict[str, Any] = {"r": registry_id, "no": False}
+    within = ""
+    if only is not None:  # a list of values: looked up by repository, like the per-repository checks' scope
+        p["only"] = sorted(only)
+        within = " AND {col} IN :only"
+
+    def query(sql: str) -> Any:
+        stmt = text(sql)
+        if only is not None:
+            stmt = stmt.bindparams(bindparam("only", expanding=True))
+        return conn.execute(stmt, p)
+
+    names = {r[0] for r in query("SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL"
+                                 + within.format(col="name"))}
     out = {n for n in names if not valid_repository_name(n)}
-    out.update(r[0] for r in conn.execute(text(
-        """SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL AND has_tags_dir = :no
+    out.update(r[0] for r in query(
+        """SELECT name FROM repositories WHERE registry_id = :r AND gone_run IS NULL AND has_tags_dir = :no"""
+        + within.format(col="name") + """
            UNION
            SELECT repository FROM links WHERE registry_id = :r AND gone_run IS NULL
-             AND kind IN ('revision', 'layer', 'tag_current') AND state NOT IN ('ok', 'absent')
+             AND kind IN ('revision', 'layer', 'tag_current') AND state NOT IN ('ok', 'absent')"""
+        + within.format(col="repository") + """
            UNION
            SELECT l.repository FROM links l
-           WHERE l.registry_id = :r AND l.gone_run IS NULL AND l.kind IN ('revision', 'layer')
+           WHERE l.registry_id = :r AND l.gone_run IS NULL AND l.kind IN ('revision', 'layer')"""
+        + within.format(col="l.repository") + """
              AND l.target_digest IN (
                SELECT b.digest FROM manifests m JOIN blobs b ON b.digest = m.digest AND b.size = m.size
                  AND b.registry_id = :r AND b.gone_run IS NULL
                WHERE m.parse_error IS NOT NULL OR m.kind IN ('invalid', 'unknown')
                UNION
                SELECT v.digest FROM blob_verifications v WHERE v.registry_id = :r AND v.computed_digest <> v.digest)
-        """), p))  # (from the few broken manifests to the links naming them, not from every link)
+        """))  # (from the few broken manifests to the links naming them, not from every link)
     return out & names
 
 
