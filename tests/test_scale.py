@@ -402,21 +402,21 @@ _HEX = "0123456789abcdef"
 
 
 @settings(max_examples=300, deadline=None)
-@given(clean=st.sets(st.sampled_from([f"{alg}:{a}{b}{c}{d}" for alg in ("sha256", "sha512") for a in "0f"
+@given(dirty=st.sets(st.sampled_from([f"{alg}:{a}{b}{c}{d}" for alg in ("sha256", "sha512") for a in "0f"
                                       for b in "01ef" for c in "0f" for d in _HEX])),
        digests=st.lists(st.tuples(st.sampled_from(["sha256", "sha512"]), st.text(_HEX, min_size=6, max_size=6)),
                         max_size=60))
-def test_bucket_gaps_hold_every_digest_outside_the_clean_buckets_and_none_inside(clean, digests):
-    """``store.bucket_gaps``: the inventory's side of a blob diff. A digest falls in one of the gaps exactly
-    when its bucket is not clean (edges: the first and last buckets, runs of consecutive buckets, 9 -> a and
-    f -> the next digit, both ends of each algorithm)."""
+def test_bucket_ranges_hold_every_digest_inside_the_buckets_given_and_none_outside(dirty, digests):
+    """``store.bucket_ranges``: the inventory's side of a blob diff. A digest falls in one of the ranges exactly
+    when its bucket is one the crawl gave (edges: the first and last buckets, runs of consecutive buckets, 9 -> a
+    and f -> the next digit, both ends of each algorithm)."""
     from regindex.crawl import bucket_of
 
-    gaps = store.bucket_gaps(sorted(clean))
+    ranges = store.bucket_ranges(sorted(dirty))
     edges = [f"{alg}:{h * 6}" for alg in ("sha256", "sha512") for h in "0f"]
     for digest in [f"{alg}:{hx}" for alg, hx in digests] + edges:
-        inside = [g for g in gaps if g[0] <= digest < g[1]]
-        assert len(inside) == (bucket_of(digest) not in clean), (digest, gaps)
+        inside = [g for g in ranges if g[0] <= digest < g[1]]
+        assert len(inside) == (bucket_of(digest) in dirty), (digest, ranges)
 
 
 def test_unchanged_blob_buckets_stage_no_blob_and_a_changed_bucket_stages_its_blobs(urls, base, invoke, tmp_path,

@@ -92,21 +92,14 @@ class BlobRow(NamedTuple):
 
 class BlobBucket(NamedTuple):
     """What the crawl saw of one bucket of blobs (an algorithm and four hex digits: ``bucket_of``), to keep for
-    the next crawl: given when the bucket is new or changed, after its blobs' rows."""
+    the next crawl: given when the bucket is new or changed, after its blobs' rows, or gone (a bucket the last
+    scan saw that holds no blob now: 0 blobs, no checksum). A bucket found as the last scan saw it (its count,
+    bytes and checksum those of ``KnownBlobs``) gives nothing: neither its rows nor itself."""
 
     bucket: str
     blobs: int
     bytes: int
-    checksum: str  # bucket_checksum of its rows
-
-
-class CleanBucket(NamedTuple):
-    """A bucket the crawl found as the last scan saw it (its count, bytes and checksum are those it was given):
-    its blobs' rows are not given."""
-
-    bucket: str
-    blobs: int
-    bytes: int
+    checksum: str  # bucket_checksum of its rows ("" when gone)
 
 
 # known blobs, by bucket: (blobs, bytes, checksum) as the last scan saw them (regindex.store.blob_buckets)
@@ -292,8 +285,7 @@ class LinkRecheck:
     id: int
 
 
-Row = (RepoRow | LinkRow | BlobRow | UploadRow | Anomaly | LinkRecheck | BlobBucket | CleanBucket | LinkSum
-       | CleanRepository)
+Row = RepoRow | LinkRow | BlobRow | UploadRow | Anomaly | LinkRecheck | BlobBucket | LinkSum | CleanRepository
 
 
 class KnownLink(NamedTuple):
@@ -614,6 +606,8 @@ class _Walker:
         subtrees = self.top_subtrees(repos) if repos else []
         helper: Helper | None = None
         try:
+            if not blobs:
+                self.gone_buckets(set())  # (no blobs directory: every bucket the last scan saw is gone)
             if self.helper and (blobs or subtrees):
                 helper = Helper.start(self, blobs, subtrees)
             if helper is None:
@@ -656,6 +650,7 @@ class _Walker:
 
     def walk_blobs(self, blobs: str) -> None:
         join = self.fs.join
+        found: set[str] = set()  # the buckets seen (at most 16^BUCKET_HEX an algorithm)
         for alg_dir in self.subdirs(blobs):
             if alg_dir.name not in DIGEST_HEX_LEN:
                 self.anomaly(alg_dir.path, "unknown digest algorithm")
@@ -687,12 +682,21 @@ class _Walker:
                         self.anomaly(data, "blob data is not a regular file (not read)")
                         continue
                     rows.append(BlobRow(head + hex_, st.size, st.mtime))
-                self.buckets(rows)
+                self.buckets(rows, found)
                 self.tick(seen)
+        self.gone_buckets(found)
 
-    def buckets(self, rows: list[BlobRow]) -> None:
-        """One prefix directory's blob rows to the sink, a bucket at a time: a bucket the last scan saw the same
-        (``known_blobs``) as a ``CleanBucket`` alone, any other with its rows and then its ``BlobBucket``."""
+    def gone_buckets(self, found: set[str]) -> None:
+        """The buckets the last scan saw (``known_blobs``) that the crawl did not find (``found``): each given as
+        gone."""
+        if self.known_blobs is not None:
+            for key in sorted(self.known_blobs.keys() - found):
+                self.sink(BlobBucket(key, 0, 0, ""))
+
+    def buckets(self, rows: list[BlobRow], found: set[str]) -> None:
+        """One prefix directory's blob rows to the sink, a bucket at a time (each added to ``found``): a bucket
+        the last scan saw the same (``known_blobs``) gives nothing, any other its rows and then its
+        ``BlobBucket``."""
         rows.sort()
         sink, known = self.sink, self.known_blobs
         i = 0
@@ -704,8 +708,8 @@ class _Walker:
             part = rows[i:j]
             i = j
             n, size, checksum = len(part), sum(r.size for r in part), bucket_checksum(part)
+            found.add(key)
             if known is not None and known.get(key) == (n, size, checksum):
-                sink(CleanBucket(key, n, size))
                 continue
             for row in part:
                 sink(row)
@@ -1124,7 +1128,7 @@ def crawl_into(root: RegistryRoot, sink: Callable[[Row], None],
     stat'ed or read, so nothing added, removed or rewritten is missed.
 
     ``known_blobs``: what the last scan saw of the blobs, by bucket (``KnownBlobs``). Every data file is still
-    stat'ed; the rows of a bucket found the same are not given (a ``CleanBucket`` stands for them).
+    stat'ed; a bucket found the same gives nothing (``BlobBucket``), neither its rows nor itself.
 
     ``known_sums``: what the last scan saw of each repository's link files (``KnownSums``). Given ``known``
     too, a repository whose link files stat the same gives no link row and is not asked about (a

@@ -479,7 +479,7 @@ def _load_registry(
     clock.count("crawl", crawled.files_seen)
     _say(progress, f"loading {name}")
     with clock("load"):
-        counts = stage.finish(reused=crawled.skipped)
+        counts = stage.finish(reused=crawled.skipped, registry_id=rid)
         emptied = _suddenly_empty(conn, rid, counts)
         if emptied and not opts.allow_empty:
             return (

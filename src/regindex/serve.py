@@ -187,8 +187,9 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "link_sums": (
         "scan bookkeeping, not findings or inventory: per registry and `repository`, what the last scan saw of its "
-        "link files (`links`, `checksum` of their kind, tag, path digest and change time), so the next one asks "
-        "nothing about a repository whose link files stat the same",
+        "link files (`links`: how many; `checksum` of each one's kind, tag, path digest and change time), kept "
+        "when every one had a settled change time, so the next scan asks nothing about a repository whose link "
+        "files stat the same",
         {
             "repository": "the repository's name",
             "links": "how many link files the last scan saw in it",

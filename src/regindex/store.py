@@ -223,15 +223,14 @@ SPECS: dict[str, EpisodeSpec] = {
 # crawl row type -> staging key (the crawl yields these dataclasses; their fields are the columns)
 ROW_KINDS = {"RepoRow": "repositories", "LinkRow": "links", "BlobRow": "blobs", "UploadRow": "uploads",
              "Anomaly": "anomalies", "LinkRecheck": "link_recheck", "BlobBucket": "blob_buckets",
-             "CleanBucket": "clean_buckets", "LinkSum": "link_sums", "CleanRepository": "clean_repositories"}
+             "LinkSum": "link_sums", "CleanRepository": "clean_repositories"}
 # staging key -> its columns: each episode table's, and the ids of known links an incremental crawl rechecks
 STAGED: dict[str, tuple[str, ...]] = {
     **{key: spec.identity + spec.mutable for key, spec in SPECS.items()}, "link_recheck": ("id",),
-    "blob_buckets": ("bucket", "blobs", "bytes", "checksum"), "clean_buckets": ("bucket", "blobs", "bytes"),
-    "link_sums": ("repository", "links", "checksum"), "clean_repositories": ("repository",)}
+    "blob_buckets": ("bucket", "blobs", "bytes", "checksum"), "link_sums": ("repository", "links", "checksum"), "clean_repositories": ("repository",)}
 # the staged keys that are not episode tables: the table their columns' types come from
-_STAGE_TABLES = {"link_recheck": table(Link), "blob_buckets": table(BlobBucket), "clean_buckets": table(BlobBucket),
-                 "link_sums": table(LinkSum), "clean_repositories": table(LinkSum)}
+_STAGE_TABLES = {"link_recheck": table(Link), "blob_buckets": table(BlobBucket), "link_sums": table(LinkSum),
+                 "clean_repositories": table(LinkSum)}
 STAGE_BATCH = 20000
 SQLITE_CACHE_KIB = 32 * 1024
 
@@ -320,9 +319,10 @@ class Stage:
         self.rows[key] += len(buf)
         buf.clear()
 
-    def finish(self, reused: int = 0) -> StageCounts:
+    def finish(self, reused: int = 0, registry_id: int | None = None) -> StageCounts:
         """Flush, index and analyse the staging tables; how many distinct rows the crawl gave (``reused``: the
-        known links it found unchanged, which it gave no row for)."""
+        known links it found unchanged, which it gave no row for; an incremental crawl's blobs of the buckets it
+        found the same, which it gave nothing for, are counted from ``registry_id``'s blob_buckets)."""
         self.reused = reused
         for key in STAGED:
             self._flush(key)
@@ -332,14 +332,18 @@ class Stage:
             if self.pg:
                 self.conn.exec_driver_sql(f"ANALYZE {name}")
         one = self.conn.exec_driver_sql
+        blobs, blob_bytes = one("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM stage_blobs").one()
+        if self.incremental and registry_id is not None:
+            # the blobs of the buckets found the same were not staged: the count and bytes kept stand for them
+            clean = self.conn.execute(text(
+                "SELECT COALESCE(SUM(blobs), 0), COALESCE(SUM(bytes), 0) FROM blob_buckets WHERE registry_id = :rid "
+                "AND bucket NOT IN (SELECT bucket FROM stage_blob_buckets)"), {"rid": registry_id}).one()
+            blobs, blob_bytes = blobs + clean[0], blob_bytes + clean[1]
         return StageCounts(
             repositories=int(one("SELECT COUNT(DISTINCT name) FROM stage_repositories").scalar_one()),
             links=self.rows["links"] + reused,
-            # the blobs of the buckets found the same were not staged: their count and bytes stand for them
-            blobs=int(one("SELECT (SELECT COUNT(*) FROM stage_blobs) "
-                          "+ (SELECT COALESCE(SUM(blobs), 0) FROM stage_clean_buckets)").scalar_one()),
-            blob_bytes=int(one("SELECT (SELECT COALESCE(SUM(size), 0) FROM stage_blobs) "
-                               "+ (SELECT COALESCE(SUM(bytes), 0) FROM stage_clean_buckets)").scalar_one()),
+            blobs=int(blobs),
+            blob_bytes=int(blob_bytes),
             uploads=self.rows["uploads"],
             anomalies=self.rows["anomalies"],
         )
@@ -356,9 +360,10 @@ class Stage:
         for key, spec in SPECS.items():
             capture = _CAPTURES.get(key, []) if self.changes else []
             if key == "blobs":
-                gaps = self._blob_gaps()
-                _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, gaps, capture,
-                      scoped_new=gaps is not None)
+                dirty = self._dirty_blobs()
+                if dirty != "":  # (an incremental crawl that found every bucket the same: nothing to compare)
+                    _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, dirty, capture,
+                          scoped_new=dirty is not None)
                 self._keep_buckets(registry_id)
             elif key == "links" and self.incremental:
                 # few staged rows against many unchanged links: each staged row looked up, not the registry's
@@ -371,42 +376,46 @@ class Stage:
                 _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, None, capture)
         self._keep_link_sums(registry_id)
         drop_temp(self.conn, "gone_repositories")
-        drop_temp(self.conn, "blob_gaps")
+        drop_temp(self.conn, "blob_ranges")
         return stats
 
-    def _blob_gaps(self) -> str | None:
-        """The inventory's blobs the crawl could have staged: outside the buckets it found the same (``None``:
-        it found none the same, so all of them). On SQLite the clean buckets, merged where consecutive, leave
-        gaps between them; each gap is one range of the blobs' current index (an unchanged night at 1M files:
-        no blob is staged or diffed, instead of 375k rows twice)."""
+    def _dirty_blobs(self) -> str | None:
+        """The inventory's blobs an incremental crawl could have staged: those of the buckets it gave (new,
+        changed or gone), as a query for ``_diff`` (``None``: a full crawl staged every blob, so all of them; "":
+        none, it found every bucket the same). On SQLite each run of consecutive buckets is one range of the
+        blobs' current index (an unchanged night at 1M files: no blob or bucket staged or diffed)."""
+        if not self.incremental:
+            return None
+        if not self.rows["blob_buckets"]:
+            return ""
         if self.pg:
             # PostgreSQL compares strings by the database's collation, whose order of ':' ';' '~' and the hex
             # digits need not be the bytes' (en_US: punctuation is ignored at first): a bucket is matched by
-            # equality instead, a hashed anti-join over the registry's blobs (not staged, not diffed)
-            if not self.rows["clean_buckets"]:
-                return None
-            return ("SELECT {cols} FROM blobs WHERE registry_id = :rid AND gone_run IS NULL AND NOT EXISTS "
-                    "(SELECT 1 FROM stage_clean_buckets c WHERE c.bucket = "
+            # equality instead, a hashed semi-join over the registry's blobs
+            return ("SELECT {cols} FROM blobs WHERE registry_id = :rid AND gone_run IS NULL AND EXISTS "
+                    "(SELECT 1 FROM stage_blob_buckets c WHERE c.bucket = "
                     f"substr(blobs.digest, 1, strpos(blobs.digest, ':') + {BUCKET_HEX}))")
-        clean = [b for (b,) in self.conn.exec_driver_sql("SELECT bucket FROM stage_clean_buckets ORDER BY bucket")]
-        if not clean:
-            return None
-        gaps = bucket_gaps(clean)  # SQLite compares strings by their bytes
-        drop_temp(self.conn, "blob_gaps")
+        dirty = [b for (b,) in self.conn.exec_driver_sql("SELECT bucket FROM stage_blob_buckets ORDER BY bucket")]
+        ranges = bucket_ranges(dirty)  # SQLite compares strings by their bytes
+        drop_temp(self.conn, "blob_ranges")
         digest = _sql_type(self.conn, table(Blob), "digest")
-        self.conn.exec_driver_sql(f"CREATE TEMPORARY TABLE blob_gaps (lo {digest}, hi {digest})")
-        driver_insert(self.conn, "blob_gaps", ("lo", "hi"), gaps)
-        return ("SELECT {cols} FROM blob_gaps g CROSS JOIN blobs WHERE blobs.registry_id = :rid "
+        self.conn.exec_driver_sql(f"CREATE TEMPORARY TABLE blob_ranges (lo {digest}, hi {digest})")
+        driver_insert(self.conn, "blob_ranges", ("lo", "hi"), ranges)
+        return ("SELECT {cols} FROM blob_ranges g CROSS JOIN blobs WHERE blobs.registry_id = :rid "
                 "AND blobs.gone_run IS NULL AND blobs.digest >= g.lo AND blobs.digest < g.hi")
 
     def _keep_buckets(self, registry_id: int) -> None:
         """What this crawl saw of the blobs, by bucket, for the next crawl (``regindex.crawl.KnownBlobs``): the
-        buckets it found the same stay, the others are replaced by what it saw (or dropped: no blob left)."""
+        buckets it gave are replaced by what it saw (or dropped: gone), the others stay; after a full crawl,
+        which gave every bucket it found, only those."""
         p = {"rid": registry_id}
-        self.conn.execute(text("DELETE FROM blob_buckets WHERE registry_id = :rid "
-                               "AND bucket NOT IN (SELECT bucket FROM stage_clean_buckets)"), p)
+        if self.incremental:
+            self.conn.execute(text("DELETE FROM blob_buckets WHERE registry_id = :rid "
+                                   "AND bucket IN (SELECT bucket FROM stage_blob_buckets)"), p)
+        else:
+            self.conn.execute(text("DELETE FROM blob_buckets WHERE registry_id = :rid"), p)
         self.conn.execute(text("INSERT INTO blob_buckets (registry_id, bucket, blobs, bytes, checksum) "
-                               "SELECT :rid, bucket, blobs, bytes, checksum FROM stage_blob_buckets"), p)
+                               "SELECT :rid, bucket, blobs, bytes, checksum FROM stage_blob_buckets WHERE blobs > 0"), p)
 
     def _keep_link_sums(self, registry_id: int) -> None:
         """What this crawl saw of each repository's link files, for the next crawl (``regindex.crawl.KnownSums``):
@@ -495,17 +504,16 @@ def _next_bucket(bucket: str) -> str:
     return f"{alg};" if n >= 16 ** len(hx) else f"{alg}:{n:0{len(hx)}x}"
 
 
-def bucket_gaps(clean: Sequence[str]) -> list[tuple[str, str]]:
-    """The ranges [lo, hi) of digests outside the buckets ``clean`` (sorted): a digest is in one of them
-    exactly when its bucket is not among ``clean``. Consecutive buckets are merged: one range between runs."""
-    runs: list[list[str]] = []  # [start, end) of consecutive clean buckets
-    for b in clean:
+def bucket_ranges(buckets: Sequence[str]) -> list[tuple[str, str]]:
+    """The ranges [lo, hi) of digests inside the buckets ``buckets`` (sorted): a digest is in one of them
+    exactly when its bucket is among ``buckets``. Consecutive buckets are merged into one range."""
+    runs: list[list[str]] = []  # [start, end) of consecutive buckets
+    for b in buckets:
         if runs and runs[-1][1] == b:
             runs[-1][1] = _next_bucket(b)
         else:
             runs.append([b, _next_bucket(b)])
-    bounds = ["", *(x for run in runs for x in run), "~"]  # '~' sorts after every digest
-    return [(lo, hi) for lo, hi in zip(bounds[::2], bounds[1::2]) if lo < hi]
+    return [(lo, hi) for lo, hi in runs]
 
 
 def blob_buckets(conn: Connection, registry_id: int) -> dict[str, tuple[int, int, str]]:
