@@ -114,10 +114,8 @@ def bucket_of(digest: str) -> str:
 
 def bucket_checksum(rows: Sequence[BlobRow]) -> str:
     """A checksum of blob rows (digest, size, mtime), whatever their order."""
-    h = hashlib.blake2b(digest_size=16)
-    for r in sorted(rows):
-        h.update(f"{r.digest} {r.size} {r.mtime!r}\n".encode())
-    return h.hexdigest()
+    text = "".join([f"{digest} {size} {mtime!r}\n" for digest, size, mtime in sorted(rows)])
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()  # (one update: the same as one a row)
 
 
 class LinkSum(NamedTuple):

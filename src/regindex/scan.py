@@ -470,7 +470,9 @@ def _load_registry(
 
     with clock("crawl"):
         known = None if full else store.KnownLinks(conn, rid)
-        stage = store.Stage(conn, incremental=known is not None, changes=True)
+        # what the load changes is recorded for the incremental manifest walk and the checks' scope; a full scan
+        # uses neither (it walks from every root and derives every check)
+        stage = store.Stage(conn, incremental=known is not None, changes=not full)
         known_blobs = None if full else store.blob_buckets(conn, rid)
         known_sums = None if full else store.link_sums(conn, rid)
         crawled = crawl_into(root, stage.add, tick, known=known, settled=settled,  # rows stream into staging
