@@ -232,9 +232,13 @@ def orphan_index_child(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow
                         AND l.path_digest = cr.digest)) AS child_blobs_linked,
       (SELECT cm.kind FROM manifests cm WHERE cm.digest = o.child_digest AND cm.size = o.child_data_size)
         AS child_kind
-    FROM orphan_index_children o WHERE o.registry_id IN :regs
+    FROM orphan_index_children o WHERE {reg} IN :regs
     """
-    rows = ctx.rows(sql + ctx.in_scope("o"))
+    # SQLite, whole registries: given the registry term to use, its planner started the view from every link
+    # of the registries (4.9 s at 1M files); as a plain filter (a unary +) 1.8 s, the same rows. A scope's
+    # repositories are looked up through it (0.14 s against 0.29 s for 500 repositories at 1M): kept there.
+    reg = "+o.registry_id" if ctx.scope is None and ctx.conn.dialect.name == "sqlite" else "o.registry_id"
+    rows = ctx.rows(sql.format(reg=reg) + ctx.in_scope("o"))
     ctx.prefetch_gone((r["registry_id"], r["child_digest"]) for r in rows if r["child_data_size"] is None)
     for r in rows:
         repo, child, index = r["repository"], r["child_digest"], r["index_digest"]
