@@ -298,6 +298,8 @@ class KnownLink(NamedTuple):
 # (kind, tag, path digest) ({} for none). For an incremental crawl, asked for the repositories it did not find
 # clean, a batch at a time.
 Known = Callable[[list[str]], dict[str, dict[tuple[str, str | None, str | None], KnownLink]]]
+# A link file the layout names in a repository: (path, kind, tag, path digest)
+Found = tuple[str, LinkKind, str | None, str | None]
 # A link file as stat'ed for judging: (path, kind, tag, path digest, change time: None when it is not a regular
 # file or is gone)
 Seen = tuple[str, LinkKind, str | None, str | None, float | None]
@@ -310,6 +312,12 @@ class DirtyRepository(NamedTuple):
 
     repository: str
     links: list[Seen]
+
+
+def _trusted(changed: float | None, settled: float | None) -> float | None:
+    """A file's change time as a crawl may keep it: None when unknown (not a regular file, gone) or not older
+    than ``settled`` (changed too recently to trust: a write in the same clock tick would not show)."""
+    return changed if changed is not None and settled is not None and changed < settled else None
 
 
 class _Sum:
@@ -483,7 +491,7 @@ class _Walker:
         if len(self.pending) >= _READ_BATCH:
             self.flush_links()
 
-    def judge_links(self, repo: str, found: list[tuple[str, LinkKind, str | None, str | None]]) -> None:
+    def judge_links(self, repo: str, found: list[Found]) -> None:
         """A repository's link files (path, kind, tag, path digest), every one the layout names there.
 
         Without known links (a full crawl) each is read, and the repository's ``LinkSum`` comes from what the
@@ -507,7 +515,7 @@ class _Walker:
             if isinstance(st, OSError):
                 raise self.stat_error(path, st)
             changed = st.changed if st is not None and st.kind == FILE else None
-            if changed is None or settled is None or changed >= settled:
+            if _trusted(changed, settled) is None:
                 all_settled = False
             seen.append((path, kind, tag, path_digest, changed))
         checksum = link_checksum([(k.value, t, pd, c) for _p, k, t, pd, c in seen]) if all_settled else None
@@ -568,9 +576,7 @@ class _Walker:
         settled = self.settled
         for (path, repo, kind, tag, path_digest, acc), read in zip(batch, got):
             state, target, preview = self.link_state(path, read)
-            changed = read.changed if read is not None and read.kind == FILE else None
-            if changed is not None and (settled is None or changed >= settled):
-                changed = None  # changed too recently to trust: a write in the same clock tick would not show
+            changed = _trusted(read.changed if read is not None and read.kind == FILE else None, settled)
             self.sink(LinkRow(repo, kind.value, tag, path_digest, target, state.value, preview, changed))
             if acc is not None:
                 acc.entries.append((kind.value, tag, path_digest, changed))
@@ -770,7 +776,7 @@ class _Walker:
         has_tags = has_manifests and self.structural_dir(tags_dir) is not None
         revisions = self.structural_dir(join(manifests, "revisions")) if has_manifests else None
         self.sink(RepoRow(repo, has_manifests, has_tags))
-        found: list[tuple[str, LinkKind, str | None, str | None]] = []  # the link files, judged together
+        found: list[Found] = []  # the link files, judged together
         if layers:
             self.walk_digest_links(layers, LinkKind.LAYER, None, found, known_dir=True)
         if revisions:
@@ -799,7 +805,7 @@ class _Walker:
                 self.visit_upload(up.path, repo, up.name)
 
     def walk_digest_links(self, path: str, kind: LinkKind, tag: str | None,
-                          found: list[tuple[str, LinkKind, str | None, str | None]], known_dir: bool = False) -> None:
+                          found: list[Found], known_dir: bool = False) -> None:
         """``<alg>/<hex>/link`` under ``path`` to ``found``: list the algorithm directories and their digest
         directories, never a one-entry digest directory (its ``link`` is stat'ed or opened directly).
         ``known_dir``: ``path`` was already stat'ed as a real directory by ``structural_dir``."""

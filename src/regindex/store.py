@@ -360,8 +360,8 @@ class Stage:
         for key, spec in SPECS.items():
             capture = _CAPTURES.get(key, []) if self.changes else []
             if key == "blobs":
-                dirty = self._dirty_blobs()
-                if dirty != "":  # (an incremental crawl that found every bucket the same: nothing to compare)
+                if not self.incremental or self.rows["blob_buckets"]:  # (else every bucket was found the same)
+                    dirty = self._dirty_blobs()
                     _diff(self.conn, spec, _stage_name(key), run_id, registry_id, stats, dirty, capture,
                           scoped_new=dirty is not None)
                 self._keep_buckets(registry_id)
@@ -381,13 +381,10 @@ class Stage:
 
     def _dirty_blobs(self) -> str | None:
         """The inventory's blobs an incremental crawl could have staged: those of the buckets it gave (new,
-        changed or gone), as a query for ``_diff`` (``None``: a full crawl staged every blob, so all of them; "":
-        none, it found every bucket the same). On SQLite each run of consecutive buckets is one range of the
-        blobs' current index (an unchanged night at 1M files: no blob or bucket staged or diffed)."""
+        changed or gone), as a query for ``_diff`` (``None``: a full crawl staged every blob, so all of them).
+        On SQLite each run of consecutive buckets is one range of the blobs' current index."""
         if not self.incremental:
             return None
-        if not self.rows["blob_buckets"]:
-            return ""
         if self.pg:
             # PostgreSQL compares strings by the database's collation, whose order of ':' ';' '~' and the hex
             # digits need not be the bytes' (en_US: punctuation is ignored at first): a bucket is matched by
