@@ -124,7 +124,8 @@ class FileSystem:
     def stat_many(self, paths: Paths) -> Stats:
         # the crawl's innermost loop (every link and blob data file of an incremental night): one call a batch
         out: Stats = []
-        append, lstat, isreg = out.append, os.lstat, st_.S_ISREG
+        # (a Stat made by tuple.__new__, not Stat(...): the named tuple's __new__ is a Python call a file)
+        append, lstat, isreg, new = out.append, os.lstat, st_.S_ISREG, tuple.__new__
         for path in paths:
             try:
                 s = lstat(path)
@@ -135,8 +136,8 @@ class FileSystem:
                 append(exc)
                 continue
             mtime, ctime = s.st_mtime, s.st_ctime
-            append(Stat(FILE if isreg(s.st_mode) else _kind(s.st_mode), s.st_size, mtime,
-                        ctime if ctime > mtime else mtime))
+            append(new(Stat, (FILE if isreg(s.st_mode) else _kind(s.st_mode), s.st_size, mtime,
+                              ctime if ctime > mtime else mtime)))
         return out
 
     def read(self, path: str, limit: int) -> Read | None:
