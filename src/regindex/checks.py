@@ -301,8 +301,13 @@ def _child_hint(r: Any, repo: str, child: str, tags: list[str], cache: bool, par
 
 @check("a revision link whose manifest data is gone", per_repository=True)
 def dangling_revision(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
+    # The last term is implied by the status (data_missing: the link parses and no open blob holds its
+    # target): it lets the planner drop a revision link whose data is there before the view's joins to the
+    # manifest and its verification (1M files, SQLite: 1.7 s -> 0.4 s; the view still decides every row).
     sql = """SELECT * FROM manifest_serving s WHERE s.registry_id IN :regs AND s.via = 'revision'
-             AND s.status = 'data_missing'"""
+             AND s.status = 'data_missing'
+             AND NOT EXISTS (SELECT 1 FROM blobs x WHERE x.registry_id = s.registry_id
+                             AND x.digest = s.target_digest AND x.gone_run IS NULL)"""
     rows = ctx.rows(sql + ctx.in_scope("s"))
     ctx.prefetch_gone((r["registry_id"], r["target_digest"]) for r in rows)
     for r in rows:
