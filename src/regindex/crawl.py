@@ -118,7 +118,12 @@ def bucket_checksum(rows: Sequence[BlobRow]) -> str:
     ``marshal`` version 2 (exact; see ``link_checksum``). (It replaced a text line a row, with the float's
     ``repr``: 3 µs a bucket of one or two blobs, 1.4 µs now. A bucket stored with the old form is staged again
     once, as a changed one is.)"""
-    return hashlib.blake2b(marshal.dumps(tuple(zip(*sorted(rows))), 2), digest_size=16).hexdigest()
+    return _sorted_checksum(sorted(rows))
+
+
+def _sorted_checksum(rows: Sequence[BlobRow]) -> str:
+    """``bucket_checksum`` of rows already sorted (the crawl's: one sort a prefix directory)."""
+    return hashlib.blake2b(marshal.dumps(tuple(zip(*rows)), 2), digest_size=16).hexdigest()
 
 
 class LinkSum(NamedTuple):
@@ -663,7 +668,7 @@ class _Walker:
             raise StorageError(f"{self.root.name}: the scan ended before its helper's walk")
 
     def walk_blobs(self, blobs: str) -> None:
-        join = self.fs.join
+        join, new = self.fs.join, tuple.__new__
         found: set[str] = set()  # the buckets seen (at most 16^BUCKET_HEX an algorithm)
         for alg_dir in self.subdirs(blobs):
             if alg_dir.name not in DIGEST_HEX_LEN:
@@ -690,12 +695,13 @@ class _Walker:
                     if isinstance(st, OSError):
                         raise self.stat_error(data, st)
                     seen += 1
-                    if st.kind != FILE:
-                        if st.kind == SYMLINK:
+                    kind, size, mtime = st[:3]
+                    if kind != FILE:
+                        if kind == SYMLINK:
                             raise self.not_followed(data)
                         self.anomaly(data, "blob data is not a regular file (not read)")
                         continue
-                    rows.append(BlobRow(head + hex_, st.size, st.mtime))
+                    rows.append(new(BlobRow, (head + hex_, size, mtime)))  # (no named tuple __new__ a blob)
                 self.buckets(rows, found)
                 self.tick(seen)
         self.gone_buckets(found)
@@ -724,8 +730,8 @@ class _Walker:
                 j += 1
             part = rows[i:j]
             i = j
-            checksum = bucket_checksum(part)
-            n, size = len(part), sum([r.size for r in part])
+            checksum = _sorted_checksum(part)
+            n, size = len(part), sum([r[1] for r in part])
             found.add(key)
             if known is not None and known.get(key) == (n, size, checksum):
                 continue

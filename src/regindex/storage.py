@@ -109,9 +109,11 @@ class FileSystem:
                 entries = list(it)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        # the kind from the directory entry (d_type: no stat); a directory first, the common case
-        out = [Entry(e.name, e.path, DIR if e.is_dir(follow_symlinks=False) else SYMLINK if e.is_symlink()
-                     else FILE if e.is_file(follow_symlinks=False) else OTHER) for e in entries]
+        # the kind from the directory entry (d_type: no stat); a directory first, the common case (each Entry
+        # made by tuple.__new__: a blob prefix directory lists hundreds)
+        new = tuple.__new__
+        out = [new(Entry, (e.name, e.path, DIR if e.is_dir(follow_symlinks=False) else SYMLINK if e.is_symlink()
+                           else FILE if e.is_file(follow_symlinks=False) else OTHER)) for e in entries]
         out.sort()  # by name (names in one directory are unique)
         return out
 
