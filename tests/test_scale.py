@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from regindex import checks, db, store
+from regindex.errors import StorageError
 from regindex.sample import StorageWriter, sha256
 
 
@@ -528,6 +529,62 @@ def test_sums_kept_in_another_form_cost_one_night_of_judging_not_a_change_missed
             "SELECT files_read, files_skipped, links FROM runs ORDER BY id DESC LIMIT 1")).one()
     engine.dispose()
     assert (read, skipped_) == (1, links)  # (the one read: the upload's startedat, read every night)
+
+
+def index_definitions(url: str) -> list[tuple[str, ...]]:
+    """A SQLite database's indexes as it defines them (name, table, SQL)."""
+    return rows_of(url, "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+
+
+def test_a_bulk_load_builds_the_tables_indexes_after_and_a_failure_rolls_the_drop_back(
+        urls, base, invoke, tmp_path, monkeypatch):
+    """A first load of many rows into a SQLite table drops its indexes and builds them after the insert: the
+    database ends with the indexes a migrated database has, intact, and the inventory and findings of a scan
+    that kept them. A registry that fails after its load rolls the drop back with the rest of its savepoint."""
+    from regindex import scan as scan_mod
+
+    kept, fresh = urls
+    monkeypatch.setattr(store, "BULK_INDEX_ROWS", 1)  # (every load into a table that held fewer rows)
+    dropped: list[str] = []
+    drop = store._drop_indexes_for_bulk
+
+    def spy(conn: Any, table_name: str, stage: str) -> list[str]:
+        got = drop(conn, table_name, stage)
+        dropped.extend(table_name for _sql in got[:1])
+        return got
+
+    monkeypatch.setattr(store, "_drop_indexes_for_bulk", spy)
+    parse = scan_mod._parse_manifests
+    failing = [True]
+
+    def fail_once(*args: Any, **kwargs: Any) -> Any:
+        if failing[0] and "private" in str(args[3]):  # (its v2 root: the registry with most rows)
+            failing[0] = False
+            raise StorageError("private: the disk went away")
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(scan_mod, "_parse_manifests", fail_once)
+    build(base)
+    scan = ("scan", base, "--db", kept, "-q", "--fail-on", "never")
+    invoke(*scan, expect=None)
+    sqlite = kept.endswith(".db")
+    assert bool(dropped) == sqlite and (not sqlite or {"links", "blobs"} <= set(dropped))
+    reference = fresh()
+    engine = db.make_engine(db.resolve_url(reference))
+    db.upgrade(engine)  # a database migrated, nothing more
+    engine.dispose()
+    if sqlite:
+        assert index_definitions(kept) == index_definitions(reference) and len(index_definitions(kept)) > 10
+    dropped.clear()
+    invoke(*scan, "--full")  # (a full scan: the registry that failed loads into nothing open again)
+    assert bool(dropped) == sqlite
+    other = fresh()
+    monkeypatch.setattr(store, "BULK_INDEX_ROWS", 10**9)
+    invoke("scan", base, "--db", other, "-q", "--fail-on", "never")
+    assert_same(kept, other)
+    if sqlite:
+        assert index_definitions(kept) == index_definitions(reference)
+        assert rows_of(kept, "PRAGMA integrity_check") == [("ok",)]
 
 
 def content_starting(prefix: str) -> bytes:
