@@ -386,6 +386,7 @@ def _scan(
             scope = _scoped(conn, run_id, derive, roles, outcome, check_opts, opts, clock)
             outcome.checks_scope = {name: len(scope[rid]) for name, rid in scanned.items() if rid in scope}
             full = [rid for rid in derive if rid not in scope]
+            store.checks_page_cache(conn)
             if derive:
                 store.refresh_statistics(conn)
             found = checks.run_checks(conn, full, check_opts)

@@ -233,6 +233,7 @@ _STAGE_TABLES = {"link_recheck": table(Link), "blob_buckets": table(BlobBucket),
                  "clean_repositories": table(LinkSum)}
 STAGE_BATCH = 20000
 SQLITE_CACHE_KIB = 32 * 1024
+SQLITE_DEFAULT_CACHE = -2000  # (SQLite's own default: 2,000 KiB)
 
 
 @dataclass
@@ -427,6 +428,15 @@ class Stage:
     def drop(self) -> None:
         for key in STAGED:
             drop_temp(self.conn, _stage_name(key))
+
+
+def checks_page_cache(conn: Connection) -> None:
+    """SQLite: the main database's page cache back to SQLite's default for the checks (the staging's larger one,
+    ``Stage``, stays for temporary tables). Their lookups land all over an inventory far larger than either
+    cache, and the larger one only cost more to keep: 1M files, every check: 11.8 s with 32 MiB, 9.9 s with the
+    default (2 MiB; 0.5 MiB and 8 MiB within 0.2 s of it)."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"PRAGMA cache_size = {SQLITE_DEFAULT_CACHE}")
 
 
 # An incremental load looks each staged link up in the inventory (instead of a set difference with every open
