@@ -807,9 +807,13 @@ def close_registry(conn: Connection, run_id: int, registry_id: int, changes: boo
 def manifest_roots(conn: Connection, registry_id: int) -> set[str]:
     """Digests where manifest parsing starts: targets of revision and tag links that parse, and every revision
     path digest (the reference scanner reads revisions by their path)."""
+    # SQLite took "target_digest IS NOT NULL" as a range of the target index, and read every link of the
+    # registry in target order, a random table row each (1M files: 1.46 s for the three registries); as a
+    # plain filter (a unary +) it reads them through the current index, in the table's order: 0.87 s.
+    target = "+target_digest" if conn.dialect.name == "sqlite" else "target_digest"
     q = text(
         "SELECT target_digest FROM links WHERE registry_id = :rid AND gone_run IS NULL AND state = 'ok' "
-        f"AND kind IN {_ROOT_KINDS} AND target_digest IS NOT NULL "
+        f"AND kind IN {_ROOT_KINDS} AND {target} IS NOT NULL "
         "UNION SELECT path_digest FROM links WHERE registry_id = :rid AND gone_run IS NULL AND kind = 'revision' "
         "AND path_digest IS NOT NULL"
     )
