@@ -152,14 +152,14 @@ KnownSums = dict[str, tuple[int, str]]
 LinkKey = tuple[str, str | None, str | None]
 
 
-def link_checksum(keys: Sequence[LinkKey], changes: Sequence[float | None]) -> str:
+def link_checksum(keys: list[LinkKey], changes: list[float | None]) -> str:
     """A checksum of a repository's link files: their keys and change times, in the walk's order (listings are
     sorted by name, so the same files walk in the same order). Serialized by ``marshal`` version 2: exact
     (floats in binary, names from storage whatever they hold) and, unlike later versions, the same bytes
     however the strings are shared. (It replaced a sorted join of each file's ``repr``, ~0.4 µs a file: 6% of
     an unchanged night's crawl. A stored sum of another form only makes its repository judged once against the
-    inventory, as a changed one is.)"""
-    return hashlib.blake2b(marshal.dumps((list(keys), list(changes)), 2), digest_size=16).hexdigest()
+    inventory, as a changed one is. Lists, as both callers hold them: a tuple would marshal to other bytes.)"""
+    return hashlib.blake2b(marshal.dumps((keys, changes), 2), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
