@@ -571,6 +571,13 @@ def _to_db(conn: Connection, v: Any) -> Any:
     return v
 
 
+def plain_filter(conn: Connection, expr: str) -> str:
+    """``expr`` as a term SQLite's planner will not choose an index by (a unary ``+``): it only filters the rows
+    another index found. The callers say which plan it kept SQLite from. PostgreSQL gets ``expr`` as it is (its
+    planner needs no hint, and it has no unary ``+`` on text)."""
+    return f"+{expr}" if conn.dialect.name == "sqlite" else expr
+
+
 def _match(conn: Connection, spec: EpisodeSpec, t: str, s: str) -> str:
     """Identity equality of an inventory row and a staged row, NULL-safe. SQLite: ``IS`` (indexable), and a
     unary ``+`` on ``t``'s skewed columns, which keeps SQLite from looking ``t``'s rows up by them: its
@@ -580,7 +587,7 @@ def _match(conn: Connection, spec: EpisodeSpec, t: str, s: str) -> str:
     out = []
     sqlite = conn.dialect.name == "sqlite"
     for c in spec.identity:
-        left = f"+{t}.{c}" if sqlite and c in spec.skewed else f"{t}.{c}"
+        left = plain_filter(conn, f"{t}.{c}") if c in spec.skewed else f"{t}.{c}"
         if c not in spec.nullable:
             out.append(f"{left} = {s}.{c}")
         elif sqlite:
@@ -810,7 +817,7 @@ def manifest_roots(conn: Connection, registry_id: int) -> set[str]:
     # SQLite took "target_digest IS NOT NULL" as a range of the target index, and read every link of the
     # registry in target order, a random table row each (1M files: 1.46 s for the three registries); as a
     # plain filter (a unary +) it reads them through the current index, in the table's order: 0.87 s.
-    target = "+target_digest" if conn.dialect.name == "sqlite" else "target_digest"
+    target = plain_filter(conn, "target_digest")
     q = text(
         "SELECT target_digest FROM links WHERE registry_id = :rid AND gone_run IS NULL AND state = 'ok' "
         f"AND kind IN {_ROOT_KINDS} AND {target} IS NOT NULL "
