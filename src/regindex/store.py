@@ -330,7 +330,7 @@ class Stage:
             name = _stage_name(key)
             index = SPECS[key].index if key in SPECS else STAGED[key]
             self.conn.exec_driver_sql(f"CREATE INDEX ix_{name} ON {name} ({', '.join(index)})")
-            if self.pg:
+            if self.pg and key not in SPECS:  # (an inventory table's stage: when _diff compares it)
                 self.conn.exec_driver_sql(f"ANALYZE {name}")
         one = self.conn.exec_driver_sql
         blobs, blob_bytes = one("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM stage_blobs").one()
@@ -599,27 +599,47 @@ def _match(conn: Connection, spec: EpisodeSpec, t: str, s: str) -> str:
     return " AND ".join(out)
 
 
-# A bulk load into a SQLite table builds its indexes afterwards when it inserts at least this many rows and at
-# least as many as the table ever held (its largest id): see _drop_indexes_for_bulk.
+# A bulk load builds the table's indexes afterwards when it inserts at least this many rows and at least as many
+# as the table holds (SQLite: ever held, its largest id): see _drop_indexes_for_bulk.
 BULK_INDEX_ROWS = 50_000
 
+# PostgreSQL: a table's indexes that are not a constraint's (its primary key stays), with their definitions
+_PG_INDEXES = ("SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+               "WHERE i.indrelid = CAST(? AS regclass) AND NOT EXISTS "
+               "(SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) ORDER BY c.relname")
 
-def _drop_indexes_for_bulk(conn: Connection, table_name: str, stage: str) -> list[str]:
-    """SQLite, before a bulk insert of ``stage``'s rows into ``table_name``: when the rows are many and at least
-    as many as the table ever held, its indexes are dropped and their definitions returned, to be created again
-    after the insert (one sorted build each instead of a random B-tree insert a row: with a bounded page cache,
-    inserting 630k links into indexes keyed by digests took 7.0 s, 1.2 s without them and 2.5 s to build them).
-    The definitions are the database's own (``sqlite_master``), so what is created is what was dropped; all in
-    the scan's transaction, so a failure rolls the drop back with the rest. Readers of a WAL database keep
-    seeing the last commit. Nothing is dropped on PostgreSQL (DROP INDEX would lock readers out until commit)."""
-    if conn.dialect.name != "sqlite":
-        return []
-    staged = int(conn.exec_driver_sql(f"SELECT COALESCE(MAX(rowid), 0) FROM {stage}").scalar_one())
-    held = int(conn.exec_driver_sql(f"SELECT COALESCE(MAX(rowid), 0) FROM {table_name}").scalar_one())
-    if staged < BULK_INDEX_ROWS or staged < held:
-        return []
-    indexes = driver_rows(conn, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-                                "AND sql IS NOT NULL ORDER BY name", (table_name,))
+
+def _drop_indexes_for_bulk(conn: Connection, table_name: str, stage: str, run_id: int) -> list[str]:
+    """Before a bulk insert of ``stage``'s rows into ``table_name``: when the rows are many and at least as many
+    as the table holds, its indexes are dropped and their definitions returned, to be created again after the
+    insert (one sorted build each instead of a random B-tree insert a row: with a bounded page cache, inserting
+    630k links into SQLite's indexes keyed by digests took 7.0 s, 1.2 s without them and 2.5 s to build them;
+    PostgreSQL, 126k links: 2.1 s, 0.35 s without them and 0.6 s to build them). The definitions are the
+    database's own (``sqlite_master``, ``pg_get_indexdef``), so what is created is what was dropped; all in the
+    scan's transaction, so a failure rolls the drop back with the rest.
+
+    Readers: of a SQLite database in WAL mode, they keep seeing the last commit. On PostgreSQL, DROP INDEX locks
+    the table against readers until the scan commits, so it is done only while every row of the table is this
+    run's own (a new database's first scan): a reader has nothing committed to see there, and waits for the
+    scan instead of reading an empty table."""
+    pg = conn.dialect.name == "postgresql"
+    if pg:
+        staged = int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {stage}").scalar_one())
+        if staged < BULK_INDEX_ROWS:
+            return []
+        committed = conn.execute(text(f"SELECT 1 FROM {table_name} WHERE first_run <> :run LIMIT 1"),
+                                 {"run": run_id}).first()
+        if committed is not None or staged < int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table_name}")
+                                                  .scalar_one()):
+            return []
+        indexes = driver_rows(conn, _PG_INDEXES, (table_name,))
+    else:
+        staged = int(conn.exec_driver_sql(f"SELECT COALESCE(MAX(rowid), 0) FROM {stage}").scalar_one())
+        held = int(conn.exec_driver_sql(f"SELECT COALESCE(MAX(rowid), 0) FROM {table_name}").scalar_one())
+        if staged < BULK_INDEX_ROWS or staged < held:
+            return []
+        indexes = driver_rows(conn, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+                                    "AND sql IS NOT NULL ORDER BY name", (table_name,))
     for name, _sql in indexes:
         conn.exec_driver_sql(f'DROP INDEX "{name}"')
     return [sql for _name, sql in indexes]
@@ -647,13 +667,17 @@ def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry
                                                      p).first() is None:
         # nothing open (a first scan of the registry), nothing to record: every staged row opens an episode
         # (200k first scan: the diff tables, their index and a probe per new row, ~0.3 s of the load)
-        rebuilt = _drop_indexes_for_bulk(conn, t, stage)
+        rebuilt = _drop_indexes_for_bulk(conn, t, stage, run_id)
         added = conn.execute(text(f"INSERT INTO {t} (registry_id, first_run, {allc}) "
                                   f"SELECT DISTINCT :rid, :run, {allc} FROM {stage}"), p)
         for sql in rebuilt:
             conn.exec_driver_sql(sql)
         stats.added += int(added.rowcount or 0)
         return
+    if conn.dialect.name == "postgresql":
+        # the planner's view of the staged rows, for the set operations and probes below (a first load above
+        # needs none: 0.2 s of a 200k first scan)
+        conn.exec_driver_sql(f"ANALYZE {stage}")
     unsettled = " INDEXED BY ix_links_unsettled" if conn.dialect.name == "sqlite" else ""
     theirs = only.format(cols=allc, unsettled=unsettled) if only else f"SELECT {allc} FROM {t} WHERE {open_rows}"
     if probe:
