@@ -1307,3 +1307,25 @@ def test_a_scoped_derivation_equals_a_whole_one_after_every_kind_of_change(urls,
     assert {"orphan_layer_link", "orphan_index_child", "dangling_tag", "corrupt_link", "misdirected_link"} <= kinds
     assert checks.DIGEST_KINDS <= seen  # the digest-scoped kinds had findings to carry or resolve
     assert "gc_blocker" in seen and "gc_blocker" in checks.PER_REPOSITORY_KINDS
+
+
+def test_saved_verifications_replace_a_digests_row_and_the_last_given_wins(urls, base, invoke):
+    """blob_verifications holds one row per registry and digest: a batch replaces the rows it names (every
+    column, and the run), leaves the others, and of a digest given twice in one batch keeps the last (one
+    upsert statement on PostgreSQL cannot touch a row twice)."""
+    kept, _fresh = urls
+    build(base)
+    invoke("scan", base, "--db", kept, "-q", "--fail-on", "never")
+    engine = db.make_engine(db.resolve_url(kept))
+    a, b, c = (f"sha256:{ch * 64}" for ch in "abc")
+    with engine.begin() as conn:
+        rid = int(conn.execute(text("SELECT MIN(id) FROM registries")).scalar_one())
+        store.save_verifications(conn, rid, 1, [(a, 1, 1.0, a, None), (b, 2, 2.0, None, "bad")])
+        store.save_verifications(conn, rid, 1, [(c, 3, 3.0, c, None), (c, 4, 4.0, None, None),
+                                                (a, 5, 5.5, b, "moved")])
+    with engine.connect() as conn:
+        got = sorted(tuple(r) for r in conn.execute(text(
+            "SELECT digest, size, mtime, computed_digest, parse_error, verified_run FROM blob_verifications "
+            "WHERE registry_id = :rid AND digest IN (:a, :b, :c)"), {"rid": rid, "a": a, "b": b, "c": c}))
+    engine.dispose()
+    assert got == [(a, 5, 5.5, b, "moved", 1), (b, 2, 2.0, None, "bad", 1), (c, 4, 4.0, None, None, 1)]
