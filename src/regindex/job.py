@@ -121,29 +121,31 @@ def run(request: ScanRequest, log: ScanLog) -> JobOutcome:
     if plan.report_dir:
         writable_target(plan.report_dir, "--report", is_dir=True)
     engine = dbmod.open_writer(plan.db)
-    with signals_as_interrupt():
-        try:
-            outcome = run_scan(engine, plan.options, log.progress)
-        except RegindexError as exc:
+    try:
+        with signals_as_interrupt():
+            try:
+                outcome = run_scan(engine, plan.options, log.progress)
+            except RegindexError as exc:
+                log.end_progress()
+                if exc.run_id is not None and not isinstance(exc, LockError):
+                    # a failed or interrupted run: the metrics say so (they never go stale), and so does the report
+                    if plan.metrics:
+                        write_metrics(engine, plan.metrics, exc.run_id)
+                    if plan.report_dir:
+                        _report_anyway(engine, plan.report_dir)
+                log.summary(status="failed", error=str(exc))
+                raise
             log.end_progress()
-            if exc.run_id is not None and not isinstance(exc, LockError):
-                # a failed or interrupted run: the metrics say so (they never go stale), and so does the report
-                if plan.metrics:
-                    write_metrics(engine, plan.metrics, exc.run_id)
-                if plan.report_dir:
-                    _report_anyway(engine, plan.report_dir)
-            log.summary(status="failed", error=str(exc))
-            raise
-        log.end_progress()
-        if plan.metrics:
-            write_metrics(engine, plan.metrics, outcome.run_id)
-        report = None
-        if plan.report_dir:
-            from regindex import render
+            if plan.metrics:
+                write_metrics(engine, plan.metrics, outcome.run_id)
+            report = None
+            if plan.report_dir:
+                from regindex import render
 
-            report = render.write_dated(engine, plan.report_dir)
-        engine.dispose()
-        _log_outcome(log, outcome)
+                report = render.write_dated(engine, plan.report_dir)
+            _log_outcome(log, outcome)
+    finally:
+        engine.dispose()  # (a failed run too: its pooled connections are closed, not left to the collector)
     return JobOutcome(scan=outcome, exit_code=exit_code(outcome, plan.fail_on), report=report)
 
 

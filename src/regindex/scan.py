@@ -145,6 +145,9 @@ def scan_lock(engine: Engine) -> Iterator[None]:
         return
     key = int.from_bytes(hashlib.sha256(b"regindex-scan").digest()[:8], "big", signed=True)
     with engine.connect() as conn:
+        # its own session, out of the pool: a failed run disposes the pool (_mark_failed) while this connection
+        # still holds the lock, and a connection checked in to a disposed pool stayed open until collected
+        conn.detach()
         got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
         conn.commit()
         if not got:
@@ -303,6 +306,13 @@ def _scan(
     failures: dict[str, str] = {}
     outcome = ScanOutcome(run_id, "complete")
     with _WriteTransaction(engine, held) as conn:
+        foreign = store.not_owned(conn)
+        if foreign:
+            user = conn.exec_driver_sql("SELECT current_user").scalar_one()
+            raise ConfigError(
+                f"the database role {user} does not own {', '.join(foreign)}: a scan analyses the tables it "
+                "loads, which PostgreSQL allows only the tables' owner (without statistics its queries can run "
+                "for hours); connect as the owner, or GRANT the owner's role to this one")
         known = store.registry_ids(conn)
         store.start_changes(conn)  # what this scan changes: the checks' scope (regindex.checks.scope_repositories)
         outcome.full_scan = opts.full or store.full_scan_due(conn, run_id, opts.full_scan_every)

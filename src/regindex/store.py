@@ -604,8 +604,8 @@ def _match(conn: Connection, spec: EpisodeSpec, t: str, s: str) -> str:
 BULK_INDEX_ROWS = 50_000
 
 # PostgreSQL: a table's indexes that are not a constraint's (its primary key stays), with their definitions
-_PG_INDEXES = ("SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-               "WHERE i.indrelid = CAST(? AS regclass) AND NOT EXISTS "
+_PG_INDEXES = ("SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+               "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = CAST(? AS regclass) AND NOT EXISTS "
                "(SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) ORDER BY c.relname")
 
 
@@ -621,7 +621,7 @@ def _drop_indexes_for_bulk(conn: Connection, table_name: str, stage: str, run_id
     Readers: of a SQLite database in WAL mode, they keep seeing the last commit. On PostgreSQL, DROP INDEX locks
     the table against readers until the scan commits, so it is done only while every row of the table is this
     run's own (a new database's first scan): a reader has nothing committed to see there, and waits for the
-    scan instead of reading an empty table."""
+    scan instead of reading an empty table. (The scan's role has the tables' owner's privileges: ``not_owned``.)"""
     pg = conn.dialect.name == "postgresql"
     if pg:
         staged = int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {stage}").scalar_one())
@@ -756,6 +756,18 @@ class KnownLinks:
 
 # The inventory tables the checks and the manifest walk join: their planner statistics must describe them.
 ANALYZED_TABLES = ("links", "blobs", "repositories", "manifests", "manifest_refs", "uploads", "blob_verifications")
+
+
+def not_owned(conn: Connection) -> list[str]:
+    """PostgreSQL: the inventory tables whose owner's privileges this session's role lacks (it is neither the
+    owner nor a member of the owner's role). Only those may ANALYZE a table (``refresh_statistics``; a role
+    without them gets a warning and no statistics, and the checks then plan as for empty tables: a 200k first
+    scan ran for more than 7 minutes) or drop and build its indexes (``_drop_indexes_for_bulk``)."""
+    if conn.dialect.name != "postgresql":
+        return []
+    return [name for (name,) in driver_rows(
+        conn, "SELECT c.relname FROM pg_class c WHERE c.oid IN (SELECT to_regclass(t) FROM unnest(?::text[]) t) "
+              "AND NOT pg_has_role(current_user, c.relowner, 'USAGE') ORDER BY c.relname", (list(ANALYZED_TABLES),))]
 
 
 def refresh_statistics(conn: Connection) -> list[str]:
