@@ -295,10 +295,7 @@ class Stage:
             conn.exec_driver_sql(f"PRAGMA temp.cache_size = -{SQLITE_CACHE_KIB}")
         for key, names in STAGED.items():
             t = SPECS[key].table if key in SPECS else _STAGE_TABLES[key]
-            typed = ", ".join(f"{c} {_sql_type(conn, t, c)}" for c in names)
-            name = _stage_name(key)
-            drop_temp(conn, name)
-            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({typed})")
+            temp_table(conn, _stage_name(key), t, names)
 
     def add(self, row: Any) -> None:
         kind = type(row).__name__
@@ -543,13 +540,20 @@ def _converted(conn: Connection, get: Callable[[Any], tuple[Any, ...]]) -> Calla
 def digest_table(conn: Connection, name: str, digests: Iterable[str]) -> int:
     """A temporary table ``name`` (column ``digest``) holding ``digests``, in order, replacing any of that name:
     one join through it instead of an IN list (PostgreSQL's planner is told its size). How many rows."""
-    drop_temp(conn, name)
-    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} (digest {_sql_type(conn, table(Blob), 'digest')})")
+    temp_table(conn, name, table(Blob), ("digest",))
     rows = [(d,) for d in sorted(digests)]
     driver_insert(conn, name, ("digest",), rows)
     if rows and conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"ANALYZE {name}")
     return len(rows)
+
+
+def temp_table(conn: Connection, name: str, like: Table, cols: Sequence[str]) -> None:
+    """An empty temporary table ``name`` with ``like``'s columns ``cols``, typed as there, replacing any of that
+    name."""
+    drop_temp(conn, name)
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ("
+                         + ", ".join(f"{c} {_sql_type(conn, like, c)}" for c in cols) + ")")
 
 
 def drop_temp(conn: Connection, name: str) -> None:
@@ -661,7 +665,6 @@ def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry
     p = {"run": run_id, "rid": registry_id}
     cols = spec.identity + spec.mutable
     allc = ", ".join(cols)
-    types = ", ".join(f"{c} {_sql_type(conn, spec.table, c)}" for c in cols)
     open_rows = f"registry_id = :rid AND gone_run IS NULL"
     if not capture and only is None and conn.execute(text(f"SELECT 1 FROM {t} WHERE {open_rows} LIMIT 1"),
                                                      p).first() is None:
@@ -695,8 +698,7 @@ def _diff(conn: Connection, spec: EpisodeSpec, stage: str, run_id: int, registry
         ("diff_new", new_rows),
         ("diff_old", f"{theirs} EXCEPT SELECT {allc} FROM {stage}"),
     ):
-        drop_temp(conn, name)
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ({types})")
+        temp_table(conn, name, spec.table, cols)
         conn.execute(text(f"INSERT INTO {name} ({allc}) {query}"), p)
     # the updates below look each changed row up in diff_new: without an index that is |diff_new| squared (a
     # night after 32k link files were touched: 55 s of loading instead of 0.5 s)
@@ -1150,9 +1152,7 @@ def save_verifications(
     last = {row[0]: row for row in rows}
     v = table(BlobVerification)
     name = "stage_verifications"
-    drop_temp(conn, name)
-    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} ("
-                         + ", ".join(f"{c} {_sql_type(conn, v, c)}" for c in _VERIFIED) + ")")
+    temp_table(conn, name, v, _VERIFIED)
     driver_insert(conn, name, _VERIFIED, list(last.values()))
     cols = ", ".join(_VERIFIED)
     updates = ", ".join(f"{c} = excluded.{c}" for c in (*_VERIFIED[1:], "verified_run"))
