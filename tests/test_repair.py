@@ -247,6 +247,33 @@ def test_symlinks_are_never_followed(gc_damaged, base, db_path, invoke, findings
     assert snapshot(real) == before
 
 
+@pytest.mark.parametrize("linked", ["docker", "registry"])
+def test_a_registry_whose_storage_became_a_symlink_is_refused_not_repaired_behind_it(
+        gc_damaged, base, db_path, invoke, tmp_path, linked):
+    """The scan refuses a registry whose directory or docker/registry/v2 is a symlink; repair and undo act on the
+    root a scan recorded, so they refuse it too, whatever was there when it was scanned."""
+    reg = base / R
+    moved = reg / "docker" if linked == "docker" else reg
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(str(moved), elsewhere)
+    moved.symlink_to(elsewhere, target_is_directory=True)
+    before = snapshot(elsewhere)
+    out = invoke("repair", "--db", db_path, "--apply", expect=None).output
+    assert "refused" in out and "symlink" in out and " done" not in out.split("batch")[0]
+    assert snapshot(elsewhere) == before
+    # undo: a batch applied on the real tree is not put back behind a symlink either
+    moved.unlink()
+    shutil.move(str(elsewhere), moved)
+    out = invoke("repair", "--db", db_path, "--apply").output
+    batch = out.split("batch ")[1].split(":")[0]
+    shutil.move(str(moved), elsewhere)
+    moved.symlink_to(elsewhere, target_is_directory=True)
+    before = snapshot(elsewhere)
+    out = invoke("repair", "--db", db_path, "--undo", batch, expect=None).output
+    assert "0 put back" in out and "symlink" in out
+    assert snapshot(elsewhere) == before
+
+
 def test_undo_restores_the_tree_byte_for_byte(gc_damaged, base, db_path, invoke):
     before = snapshot(base)
     out = invoke("repair", "--db", db_path, "--apply").output

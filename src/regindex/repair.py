@@ -45,7 +45,8 @@ from regindex.safefs import (
     fsync_dir,
     flat_files,
     hash_at,
-    lstat_at,
+    in_storage,
+    lstat_in_storage,
     makedirs,
     move_dir,
     opened_dir,
@@ -216,7 +217,7 @@ def resolve_key(conn: Connection, value: str) -> int:
 
 def _exists(v2: Path, rel: str | PurePosixPath) -> bool:
     """Whether something is at ``rel`` (a symlink counts: it is not followed, and not called missing)."""
-    return lstat_at(v2, rel) is not None
+    return lstat_in_storage(v2, rel) is not None
 
 
 def _blob_rel(digest: str) -> PurePosixPath:
@@ -230,7 +231,7 @@ def check_layer(t: Target) -> Step:
     step = Step(t, QUARANTINE, rel_dir, READY)
     parts = parts_of(rel_dir)
     try:
-        with opened_dir(t.v2, parts) as fd:
+        with in_storage(t.v2, parts) as fd:
             files = flat_files(fd)
             names = [n for n, _st in files]
             if "link" not in names:
@@ -281,13 +282,13 @@ def check_child(t: Target) -> Step:
             return _not(step, SKIPPED, "a revision link for the child exists again")
         index_rel = link_path(LinkKind.REVISION, t.repository, t.parent_digest or "", None)
         iparts = parts_of(index_rel)
-        with opened_dir(t.v2, iparts[:-1]) as ifd:
+        with in_storage(t.v2, iparts[:-1]) as ifd:
             if parse_link(read_at(ifd, "link", MAX_LINK_FILE)).target != t.parent_digest:
                 return _not(step, SKIPPED, "the index's own revision link is gone or changed")
             ist = os.stat("link", dir_fd=ifd, follow_symlinks=False)
         alg = t.digest.split(":")[0]
         bparts = parts_of(_blob_rel(t.digest))
-        with opened_dir(t.v2, bparts[:-1]) as bfd:
+        with in_storage(t.v2, bparts[:-1]) as bfd:
             raw = read_at(bfd, "data", MAX_MANIFEST)
         if f"{alg}:{hashlib.new(alg, raw).hexdigest()}" != t.digest:
             return _not(step, REFUSED, f"the child's manifest data does not hash to its digest: {push_again}")
@@ -298,19 +299,19 @@ def check_child(t: Target) -> Step:
         blobs = [r for r in pm.refs if r.role in ("config", "layer") and not r.foreign]
         gone, bad, unlinked = [], [], []
         for ref in blobs:
-            st = lstat_at(t.v2, _blob_rel(ref.digest))
+            st = lstat_in_storage(t.v2, _blob_rel(ref.digest))
             if st is None:
                 gone.append(ref.digest)
                 continue
             dparts = parts_of(_blob_rel(ref.digest))
-            with opened_dir(t.v2, dparts[:-1]) as dfd:
+            with in_storage(t.v2, dparts[:-1]) as dfd:
                 got, size = hash_at(dfd, "data", ref.digest.split(":")[0])
             if got != ref.digest or (ref.size is not None and size != ref.size):
                 bad.append(ref.digest)
             lrel = link_path(LinkKind.LAYER, t.repository, ref.digest, None)
             lparts = parts_of(lrel)
             try:
-                with opened_dir(t.v2, lparts[:-1]) as lfd:
+                with in_storage(t.v2, lparts[:-1]) as lfd:
                     if parse_link(read_at(lfd, "link", MAX_LINK_FILE)).target != ref.digest:
                         unlinked.append(ref.digest)
             except FileNotFoundError:
@@ -398,7 +399,7 @@ def _do_quarantine(step: Step, batch_dir: Path) -> None:
     parts = parts_of(step.path)
     dest_parts = [t.registry, *parts]
     makedirs(batch_dir, dest_parts[:-1], 0o700)
-    with opened_dir(t.v2, parts[:-1]) as src_fd, opened_dir(batch_dir, dest_parts[:-1]) as dst_fd:
+    with in_storage(t.v2, parts[:-1]) as src_fd, opened_dir(batch_dir, dest_parts[:-1]) as dst_fd:
         step.detail["moved_by"] = move_dir(src_fd, parts[-1], dst_fd, parts[-1])
     step.quarantine_path = str(batch_dir.joinpath(*dest_parts))
 
@@ -408,7 +409,7 @@ def _do_restore(step: Step) -> None:
     parts = parts_of(step.path)  # repositories/<repo>/_manifests/revisions/<alg>/<hex>/link
     revisions = parts[:-3]
     created: list[str] = []
-    with opened_dir(t.v2, revisions) as rfd:
+    with in_storage(t.v2, revisions) as rfd:
         dir_mode = stat.S_IMODE(os.fstat(rfd).st_mode)
         st_parent = os.fstat(rfd)
         cur = os.dup(rfd)
@@ -618,7 +619,7 @@ def _undo_quarantine(r: dict[str, Any]) -> None:
     qpath = Path(r["quarantine_path"] or "")
     if not qpath.is_absolute():
         raise RepairError("the action has no quarantine path")
-    if lstat_at(v2, r["path"]) is not None:
+    if lstat_in_storage(v2, r["path"]) is not None:
         raise RepairError(f"{r['path']} appeared again since the repair (a push re-created it): not overwritten")
     expected = {f["name"]: f for f in json.loads(r["detail"] or "{}").get("files", [])}
     with opened_dir(qpath.parent, []) as qparent_fd:
@@ -629,7 +630,7 @@ def _undo_quarantine(r: dict[str, Any]) -> None:
             os.close(qfd)
         if {k: v["sha256"] for k, v in now.items()} != {k: v["sha256"] for k, v in expected.items()}:
             raise RepairError(f"the quarantined copy in {qpath} changed since it was moved: not put back")
-        with opened_dir(v2, parts[:-1]) as dst_fd:
+        with in_storage(v2, parts[:-1]) as dst_fd:
             move_dir(qparent_fd, qpath.name, dst_fd, parts[-1])
 
 
@@ -637,7 +638,7 @@ def _undo_restore(r: dict[str, Any], undo_dir: Path) -> str:
     v2 = Path(r["root"])
     parts = parts_of(r["path"])
     detail = json.loads(r["detail"] or "{}")
-    with opened_dir(v2, parts[:-1]) as fd:
+    with in_storage(v2, parts[:-1]) as fd:
         if read_at(fd, "link", MAX_LINK_FILE) != (r["digest"] or "").encode():
             raise RepairError(f"{r['path']} changed since it was written: not undone")
         _prepare_quarantine(undo_dir.parent)
@@ -667,7 +668,7 @@ def _undo_restore(r: dict[str, Any], undo_dir: Path) -> str:
         os.fsync(fd)
     for d in sorted(detail.get("created_dirs", []), key=len, reverse=True):
         dparts = parts_of(d)
-        with opened_dir(v2, dparts[:-1]) as pfd:
+        with in_storage(v2, dparts[:-1]) as pfd:
             try:
                 os.rmdir(dparts[-1], dir_fd=pfd)  # only if still empty: anything that appeared since stays
             except OSError as exc:

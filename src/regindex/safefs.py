@@ -61,6 +61,34 @@ def open_dir(root: Path, parts: Sequence[str]) -> int:
         raise
 
 
+# A registry's directory and docker/registry/v2 below it: the scan never follows a symlink there
+# (``crawl.discover`` refuses the registry), so neither does an action on its storage.
+_WALKED_ABOVE_V2 = 4
+
+
+def below(v2: Path, parts: Sequence[str]) -> tuple[Path, list[str]]:
+    """``(anchor, components)`` naming ``v2/parts...`` for :func:`open_dir` and :func:`lstat_at`, where ``v2`` is a
+    registry's ``<registry>/docker/registry/v2`` as its scan recorded it: only the path above the registry's
+    directory is resolved; the registry's directory, ``docker/registry/v2`` and ``parts`` are opened without
+    following a symlink. A registry whose storage became a symlink since its scan is refused, not acted on
+    behind the link."""
+    n = min(_WALKED_ABOVE_V2, len(v2.parts) - 1)
+    return v2.parents[n - 1], [*v2.parts[len(v2.parts) - n:], *parts]
+
+
+@contextmanager
+def in_storage(v2: Path, parts: Sequence[str]) -> Iterator[int]:
+    """A descriptor of ``v2/parts...`` (see :func:`below`), closed on exit."""
+    with opened_dir(*below(v2, parts)) as fd:
+        yield fd
+
+
+def lstat_in_storage(v2: Path, rel: str | PurePosixPath) -> os.stat_result | None:
+    """:func:`lstat_at` of ``v2/rel`` (see :func:`below`)."""
+    anchor, parts = below(v2, parts_of(rel))
+    return lstat_at(anchor, PurePosixPath(*parts))
+
+
 @contextmanager
 def opened_dir(root: Path, parts: Sequence[str]) -> Iterator[int]:
     fd = open_dir(root, parts)
