@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 
 import pytest
 
@@ -73,6 +74,9 @@ def test_env_var_names_the_database(damaged_world, invoke, db_path, monkeypatch)
         (["findings", "--db", "/nonexistent/dir/x.db"], "does not exist"),
         (["scan", "{base}", "--cache", "nosuch"], "--cache names no registry"),
         (["scan", "{base}", "--config", "/nonexistent.toml"], "does not exist"),
+        (["scan", "{base}", "--config", "{fifo}"], "is not a regular file"),
+        (["scan", "{base}", "--config", "/dev/zero"], "is not a regular file"),
+        (["scan", "{base}", "--config", "{big}"], "is larger than"),
         (["findings", "--db", "{notadb}"], "database"),
     ],
 )
@@ -80,7 +84,11 @@ def test_errors_are_one_line_exit_2(args, message, base, tmp_path, invoke, priva
     private.push_image("a", rng)
     notadb = tmp_path / "junk.db"
     notadb.write_bytes(b"this is not sqlite" * 100)
-    argv = [a.format(base=base, notadb=notadb) for a in args]
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # no writer: reading it would block the job forever
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"# " + b"x" * (2 << 20) + b"\n")
+    argv = [a.format(base=base, notadb=notadb, fifo=fifo, big=big) for a in args]
     if argv[0] == "scan":
         argv += ["--db", str(tmp_path / "x.db")]
     r = invoke(*argv, expect=2)

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from regindex.errors import ConfigError
+from regindex.storage import read_capped
 
 # Defaults of options more than one command or module offers, each defined here once (the 168 h upload age is the
 # registry's own: rules.UPLOAD_PURGE_HOURS; the database file is db.DEFAULT_DB).
@@ -52,13 +54,32 @@ class Settings:
     settle_seconds: float | None = None
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read(p: Path) -> bytes:
+    """A regular file of at most MAX_CONFIG_BYTES. Opened without blocking and checked before reading: a FIFO
+    would hang the nightly job until a writer came, and a device (``/dev/zero``) would never end."""
+    fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"config file {p} is not a regular file")
+        data = read_capped(fd, MAX_CONFIG_BYTES)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {p} is larger than {MAX_CONFIG_BYTES} bytes")
+    return data
+
+
 def load(path: str | None) -> Settings:
     path = path or os.environ.get("REGINDEX_CONFIG")
     if not path:
         return Settings()
     p = Path(path)
     try:
-        data: dict[str, Any] = tomllib.loads(p.read_text(encoding="utf-8"))
+        data: dict[str, Any] = tomllib.loads(_read(p).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
