@@ -101,6 +101,21 @@ def test_registry_that_is_not_utf8_fails_alone(base, rng, scan, findings, invoke
     assert last_run(invoke, db_path)["status"] == "partial"
 
 
+def test_a_registry_not_utf8_whose_escaped_name_is_another_registrys_fails_alone(base, rng, scan, findings, invoke,
+                                                                                   db_path):
+    """b"reg\\xff" is shown as the text "reg\\\\xff", which is also a valid directory name: the two registries must
+    not become one name in the database (the whole run failed on a duplicate row)."""
+    StorageWriter(base / "reg\\xff").push_image("a", rng)
+    StorageWriter(Path(os.fsdecode(os.fsencode(base) + b"/reg\xff"))).push_image("a", rng)
+    r = scan(expect=2)
+    assert "not UTF-8" in r.output and "UNIQUE" not in r.output
+    run = last_run(invoke, db_path)
+    assert run["status"] == "partial" and run["registries"] >= 1, run
+    names = {row["registry"] for row in json.loads(invoke("sql", "--db", db_path, "--format", "json",
+                                                          "SELECT name AS registry FROM registries").output)}
+    assert "reg\\xff" in names and len(names) == 2, names
+
+
 def test_names_that_are_not_utf8_become_anomalies(base, rng, scan, findings, private):
     """Item 3: a directory name that is not UTF-8 anywhere in the tree is an anomaly, not an aborted run."""
     img = private.push_image("team/app", rng)

@@ -264,11 +264,18 @@ def discover(base: Path) -> list[RegistryRoot]:
         entries = sorted(os.scandir(base), key=lambda e: e.name)
     except OSError as exc:
         raise StorageError(f"storage root {base} cannot be listed: {exc.strerror}") from None
+    taken = {entry.name for entry in entries if _is_utf8(entry.name)}
     for entry in entries:
         cand = Path(entry.path).joinpath(*V2_SUFFIX)
         if not cand.is_dir():
             continue
         name = safe_text(entry.name)
+        if name != entry.name:
+            # shown escaped, a name that is not UTF-8 may read as another directory's (b"r\xff" as the directory
+            # named "r\\xff"): a registry's name is its identity in the database, so this one is made unique
+            while name in taken:
+                name += "~"
+            taken.add(name)
         link = Path(entry.path) if entry.is_symlink() else _symlink_on_path(Path(entry.path), V2_SUFFIX)
         problem = _not_followed(name, link) if link else None
         if problem is None and name != entry.name:
