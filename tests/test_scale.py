@@ -184,6 +184,8 @@ def changes(w: StorageWriter, rng: random.Random, imgs: dict[str, Any]) -> list[
         ("blob data removed", lambda: blob(old1.config).unlink()),
         ("blob data replaced, same size", lambda: same_length_rewrite(
             blob(img1.layers[0]), bytes(b ^ 1 for b in blob(img1.layers[0]).read_bytes()))),
+        ("manifest data rewritten, same size, its mtime set back", lambda: rewrite_keeping_mtime(
+            blob(img2.digest), b" " * blob(img2.digest).stat().st_size)),
         ("blob appears", lambda: w.put_blob(b"fresh blob " + rng.randbytes(30))),
         ("blob directory vanishes", lambda: w.remove_blob(old2.config)),
         ("manifest data replaced, other size", lambda: blob(old2.digest).write_bytes(b'{"schemaVersion": 2}')),
@@ -319,6 +321,31 @@ def test_a_known_indexs_children_are_followed_to_data_that_changed(urls, base, i
     got, want = seen(kept), seen(other)
     assert got == want and got[0][0][0] == 10  # the truncated bytes were hashed
     assert got[1]["child_blob_data_size"] == 10
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["incremental", "full"])
+def test_blob_data_rewritten_with_its_mtime_set_back_is_read_again(urls, base, invoke, tmp_path, full):
+    """``cp -p``, ``rsync -a``, ``touch -d`` or a restore can put a file's mtime back, not its ctime. Blob data
+    rewritten to the same size with its old mtime is read and hashed again by the next scan of the kept
+    database, incremental or ``--full``, as a scan into a fresh database reads it: a manifest (the checks) and a
+    layer (``--verify-content``). (Judged by size and mtime, neither scan saw it, and the findings stayed those
+    of the old bytes.)"""
+    kept, fresh = urls
+    config = tmp_path / "regindex.toml"
+    config.write_text("settle_seconds = 0\n")
+    w, _rng, imgs = build(base)
+    kept_scan = ("scan", base, "--db", kept, "-q", "--fail-on", "never", "--config", config, "--verify-content")
+    invoke(*kept_scan)
+    _idx, img, _old = imgs["team/app1"]
+    for d in (img.digest, img.layers[0]):
+        data = w.v2 / "blobs" / "sha256" / d[7:9] / d[7:] / "data"
+        rewrite_keeping_mtime(data, b"X" * data.stat().st_size)
+    invoke(*kept_scan, *(["--full"] if full else []))
+    other = fresh()
+    invoke("scan", base, "--db", other, "-q", "--fail-on", "never", "--verify-content")
+    assert_same(kept, other)
+    found = {(f["kind"], f["digest"]) for f in json.loads(invoke("findings", "--db", kept, "--format", "json").output)}
+    assert ("digest_mismatch", img.layers[0]) in found and ("dangling_tag", img.digest) in found, found
 
 
 def verifications(url: str) -> list[tuple[str, ...]]:

@@ -102,7 +102,7 @@ def cli() -> None:
 @click.option("--fail-on", type=click.Choice(FAIL_ON), default=None,
               help="Exit 1 when there are open error findings (open, the default), only new ones (new), or never.")
 @click.option("--verify-content", is_flag=True, default=None,
-              help="Re-hash blob data (once per change of its size or mtime) to find digest mismatches.")
+              help="Re-hash blob data (once per change of its size or change time) to find digest mismatches.")
 @click.option("--stale-upload-hours", type=float, default=None, callback=_finite_hours,
               help=f"Age after which an upload is stale (default {UPLOAD_PURGE_HOURS:g}, the registry's purge age).")
 @click.option("--allow-empty", is_flag=True,

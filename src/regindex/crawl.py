@@ -88,7 +88,7 @@ class LinkRow(NamedTuple):
 class BlobRow(NamedTuple):
     digest: str
     size: int
-    mtime: float
+    mtime: float  # the data's change time: the later of its mtime and ctime (the column keeps its first name)
 
 
 class BlobBucket(NamedTuple):
@@ -702,13 +702,16 @@ class _Walker:
                     if isinstance(st, OSError):
                         raise self.stat_error(data, st)
                     seen += 1
-                    kind, size, mtime = st[:3]
+                    kind, size, _mtime, changed = st
                     if kind != FILE:
                         if kind == SYMLINK:
                             raise self.not_followed(data)
                         self.anomaly(data, "blob data is not a regular file (not read)")
                         continue
-                    rows.append(new(BlobRow, (head + hex_, size, mtime)))  # (no named tuple __new__ a blob)
+                    # a blob's time is when its data last changed in any way (the later of mtime and ctime): its
+                    # hash and parse are kept for that time, and a rewrite whose mtime was set back (touch -d,
+                    # cp -p, rsync -a, a restore) changes the ctime all the same
+                    rows.append(new(BlobRow, (head + hex_, size, changed)))  # (no named tuple __new__ a blob)
                 self.buckets(rows, found)
                 self.tick(seen)
         self.gone_buckets(found)

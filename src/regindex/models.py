@@ -182,6 +182,8 @@ class Blob(Base):
     registry_id: Mapped[int] = mapped_column(ForeignKey("registries.id"))
     digest: Mapped[str] = mapped_column(DIGEST)
     size: Mapped[int] = mapped_column(BigInteger)
+    # when the data file last changed in any way: the later of its mtime and ctime (databases scanned by
+    # earlier versions hold the mtime alone: the next scan replaces it in place, and reads and hashes once)
     mtime: Mapped[float | None] = mapped_column(Float)
     first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     gone_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
@@ -222,7 +224,8 @@ class LinkSum(Base):
 
 
 class BlobVerification(Base):
-    """Content hash of blob data, recomputed only when its size or mtime changes (``--verify-content``)."""
+    """Content hash of blob data, recomputed only when its size or change time (``Blob.mtime``) changes
+    (``--verify-content``)."""
 
     __tablename__ = "blob_verifications"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

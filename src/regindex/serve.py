@@ -30,7 +30,7 @@ _COMMON = {
     "gone_run": _EPISODE_GONE,
     "digest": "the content digest (alg:hex)",
     "size": "size in bytes",
-    "mtime": "modification time of the data file (seconds since the epoch)",
+    "mtime": "when the data file last changed: the later of its modification and status-change times (seconds since the epoch; a client can set the first back, not the second)",
     "tag": "the tag name",
 }
 
@@ -176,7 +176,7 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "blob_buckets": (
         "scan bookkeeping, not findings or inventory: per registry and `bucket` (`sha256:` and four hex digits), "
-        "what the last scan saw of those blobs (`blobs`, `bytes`, `checksum` of their digest, size and mtime), so "
+        "what the last scan saw of those blobs (`blobs`, `bytes`, `checksum` of their digest, size and change time), so "
         "the next one skips the buckets that stat the same",
         {
             "bucket": "an algorithm and the first four hex digits of the digests it holds",
@@ -197,7 +197,7 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
         },
     ),
     "blob_verifications": (
-        "content hashes, one per registry and digest, recomputed only when size or mtime change (manifests "
+        "content hashes, one per registry and digest, recomputed only when size or change time change (manifests "
         "whenever read; every blob with `--verify-content`): `digest`, `size`, `mtime`, `computed_digest`, "
         "`parse_error` (for manifest data that is not its digest's content), `verified_run`",
         {
