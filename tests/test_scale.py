@@ -840,13 +840,15 @@ class MemoryStorage:
         self.kinds: dict[str, str] = {}
         self.data: dict[str, bytes] = {}
         self.mtimes: dict[str, float] = {}
+        self.changed: dict[str, float] = {}  # (an object store's LastModified)
         for root, dirs, files in os.walk(top):
             self.kinds[root] = DIR
             for f in files:
                 p = os.path.join(root, f)
                 self.kinds[p] = FILE
                 self.data[p] = Path(p).read_bytes()
-                self.mtimes[p] = os.lstat(p).st_mtime
+                st = os.lstat(p)
+                self.mtimes[p], self.changed[p] = st.st_mtime, max(st.st_mtime, st.st_ctime)
         self.calls = 0
 
     def join(self, path: str, name: str) -> str:
@@ -867,7 +869,8 @@ class MemoryStorage:
 
         self.calls += 1
         kind = self.kinds.get(path)
-        return None if kind is None else Stat(kind, len(self.data.get(path, b"")), self.mtimes.get(path, 0.0))
+        return None if kind is None else Stat(kind, len(self.data.get(path, b"")), self.mtimes.get(path, 0.0),
+                                              self.changed.get(path, 0.0))
 
     def stat_many(self, paths: list[str]) -> list[Any]:
         return [self.stat(p) for p in paths]

@@ -132,7 +132,8 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
         },
     ),
     "blobs": (
-        "episodes of blob data: `digest`, `size`, `mtime` (a change of size is a new episode)",
+        "episodes of blob data: `digest`, `size`, `mtime` (a change of size is a new episode; `mtime` is when the "
+        "data file last changed, the later of its mtime and ctime, which no client can set back)",
         {"size": "size in bytes (a change of size is a new episode)"},
     ),
     "uploads": (
