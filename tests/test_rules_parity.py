@@ -104,6 +104,26 @@ def truncated_index(world: World) -> None:
     world.w.delete_revision_link(API, world.api.children[1].digest)
 
 
+def index_reached_nowhere(world: World) -> None:
+    """The index is no manifest of this registry any more (its tag and revision gone, a _layers link left; one of
+    its children's revision gone too), while the other registries of the tree, built alike, still parse it: its
+    parse does not count here (0012), so its _layers link serves it unparsed and it has no orphan children."""
+    world.w.remove_tag(API, "v1")
+    world.w.remove_revision(API, world.api.digest)
+    world.w.link_layer(API, world.api.digest)
+    world.w.remove_revision(API, world.api.children[1].digest)
+
+
+def index_bytes_naming_another_child(world: World) -> None:
+    """The index's data rewritten in place, same length, naming another child in place of its second (whose
+    revision is gone): the data is not its digest's content, and the parse of the genuine content (the other
+    registries hold it) does not describe it: no orphan child is derived from it (0012)."""
+    data = world.w.path(BlobDataPath(world.api.digest))
+    child = world.api.children[1].digest
+    data.write_bytes(data.read_bytes().replace(child.encode(), world.web.children[0].digest.encode()))
+    world.w.remove_revision(API, child)
+
+
 def _check_cases() -> dict[str, Damage]:
     return {f"checks-{name}": f for name, f in CASES.items()}
 
@@ -119,7 +139,7 @@ EXTRA: dict[str, Damage] = {f.__name__: f for f in (
     overwrite_naming_another_layer, overwrite_changing_a_size, overwrite_child_with_garbage,
     misdirected_elsewhere_without_tags, misdirected_nowhere, odd_names, layers_fallback_garbage,
     revision_naming_a_garbage_layer_link, tag_naming_an_unlinked_manifest, empty_tagged_manifest, sha512_revision_alias,
-    truncated_index,
+    truncated_index, index_reached_nowhere, index_bytes_naming_another_child,
 )}
 ALL: dict[str, Damage] = {"healthy": lambda world: None, **_check_cases(), **_gc_cases(), **EXTRA}
 
@@ -153,10 +173,31 @@ def _rows(conn: Any, sql: str) -> list[tuple[Any, ...]]:
     return sorted((tuple(r) for r in conn.execute(text(sql))), key=repr)
 
 
+# 0012 made a stored parse count only where the registry reaches it: the indexes orphan_index_children starts
+# from are those reached, whose data is their own content. Said in the 0002 definition's terms.
+_FROM_0012 = (
+    "JOIN manifests pm ON pm.digest = p.digest AND pm.size = p.size AND pm.kind = 'index'",
+    "JOIN manifests pm ON pm.digest = p.digest AND pm.size = p.size AND pm.kind = 'index' "
+    "AND EXISTS (SELECT 1 FROM manifest_reach x WHERE x.registry_id = p.registry_id AND x.digest = pm.digest) "
+    "AND NOT EXISTS (SELECT 1 FROM blob_verifications v JOIN blobs vb ON vb.registry_id = v.registry_id "
+    "AND vb.digest = v.digest AND vb.gone_run IS NULL AND vb.size = v.size WHERE v.registry_id = p.registry_id "
+    "AND v.digest = pm.digest AND v.mtime IS NOT NULL AND ABS(v.mtime - vb.mtime) < 0.000001 "
+    "AND v.computed_digest <> v.digest)",
+)
+
+
+def first_definitions() -> dict[str, str]:
+    """The views as 0002 defined them, with what 0012 changed of their rows (``_FROM_0012``)."""
+    first = dict(_migration("0002_views").VIEWS)
+    assert _FROM_0012[0] in first["orphan_index_children"]
+    first["orphan_index_children"] = first["orphan_index_children"].replace(*_FROM_0012)
+    return first
+
+
 def rewritten_views_as_first_defined(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
     """0008 rewrote tag_serving (SQLite) and orphan_index_children for their plans: assert they give every
-    row, every column, as the 0002 definitions do; returns each view's rows."""
-    first = dict(_migration("0002_views").VIEWS)
+    row, every column, as the 0002 definitions do (with 0012's change of rows); returns each view's rows."""
+    first = first_definitions()
     rows = {}
     for view in ("tag_serving", "orphan_index_children"):
         rows[view] = _rows(conn, f"SELECT * FROM {view}")

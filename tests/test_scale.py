@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, inspect, text
 
 from regindex import checks, db, store
 from regindex.errors import StorageError
+from regindex.layout import BlobDataPath
 from regindex.sample import StorageWriter, sha256
 
 
@@ -31,7 +32,8 @@ INVENTORY = {
 
 def assert_same(kept: str, fresh: str, what: str = "") -> None:
     """The kept database equals the fresh one, except that it may know more manifests: a parse is kept once
-    per (digest, size), ever, while the fresh database parsed only what the tree names now."""
+    per (digest, size), ever, while the fresh database parsed only what the tree names now. What each registry
+    reaches as a manifest (where a parse counts) and the findings are equal."""
     a, b = inventory(_url(kept)), inventory(_url(fresh))
     for key in ("manifests", "refs"):
         assert set(b.pop(key)) <= set(a.pop(key)), (what, key)
@@ -54,6 +56,9 @@ def inventory(url: str) -> dict[str, Any]:
         out["refs"] = sorted(tuple(map(str, r)) for r in c.execute(text(
             "SELECT m.digest, r.role, r.position, r.digest, r.size FROM manifest_refs r "
             "JOIN manifests m ON m.id = r.manifest_id")))
+        # what each registry's tree names as a manifest: where a stored parse counts (exactly, not "at least")
+        out["reach"] = sorted(tuple(map(str, r)) for r in c.execute(text(
+            "SELECT g.name, x.digest FROM manifest_reach x JOIN registries g ON g.id = x.registry_id")))
         out["findings"] = sorted(tuple(map(str, r)) for r in c.execute(text(
             "SELECT kind, severity, registry, repository, digest, tag, parent_digest FROM findings "
             "WHERE resolved_run IS NULL")))
@@ -959,7 +964,7 @@ def damaged(base: Path) -> tuple[StorageWriter, random.Random, dict[str, Any]]:
     idx0, img0, old0 = imgs["team/app0"]
     w.remove_blob(img0.layers[0])
     (w.v2 / "repositories" / "team/app1/_manifests/tags/latest/current/link").unlink()
-    data = w.path(__import__("regindex.layout", fromlist=["BlobDataPath"]).BlobDataPath(old0.digest))
+    data = w.path(BlobDataPath(old0.digest))
     same_length_rewrite(data, data.read_bytes().replace(b'\n   "schemaVersion"', b'\n  "schemaVersion" '))
     return w, rng, imgs
 
@@ -1036,14 +1041,16 @@ def unlinked_in_other(kept: str, base: Path) -> tuple[StorageWriter, random.Rand
 
 
 def derived_again(calls: list[str], kept: str, other: str, base: Path, t0: Any, layer: bytes) -> None:
-    """The next scan derives every check, "other"'s finding now says a manifest names ``layer``, and the open
-    findings equal those of a scan into the fresh database ``other``."""
+    """The next scan derives every check (a manifest was parsed in the run), "other"'s finding still says no
+    manifest names ``layer`` (a manifest of "private" is no manifest of "other": its garbage-collect marks
+    from its own revisions and reclaims the blob), and the open findings equal those of a scan into the fresh
+    database ``other``."""
     from regindex import checks
 
     calls.clear()
     scan_at(kept, base, t0)
     assert set(calls) == set(checks.CHECKS)
-    assert named(kept, layer)
+    assert not named(kept, layer)
     scan_at(other, base, t0)
     assert without_run(open_findings(other)) == without_run(open_findings(kept))
 
@@ -1062,8 +1069,9 @@ def named(url: str, layer: bytes) -> bool:
 
 
 def test_a_manifest_new_in_one_registry_derives_the_others_again(urls, base, calls):
-    """Parses are shared by digest: a manifest pushed to one registry that names a blob another registry holds
-    unlinked changes that registry's finding, though nothing in it changed."""
+    """Parses are shared by digest, but count only where a registry's tree reaches them: a manifest pushed to one
+    registry that names a blob another registry holds unlinked leaves that registry's finding as it was (and
+    as a fresh scan says); the run derives every registry's checks all the same (a parse was made)."""
     kept, fresh = urls
     w, rng, layer, t0 = unlinked_in_other(kept, base)
     assert not named(kept, layer)
@@ -1188,10 +1196,63 @@ def test_0011_upgrades_a_database_with_history(urls, base, invoke, tmp_path):
     assert link_sums(kept) == held
 
 
+def test_0012_upgrades_a_database_with_history(urls, base, invoke, tmp_path):
+    """A database built by 0011_link_sums (the previous head) with a run, a revision link episode, a finding,
+    and what the old schema let stand: the parse of the image's config (once a tag's target: "not a manifest")
+    and the truncated_manifest finding it gave through the config's _layers link. The upgrade keeps all of
+    it and records no reach (``reached_run`` NULL); the first scan walks from every root though nothing
+    changed, records what the tree reaches, and resolves the finding a fresh scan does not give; the next night
+    is unchanged and carries everything."""
+    kept, fresh = urls
+    config = tmp_path / "regindex.toml"
+    config.write_text("settle_seconds = 0\n")
+    w = StorageWriter(base / "r")
+    img = w.push_image("team/app", random.Random(3))
+    history_at(kept, "0011_link_sums", {"links": 1, "files_read": 1}, link=img.digest)
+    engine = db.make_engine(db.resolve_url(kept))
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO manifests (digest, size, kind, parse_error, bad_refs, parsed_run) "
+                       "VALUES (:d, :s, 'unknown', 'not a manifest', 0, 1)"),
+                  {"d": img.config, "s": w.path(BlobDataPath(img.config)).stat().st_size})
+        c.execute(text("INSERT INTO findings (key, episode, kind, severity, registry, repository, digest, detail, "
+                       "first_run, last_seen_run) VALUES ('t', 1, 'truncated_manifest', 'error', 'r', 'team/app', "
+                       ":d, '{}', 1, 1)"), {"d": img.config})
+    engine.dispose()
+    engine = db.open_writer(kept)  # upgrades
+    with engine.connect() as c:
+        assert db.current_revision(c) == db.head_revision()
+        assert c.execute(text("SELECT reached_run FROM registries WHERE name = 'r'")).scalar_one() is None
+        assert c.execute(text("SELECT COUNT(*) FROM manifest_reach")).scalar_one() == 0
+        assert c.execute(text("SELECT COUNT(*) FROM findings WHERE resolved_run IS NULL")).scalar_one() == 2
+        assert c.execute(text("SELECT links, files_read FROM runs WHERE id = 1")).one() == (1, 1)
+        assert c.execute(text("SELECT COUNT(*) FROM manifests WHERE digest = :d"), {"d": img.config}).scalar_one() == 1
+    engine.dispose()
+    scan = ("scan", base, "--db", kept, "-q", "--fail-on", "never", "--config", config)
+    invoke(*scan)
+    other = fresh()
+    invoke("scan", base, "--db", other, "-q", "--fail-on", "never")
+    assert_same(kept, other)
+    engine = create_engine(_url(kept))
+    with engine.connect() as c:
+        assert c.execute(text("SELECT reached_run FROM registries WHERE name = 'r'")).scalar_one() == 2
+        assert [r[0] for r in c.execute(text("SELECT digest FROM manifest_reach"))] == [img.digest]
+        assert c.execute(text("SELECT resolved_run FROM findings WHERE key = 't'")).scalar_one() == 2
+        assert c.execute(text("SELECT first_run, gone_run FROM links WHERE path_digest = :d AND kind = 'revision'"),
+                         {"d": img.digest}).one() == (1, None)
+    engine.dispose()
+    invoke(*scan)
+    engine = create_engine(_url(kept))
+    with engine.connect() as c:
+        assert c.execute(text("SELECT manifests_parsed, inventory_changes FROM runs WHERE id = 3")).one() == (0, 0)
+        assert c.execute(text("SELECT reached_run FROM registries WHERE name = 'r'")).scalar_one() == 2
+    engine.dispose()
+    assert_same(kept, other)
+
+
 def test_a_registry_that_failed_is_derived_again_on_its_next_unchanged_night(urls, base, calls, unlistable):
     """While "other" could not be read, "private" parsed a manifest naming a blob "other" holds unlinked; the
     next night "other" is readable and unchanged since the last scan that read it, but its findings predate
-    that manifest: they are derived again, not carried."""
+    that manifest: they are derived again, not carried (and say what a fresh scan says)."""
     kept, fresh = urls
     w, rng, layer, t0 = unlinked_in_other(kept, base)
     locked = [True]

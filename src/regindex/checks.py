@@ -504,6 +504,21 @@ def empty_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
         )
 
 
+# The parse ``{pm}`` counts in registry ``{reg}``: its digest is reached there as a manifest (manifest_reach: the
+# tree names it so, whatever was ever parsed), the registry holds that digest's data at the parse's size, and
+# the data is its own content (not bytes hashed to another digest, whose own parse stands for them).
+_PARSE_COUNTS = """EXISTS (SELECT 1 FROM manifest_reach x WHERE x.registry_id = {reg} AND x.digest = {pm}.digest)
+    AND EXISTS (SELECT 1 FROM blobs mb WHERE mb.registry_id = {reg} AND mb.gone_run IS NULL AND mb.digest = {pm}.digest
+                AND mb.size = {pm}.size AND NOT EXISTS (
+                  SELECT 1 FROM blob_verifications mv WHERE mv.registry_id = mb.registry_id AND mv.digest = mb.digest
+                    AND mv.size = mb.size AND mv.mtime IS NOT NULL AND ABS(mv.mtime - mb.mtime) < 0.000001
+                    AND mv.computed_digest <> mv.digest))"""
+
+
+def _parse_counts(pm: str, reg: str) -> str:
+    return _PARSE_COUNTS.format(pm=pm, reg=reg)
+
+
 @check("manifest data that is not a valid manifest (truncated, not JSON)")
 def truncated_manifest(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT DISTINCT s.registry_id, s.registry, s.target_digest AS digest, s.data_size, s.manifest_kind,
@@ -528,7 +543,8 @@ def truncated_manifest(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow
 def size_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     # A digest names one content, so the size any valid manifest of this registry declares for it is the size
     # of its data: data of another size is broken in every repository that links it, whether or not that
-    # repository still serves a manifest naming it (after GC a repo may keep only the _layers link).
+    # repository still serves a manifest naming it (after GC a repo may keep only the _layers link). The
+    # manifests of this registry: those whose parse counts there (_PARSE_COUNTS).
     sql = """
     SELECT b.registry_id, g.name AS registry, b.digest, b.size AS actual, r.size AS declared, r.role,
            pm.digest AS manifest_digest
@@ -536,11 +552,10 @@ def size_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     JOIN registries g ON g.id = b.registry_id
     JOIN manifest_refs r ON r.digest = b.digest AND r.size IS NOT NULL AND r.role <> 'subject'
     JOIN manifests pm ON pm.id = r.manifest_id AND pm.parse_error IS NULL
-    JOIN blobs mb ON mb.registry_id = b.registry_id AND mb.gone_run IS NULL AND mb.digest = pm.digest
-                 AND mb.size = pm.size
     WHERE b.registry_id IN :regs AND b.gone_run IS NULL AND b.size > 0 AND b.size <> r.size{scoped}
+      AND {counts}
     ORDER BY b.registry_id, b.digest, pm.digest, r.role
-    """.format(scoped=ctx.in_digests("b.digest"))
+    """.format(scoped=ctx.in_digests("b.digest"), counts=_parse_counts("pm", "b.registry_id"))
     grouped: dict[tuple[int, str], list[Any]] = defaultdict(list)
     for r in _q(ctx.conn, sql, ctx.regs):
         grouped[(r["registry_id"], r["digest"])].append(r)
@@ -569,8 +584,11 @@ def digest_mismatch(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
                AND b.size > 0
                -- data that is short, long or not JSON is already truncated_manifest / size_mismatch
                AND v.parse_error IS NULL
-               AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.digest = v.digest AND r.size IS NOT NULL
-                                 AND r.size <> v.size)"""
+               AND NOT EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests pm ON pm.id = r.manifest_id
+                                 AND pm.parse_error IS NULL
+                               WHERE r.digest = v.digest AND r.size IS NOT NULL AND r.role <> 'subject'
+                                 AND r.size <> v.size AND {counts})""".format(
+        counts=_parse_counts("pm", "v.registry_id"))
     for r in _q(ctx.conn, sql, ctx.regs):
         yield from _per_linking_repo(
             ctx, "digest_mismatch", r,
@@ -643,13 +661,15 @@ def stale_upload(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
 @check("blob data no link names (reclaimable)")
 def unreferenced_blob(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
     sql = """SELECT b.registry_id, g.name AS registry, b.digest, b.size,
-               EXISTS (SELECT 1 FROM manifest_refs r WHERE r.digest = b.digest) AS named_by_manifest
+               EXISTS (SELECT 1 FROM manifest_refs r JOIN manifests pm ON pm.id = r.manifest_id
+                       WHERE r.digest = b.digest AND {counts}) AS named_by_manifest
              FROM blobs b JOIN registries g ON g.id = b.registry_id
              WHERE b.registry_id IN :regs AND b.gone_run IS NULL
                AND NOT EXISTS (SELECT 1 FROM links l WHERE l.registry_id = b.registry_id AND l.gone_run IS NULL
                                  AND l.state <> 'absent' AND l.target_digest = b.digest)
                AND NOT EXISTS (SELECT 1 FROM links l WHERE l.registry_id = b.registry_id AND l.gone_run IS NULL
-                                 AND l.state <> 'absent' AND l.path_digest = b.digest)"""
+                                 AND l.state <> 'absent' AND l.path_digest = b.digest)""".format(
+        counts=_parse_counts("pm", "b.registry_id"))
     # two NOT EXISTS, not one with an OR: each is a hashable anti-join (PostgreSQL otherwise loops per blob)
     for r in _q(ctx.conn, sql + ctx.in_digests("b.digest"), ctx.regs):
         named = bool(r["named_by_manifest"])
@@ -687,10 +707,12 @@ def storage_anomaly(ctx: _Context, opts: CheckOptions) -> Iterable[FindingRow]:
 # A night that changed little: the per-repository checks derive only the repositories whose evidence changed.
 
 # The digests whose evidence changed in a registry this run (the closure's seeds): its blobs opened, closed or
-# updated (data, size, mtime), manifests parsed (in any registry: parses are shared by digest) and content
-# hashed this run.
+# updated (data, size, mtime), the digests that entered or left its manifest reach (their parse began or
+# ceased to count there), manifests parsed (in any registry: parses are shared by digest) and content hashed
+# this run.
 _SEEDS_SQL = f"""
-    SELECT c.registry_id, c.digest FROM {CHANGES_TABLE} c WHERE c.what = 'blob' AND c.registry_id IN :regs
+    SELECT c.registry_id, c.digest FROM {CHANGES_TABLE} c WHERE c.what IN ('blob', 'reach')
+        AND c.registry_id IN :regs
     UNION SELECT g.id, m.digest FROM manifests m JOIN registries g ON g.id IN :regs WHERE m.parsed_run = :run
     UNION SELECT v.registry_id, v.digest FROM blob_verifications v
         WHERE v.verified_run = :run AND v.registry_id IN :regs"""
@@ -770,14 +792,14 @@ DIGEST_KINDS: frozenset[str] = frozenset({"unreferenced_blob", "empty_blob", "si
 # - a digest a link of the registry that changed names by target or path (any kind: a tag's target counts as
 #   a reference for unreferenced_blob; empty_blob and size_mismatch name the repositories linking it);
 # - a digest named by a manifest parsed this run (in any registry: parses are shared), or by a manifest whose
-#   blob in the registry opened, closed or changed (size_mismatch counts only the manifests the registry
-#   holds).
+#   blob in the registry opened, closed or changed, or that entered or left the registry's manifest reach
+#   (size_mismatch and unreferenced_blob count only the manifests whose parse counts there: _PARSE_COUNTS).
 _SCOPE_DIGESTS_SQL = f"""
 SELECT c.digest FROM {CHANGES_TABLE} c WHERE c.registry_id = :rid AND c.what IN ('blob', 'linked')
     AND c.digest IS NOT NULL
 UNION SELECT r.digest FROM manifest_refs r JOIN manifests m ON m.id = r.manifest_id WHERE m.parsed_run = :run
 UNION SELECT r.digest FROM {CHANGES_TABLE} c JOIN manifests m ON m.digest = c.digest
-    JOIN manifest_refs r ON r.manifest_id = m.id WHERE c.registry_id = :rid AND c.what = 'blob'
+    JOIN manifest_refs r ON r.manifest_id = m.id WHERE c.registry_id = :rid AND c.what IN ('blob', 'reach')
 """
 
 

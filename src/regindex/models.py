@@ -101,6 +101,9 @@ class Registry(Base):
     # code, the schema, the severity rules and options, the role): an unchanged inventory under the same
     # fingerprint carries them forward instead of deriving them again.
     checks_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # (0012) The run that last recorded the digests its tree names as manifests (ManifestReach); NULL: never
+    # (the next scan walks the manifests from every root).
+    reached_run: Mapped[int | None] = mapped_column(Integer)
 
 
 class RunRegistry(Base):
@@ -286,6 +289,19 @@ class Manifest(Base):
     bad_refs: Mapped[int] = mapped_column(Integer, default=0)
     parsed_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     __table_args__ = (UniqueConstraint("digest", "size"),)
+
+
+class ManifestReach(Base):
+    """(0012) A digest the registry's current tree names as a manifest: what its manifest walk reaches from the
+    targets of revision and tag links and the revisions' path digests, through the children and subjects of the
+    parses that stand for reached data, and _layers aliases. A stored parse counts for a registry only at the
+    digests it reaches (the views and checks join it): the findings depend on the tree, not on which manifests
+    were ever parsed. ``first_run``: since when it has been reached without a break."""
+
+    __tablename__ = "manifest_reach"
+    registry_id: Mapped[int] = mapped_column(ForeignKey("registries.id"), primary_key=True)
+    digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    first_run: Mapped[int] = mapped_column(ForeignKey("runs.id"))
 
 
 class ManifestRef(Base):

@@ -119,6 +119,8 @@ class Inventory:
     content: dict[str, Content] = field(default_factory=dict)  # digest -> what its data really is, when not it
     anomalies: list[tuple[str, str]] = field(default_factory=list)
     last_scan_failed: bool = False
+    # the digests the registry's tree names as manifests (manifest_reach): a stored parse counts only there
+    reached: set[str] = field(default_factory=set)
 
     def manifest_data(self, digest: str) -> Manifest | None:
         """The parse of the bytes stored as ``digest``'s data, genuine or not (what 2.8 reads); None when
@@ -313,8 +315,13 @@ def _load(conn: Connection, registry_id: int, name: str, scoped: bool) -> Invent
             refs.setdefault(owner, []).append((row.role, row.digest, bool(row.is_foreign)))
     for key, rs in refs.items():
         manifests[key] = replace(manifests[key], refs=tuple(rs))
+    reached = {
+        row.digest for row in conn.execute(
+            text("SELECT x.digest FROM manifest_reach x" + digest_scope.format(col="x.digest")
+                 + " WHERE x.registry_id = :r"), p)
+    }
     if scoped:  # the parts serve the serving rules and the blockers: neither reads these
-        return Inventory(name, repos, blobs, manifests, content)
+        return Inventory(name, repos, blobs, manifests, content, reached=reached)
     anomalies = [
         (row.path, row.reason)
         for row in conn.execute(
@@ -329,7 +336,8 @@ def _load(conn: Connection, registry_id: int, name: str, scoped: bool) -> Invent
                                                     AND x.registry_id = :r AND x.status = 'failed'))"""),
         p,
     ).scalar()
-    return Inventory(name, repos, blobs, manifests, content, anomalies, last_scan_failed=bool(failed_since))
+    return Inventory(name, repos, blobs, manifests, content, anomalies, last_scan_failed=bool(failed_since),
+                     reached=reached)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,10 +358,10 @@ def manifest(inv: Inventory, repo: Repo, digest: str) -> Served | None:
         link, via = repo.layers.get(digest), VIA_LAYER
         if link is None or link.state == ABSENT:
             return None
-    return Served(via, link, _manifest_status(inv, digest, link))
+    return Served(via, link, _manifest_status(inv, digest, link, via))
 
 
-def _manifest_status(inv: Inventory, digest: str, link: Link) -> str:
+def _manifest_status(inv: Inventory, digest: str, link: Link, via: str) -> str:
     if link.state != OK or link.target is None:
         return CORRUPT_LINK
     size = inv.blobs.get(link.target)
@@ -361,10 +369,14 @@ def _manifest_status(inv: Inventory, digest: str, link: Link) -> str:
         return DATA_MISSING
     if size == 0:
         return DATA_EMPTY
+    # A stored parse (or the parse error of bytes that are not their digest's) tells only about a target the
+    # registry's tree names as a manifest: a revision link's always is (a root of the walk); a _layers link's
+    # when the walk reached it. Else the data was never read as a manifest here, whatever was stored once.
+    reached = via == VIA_REVISION or link.target in inv.reached
     c = inv.content.get(link.target)
     if c is not None:
-        return UNPARSABLE if c.parse_error is not None else DIGEST_MISMATCH
-    m = inv.manifests.get((link.target, size))
+        return UNPARSABLE if c.parse_error is not None and reached else DIGEST_MISMATCH
+    m = inv.manifests.get((link.target, size)) if reached else None
     if m is None:
         return NOT_PARSED
     if m.parse_error is not None:

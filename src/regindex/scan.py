@@ -504,19 +504,27 @@ def _load_registry(
     clock.count("load", stats.added + stats.removed)
     _say(progress, f"parsing manifests of {name}")
     with clock("manifests"):
-        parsed = hashed = 0
+        parsed = hashed = reach_changed = 0
         # Nothing of the registry's links and blobs changed: the parses and hashes its last scan made stand
-        # (parsing is idempotent over the same inventory). A full scan walks the manifests again all the same.
-        if full or stats.changed:
+        # (parsing is idempotent over the same inventory), and so does its reach. A full scan walks the
+        # manifests again all the same; so does a scan of a registry whose reach was never recorded.
+        recorded = store.reach_recorded(conn, rid)
+        if full or stats.changed or not recorded:
             store.refresh_statistics(conn)  # the planner must know the inventory it just loaded
-            parsed, hashed = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes,
-                                              incremental=not full and counts.blobs > 0)
+            incremental = not full and counts.blobs > 0 and recorded
+            # what the changes may cut off the reach, asked before the walk rewrites the hashes it reads
+            at_risk = store.reach_at_risk(conn, rid) if incremental else set()
+            walk = _parse_manifests(conn, run_id, rid, root.v2, opts.max_manifest_bytes, incremental=incremental)
+            parsed, hashed = walk.parsed, walk.hashed
+            reach_changed = store.record_reach(conn, run_id, rid, walk.reached, whole=walk.whole)
+            if not walk.whole:
+                reach_changed += store.prune_reach(conn, run_id, rid, at_risk, walk.reached, walk.aliases)
     clock.count("manifests", parsed)
     if opts.verify_content:
         _say(progress, f"verifying blob content of {name}")
         with clock("verify"):
             _verify_content(conn, run_id, rid, root.v2)
-    unchanged = not (stats.changed or parsed or hashed or opts.verify_content)
+    unchanged = not (stats.changed or parsed or hashed or reach_changed or opts.verify_content)
     return Loaded(counts, stats, parsed, work, crawled.files_seen, unchanged)
 
 
@@ -607,10 +615,22 @@ def _open_count(conn: Connection) -> int:
 WALK_SHARE = 0.2
 
 
+@dataclass
+class Walk:
+    """What a manifest walk did: ``parsed`` manifests, ``hashed`` blobs' bytes (and recorded them), the digests
+    it ``reached`` (from every root when ``whole``, else from what the scan's changes opened), and the registry's
+    _layers ``aliases`` it followed (``store.layer_aliases``)."""
+
+    parsed: int
+    hashed: int
+    reached: set[str]
+    whole: bool
+    aliases: dict[str, set[str]]
+
+
 def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, cap: int,
-                     incremental: bool = False) -> tuple[int, int]:
+                     incremental: bool = False) -> Walk:
     """Parse manifests from link targets to their children, to a fixpoint, driven by the inventory in SQL.
-    Returns how many manifests were parsed and how many blobs' bytes were hashed (and recorded).
 
     ``incremental``: the walk before this scan's changes covered the registry (every committed inventory was
     walked in the same savepoint that loaded it), so only what the changes reach can need reading: the walk
@@ -634,6 +654,7 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
             # an alias whose path the walk reaches: its target too (the alias may be new)
             changed |= {t for targets in aliases.values() for t in targets}
             queue = roots | store.reached_from_roots(conn, registry_id, changed - roots, aliases)
+    whole = queue is None
     if queue is None:
         queue = store.manifest_roots(conn, registry_id)
     own: set[tuple[str, int]] = set()  # parses stored under the hash of non-genuine bytes in this run
@@ -706,7 +727,7 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
                     queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
             parsed_total += flush(2000)
         parsed_total += flush(0)
-    return parsed_total, hashed_total
+    return Walk(parsed_total, hashed_total, done, whole, aliases)
 
 
 # Manifest data read ahead by a pool (cold reads wait on the disk): at most this many files, and bytes (by the

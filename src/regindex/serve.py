@@ -76,7 +76,8 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
     "registries": (
         "`name` (the directory under BASE), `root`, `role` (`authoritative` or `cache`), `first_run`, "
         "`last_scanned_run`, `checks_fingerprint` (what its open findings were last derived under: an unchanged "
-        "night under the same one carries them forward)",
+        "night under the same one carries them forward), `reached_run` (the run that last recorded its "
+        "`manifest_reach`; NULL: the next scan walks its manifests from every root)",
         {
             "name": "the directory under BASE",
             "root": "its docker/registry/v2 directory",
@@ -84,6 +85,7 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
             "last_scanned_run": "the last run that scanned it completely",
             "checks_fingerprint": "checks code, schema, role, options and severity rules its findings were "
             "derived under",
+            "reached_run": "the run that last recorded its manifest_reach (NULL: never)",
         },
     ),
     "run_registries": (
@@ -159,6 +161,17 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
             "parse_error": "why it is not a valid manifest",
             "bad_refs": "descriptors that could not be read",
             "parsed_run": "the run that parsed it",
+        },
+    ),
+    "manifest_reach": (
+        "per registry, every `digest` its current tree names as a manifest, since `first_run`: the targets of "
+        "revision and tag links, the revisions' path digests, the children and subjects of the reached manifests "
+        "(as their data reads) and the targets of `_layers` aliases. A stored parse counts for a registry only at "
+        "the digests it reaches: findings depend on the tree, not on what was ever parsed",
+        {
+            "registry_id": "the registry (registries.id)",
+            "digest": "a digest its tree names as a manifest",
+            "first_run": "the run since which it has been reached without a break",
         },
     ),
     "manifest_refs": (

@@ -837,11 +837,13 @@ def _modifications(conn: Connection, seen: dict[str, int]) -> dict[str, tuple[in
 
 
 def close_registry(conn: Connection, run_id: int, registry_id: int, changes: bool = False) -> LoadStats:
-    """A registry that is gone from the base on purpose (``--allow-empty``): close all its episodes."""
+    """A registry that is gone from the base on purpose (``--allow-empty``): close all its episodes; its tree
+    names no manifest."""
     stage = Stage(conn, changes=changes)
     stage.finish()
     stats = stage.apply(run_id, registry_id)
     stage.drop()
+    record_reach(conn, run_id, registry_id, set(), whole=True)
     return stats
 
 
@@ -903,24 +905,24 @@ _IS_ROOT = (
     "WHERE l.path_digest = u.digest AND l.registry_id = :rid AND l.gone_run IS NULL AND l.kind = 'revision')"
 )
 # (child, parent): a present blob whose stored parse stands for its bytes (Candidate.parsed_as: hashed at its
-# size and mtime, and the parse of its own digest and size) names the child.
+# size and mtime to its own digest, and the parse of its own digest and size) names the child.
 _STANDING_PARENTS = (
     "SELECT DISTINCT r.digest, b.digest FROM walk_up u CROSS JOIN manifest_refs r "
     "JOIN manifests m ON m.id = r.manifest_id "
     "JOIN blobs b ON b.registry_id = :rid AND b.gone_run IS NULL AND b.digest = m.digest AND b.size = m.size "
     "JOIN blob_verifications v ON v.registry_id = :rid AND v.digest = b.digest AND v.size = b.size "
-    "AND ABS(v.mtime - b.mtime) < 1e-6 WHERE r.digest = u.digest AND r.role IN ('child', 'subject')"
+    "AND ABS(v.mtime - b.mtime) < 1e-6 AND (v.computed_digest IS NULL OR v.computed_digest = v.digest) "
+    "WHERE r.digest = u.digest AND r.role IN ('child', 'subject')"
 )
-# The same for bytes that are not their digest's content (no parse of the digest and size is stored): the
-# parse stored under the digest they hash to stands for them. Few: loaded once.
+# The same for bytes that are not their digest's content: the parse stored under the digest they hash to stands
+# for them. Few: loaded once.
 _ODD_PARENTS = (
     "SELECT r.digest, b.digest FROM blob_verifications v CROSS JOIN blobs b "
     "JOIN manifests m ON m.digest = v.computed_digest AND m.size = b.size "
     "JOIN manifest_refs r ON r.manifest_id = m.id AND r.role IN ('child', 'subject') "
     "WHERE v.registry_id = :rid AND v.computed_digest IS NOT NULL AND v.computed_digest <> v.digest "
     "AND b.registry_id = v.registry_id AND b.gone_run IS NULL AND b.digest = v.digest AND b.size = v.size "
-    "AND ABS(v.mtime - b.mtime) < 1e-6 "
-    "AND NOT EXISTS (SELECT 1 FROM manifests k WHERE k.digest = b.digest AND k.size = b.size)"
+    "AND ABS(v.mtime - b.mtime) < 1e-6"
 )
 
 
@@ -962,6 +964,119 @@ def reached_from_roots(conn: Connection, registry_id: int, digests: set[str],
     return digests & reached
 
 
+# ---------------------------------------------------------------------------------------------
+# The manifest reach: the digests a registry's current tree names as manifests (ManifestReach, 0012)
+
+
+def reach_recorded(conn: Connection, registry_id: int) -> bool:
+    """The registry's reach was recorded by a walk (``registries.reached_run``): otherwise (a database upgraded
+    from 0011, a new registry) the next walk starts from every root."""
+    q = text("SELECT reached_run FROM registries WHERE id = :rid")
+    return conn.execute(q, {"rid": registry_id}).scalar() is not None
+
+
+def _reach_change(conn: Connection, registry_id: int, select_digests: str, p: dict[str, Any]) -> None:
+    conn.execute(text(f"INSERT INTO {CHANGES_TABLE} (registry_id, what, repository, digest) "
+                      f"SELECT :rid, 'reach', NULL, q.digest FROM ({select_digests}) q"), {"rid": registry_id, **p})
+
+
+_NEW_IN_REACH = ("SELECT d.digest FROM reach_walked d WHERE NOT EXISTS (SELECT 1 FROM manifest_reach x "
+                 "WHERE x.registry_id = :rid AND x.digest = d.digest)")
+
+
+def record_reach(conn: Connection, run_id: int, registry_id: int, walked: set[str], whole: bool) -> int:
+    """After a manifest walk: the digests it reached (``walked``) are in the registry's reach; ``whole`` (it
+    walked from every root): nothing else is. Each digest that enters or leaves is recorded in
+    CHANGES_TABLE as a 'reach' row (a parse now counts, or no longer counts, there: the checks' scope). How many
+    entered or left."""
+    digest_table(conn, "reach_walked", walked)
+    p = {"rid": registry_id, "run": run_id}
+    changed = 0
+    if whole:
+        gone = ("SELECT x.digest FROM manifest_reach x WHERE x.registry_id = :rid AND NOT EXISTS "
+                "(SELECT 1 FROM reach_walked d WHERE d.digest = x.digest)")
+        _reach_change(conn, registry_id, gone, p)
+        changed += conn.execute(text(f"DELETE FROM manifest_reach WHERE registry_id = :rid AND digest IN ({gone})"),
+                                p).rowcount
+    _reach_change(conn, registry_id, _NEW_IN_REACH, p)
+    changed += conn.execute(text(f"INSERT INTO manifest_reach (registry_id, digest, first_run) "
+                                 f"SELECT :rid, q.digest, :run FROM ({_NEW_IN_REACH}) q"), p).rowcount
+    conn.execute(text("UPDATE registries SET reached_run = :run WHERE id = :rid"), p)
+    drop_temp(conn, "reach_walked")
+    return changed
+
+
+def _in_reach(conn: Connection, registry_id: int, digests: set[str]) -> set[str]:
+    if not digest_table(conn, "reach_asked", digests):
+        return set()
+    q = text("SELECT d.digest FROM reach_asked d JOIN manifest_reach x ON x.registry_id = :rid "
+             "AND x.digest = d.digest")
+    out = {d for (d,) in conn.execute(q, {"rid": registry_id})}
+    drop_temp(conn, "reach_asked")
+    return out
+
+
+# What a manifest stored under one of the reach_asked digests names (any size: a superset of what the parse
+# that stood for its data named), and what the bytes hashed to another digest name (their parse's references).
+_NAMED_BY = (
+    "SELECT r.digest FROM reach_asked d JOIN manifests m ON m.digest = d.digest "
+    "JOIN manifest_refs r ON r.manifest_id = m.id AND r.role IN ('child', 'subject') "
+    "UNION SELECT r.digest FROM reach_asked d JOIN blob_verifications v ON v.registry_id = :rid "
+    "AND v.digest = d.digest AND v.computed_digest <> v.digest "
+    "JOIN manifests m ON m.digest = v.computed_digest AND m.size = v.size "
+    "JOIN manifest_refs r ON r.manifest_id = m.id AND r.role IN ('child', 'subject')"
+)
+
+
+def _named_by(conn: Connection, registry_id: int, digests: set[str]) -> set[str]:
+    if not digest_table(conn, "reach_asked", digests):
+        return set()
+    out = {d for (d,) in conn.execute(text(_NAMED_BY), {"rid": registry_id})}
+    drop_temp(conn, "reach_asked")
+    return out
+
+
+def reach_at_risk(conn: Connection, registry_id: int) -> set[str]:
+    """Before an incremental walk (which rewrites the hashes of the data it reads): the digests of the
+    registry's reach that this scan's changes may have cut off. A digest leaves the reach only when a path from
+    a root to it broke: a link that named it (a root, an alias) changed or went (CHANGES_TABLE 'linked' rows),
+    or the data of a manifest that named it changed or went (what any parse of that digest names, or the parse
+    of what its bytes last hashed to), or its parent left the reach (``prune_reach`` follows that down)."""
+    q = text(
+        f"SELECT c.digest FROM {CHANGES_TABLE} c WHERE c.registry_id = :rid AND c.what IN ('linked', 'blob') "
+        "AND c.digest IS NOT NULL")
+    changed = {d for (d,) in conn.execute(q, {"rid": registry_id})}
+    blobs = {d for (d,) in conn.execute(text(
+        f"SELECT c.digest FROM {CHANGES_TABLE} c WHERE c.registry_id = :rid AND c.what = 'blob'"),
+        {"rid": registry_id})}
+    return _in_reach(conn, registry_id, changed | _named_by(conn, registry_id, blobs))
+
+
+def prune_reach(conn: Connection, run_id: int, registry_id: int, at_risk: set[str], walked: set[str],
+                aliases: dict[str, set[str]]) -> int:
+    """After an incremental walk (its ``walked`` digests are reached): take out of the registry's reach those of
+    ``at_risk`` the current inventory no longer reaches (``reached_from_roots``), and, level by level, what
+    only they named. Each one leaving is recorded in CHANGES_TABLE ('reach'). How many left."""
+    asked: set[str] = set()
+    todo = at_risk - walked
+    lost: set[str] = set()
+    while todo:
+        asked |= todo
+        gone = todo - reached_from_roots(conn, registry_id, todo, aliases)
+        lost |= gone
+        below = _named_by(conn, registry_id, gone) | {t for d in gone for t in aliases.get(d, ())}
+        todo = _in_reach(conn, registry_id, below - walked - asked) if gone else set()
+    if not lost:
+        return 0
+    digest_table(conn, "reach_lost", lost)
+    p = {"rid": registry_id}
+    _reach_change(conn, registry_id, "SELECT digest FROM reach_lost", p)
+    n = conn.execute(text("DELETE FROM manifest_reach WHERE registry_id = :rid "
+                          "AND digest IN (SELECT digest FROM reach_lost)"), p).rowcount
+    drop_temp(conn, "reach_lost")
+    return n
+
+
 class Candidate(NamedTuple):
     """A manifest blob this registry holds, with what the inventory knows of it."""
 
@@ -975,17 +1090,20 @@ class Candidate(NamedTuple):
     # the stored parse of (digest, size) names children or a subject (False: following its references, as a
     # known manifest's are followed, finds nothing; most manifests are images without a subject)
     refers: bool = True
+    computed_known: bool = False  # a parse of (v_computed, size) is stored
 
     def parsed_as(self) -> tuple[str, int] | None:
         """The (digest, size) whose stored parse stands for the bytes on disk, when they were hashed at this
-        size and mtime (so need not be read again): the digest's own, or, for bytes that are not the digest's
-        content, the parse stored under the digest they hash to. None: read and hash them."""
+        size and mtime (so need not be read again): for bytes that are not the digest's content, the parse
+        stored under the digest they hash to (never the genuine content's, which another registry or an
+        earlier night may have stored: the walk follows what the bytes name, as reading them again would);
+        otherwise the digest's own. None: read and hash them."""
         if self.v_size != self.size or self.v_mtime is None or abs(self.v_mtime - self.mtime) >= 1e-6:
             return None
+        if self.v_computed is not None and self.v_computed != self.digest:
+            return (self.v_computed, self.size) if self.computed_known else None
         if self.known:
             return (self.digest, self.size)
-        if self.v_computed is not None and self.v_computed != self.digest:
-            return (self.v_computed, self.size)
         return None
 
 
@@ -997,14 +1115,16 @@ def manifest_candidates(conn: Connection, registry_id: int, digests: Iterable[st
     q = text(
         "SELECT b.digest, b.size, b.mtime, m.id IS NOT NULL AS known, v.size AS v_size, v.mtime AS v_mtime, "
         "v.computed_digest, EXISTS (SELECT 1 FROM manifest_refs r WHERE r.manifest_id = m.id "
-        "AND r.role IN ('child', 'subject')) AS refers FROM parse_level p "
+        "AND r.role IN ('child', 'subject')) AS refers, "
+        "EXISTS (SELECT 1 FROM manifests c WHERE c.digest = v.computed_digest AND c.size = b.size) AS computed_known "
+        "FROM parse_level p "
         "JOIN blobs b ON b.digest = p.digest AND b.registry_id = :rid AND b.gone_run IS NULL "
         "LEFT JOIN manifests m ON m.digest = b.digest AND m.size = b.size "
         "LEFT JOIN blob_verifications v ON v.registry_id = b.registry_id AND v.digest = b.digest "
         "ORDER BY b.digest"
     )
     out = [Candidate(r[0], int(r[1]), float(r[2]), bool(r[3]), None if r[4] is None else int(r[4]),
-                     None if r[5] is None else float(r[5]), r[6], bool(r[7]))
+                     None if r[5] is None else float(r[5]), r[6], bool(r[7]), bool(r[8]))
            for r in conn.execute(q, {"rid": registry_id})]
     drop_temp(conn, "parse_level")
     return out
