@@ -138,6 +138,47 @@ def test_bytes_rewritten_to_name_other_children_are_followed_as_they_read_on_eve
         assert stray.digest in reach(kept, "private"), night
 
 
+def test_an_orphan_child_whose_data_was_overwritten_is_damaged_not_restorable(urls, base, invoke, tmp_path):
+    """An index child whose revision was deleted and whose data was then overwritten in place (same size): the
+    kept database holds the parse of its genuine content from the nights before, which no longer describes the
+    data; the finding's hint says the data is damaged (restoring the revision link cannot help), as a fresh scan
+    says, and its detail counts no blobs of a content that is not there."""
+    kept, fresh = urls
+    config = tmp_path / "regindex.toml"
+    config.write_text("settle_seconds = 0\n")
+    kept_scan = ("scan", base, "--db", kept, "-q", "--fail-on", "never", "--config", config)
+    w = StorageWriter(base / "private")
+    rng = random.Random(14)
+    idx = w.push_index("team/app", rng)
+    w.tag("team/app", "v1", idx.digest)
+    child = idx.children[0].digest
+    invoke(*kept_scan)
+    w.remove_revision("team/app", child)
+    invoke(*kept_scan)
+    data = w.path(BlobDataPath(child))
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    with open(data, "r+b") as fh:
+        fh.write(bytes(raw))
+    invoke(*kept_scan)
+    other = fresh()
+    scan(invoke, base, other)
+    assert_same(kept, other)
+
+    def orphan(db_: str) -> tuple[str, dict[str, Any]]:
+        engine = create_engine(_url(db_))
+        with engine.connect() as c:
+            hint, detail = c.execute(text("SELECT hint, detail FROM findings WHERE resolved_run IS NULL AND "
+                                          "kind = 'orphan_index_child' AND digest = :d"), {"d": child}).one()
+        engine.dispose()
+        return hint, json.loads(detail)
+
+    assert orphan(kept) == orphan(other)
+    hint, detail = orphan(kept)
+    assert "damaged" in hint and "Restore" not in hint, hint
+    assert detail["child_blobs"] == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Random nights: tags moved to any digest of the tree (configs, layers, children), revisions deleted and
 # restored, data truncated, removed and rewritten, two registries sharing content. After every night the kept
