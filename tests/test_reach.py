@@ -179,6 +179,28 @@ def test_an_orphan_child_whose_data_was_overwritten_is_damaged_not_restorable(ur
     assert detail["child_blobs"] == 0
 
 
+def test_data_replaced_by_another_manifest_of_the_registry_is_parsed_once(urls, base, invoke):
+    """One manifest's data replaced by the bytes of another the registry also holds (a copy over the wrong
+    path): the walk meets both contents in one batch, the genuine one and the bytes that hash to it, and
+    stores their parse once (it stored it twice, and the registry failed on the unique constraint). Found by
+    a fuzz of random nights."""
+    kept, fresh = urls
+    w = StorageWriter(base / "private")
+    rng = random.Random(15)
+    one, two = w.push_image("team/one", rng), w.push_image("team/two", rng)
+    w.tag("team/one", "v1", one.digest)
+    w.tag("team/two", "v1", two.digest)
+    w.path(BlobDataPath(one.digest)).write_bytes(w.path(BlobDataPath(two.digest)).read_bytes())
+    scan(invoke, base, kept)  # exit 0: no registry failed
+    got = {(f[0], f[3], f[4]) for f in findings(kept)}
+    assert ("size_mismatch", "team/one", one.digest) in got or ("digest_mismatch", "team/one", one.digest) in got
+    assert reach(kept, "private") >= {one.digest, two.digest}
+    engine = create_engine(_url(kept))
+    with engine.connect() as c:
+        assert c.execute(text("SELECT COUNT(*) FROM manifests WHERE digest = :d"), {"d": two.digest}).scalar_one() == 1
+    engine.dispose()
+
+
 # ---------------------------------------------------------------------------------------------
 # Random nights: tags moved to any digest of the tree (configs, layers, children), revisions deleted and
 # restored, data truncated, removed and rewritten, two registries sharing content. After every night the kept

@@ -657,7 +657,10 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
     whole = queue is None
     if queue is None:
         queue = store.manifest_roots(conn, registry_id)
-    own: set[tuple[str, int]] = set()  # parses stored under the hash of non-genuine bytes in this run
+    # (digest, size) of the parses this walk stores (genuine content, and bytes stored under the digest they hash
+    # to): bytes that hash to content another blob of the registry holds genuinely, met in the same batch,
+    # must not be stored twice
+    added: set[tuple[str, int]] = set()
     done: set[str] = set()
     parsed_total = hashed_total = 0
     while queue:
@@ -712,17 +715,20 @@ def _parse_manifests(conn: Connection, run_id: int, registry_id: int, v2: Path, 
                     # content's. These bytes are what the registry serves and garbage-collect reads and marks,
                     # so their parse is kept under the digest they do hash to (regindex.rules looks it up there).
                     assert computed is not None
-                    if (computed, size) not in own and not store.manifest_exists(conn, computed, size):
-                        own.add((computed, size))
+                    if (computed, size) in added:
+                        pass  # stored by this walk: its children are queued
+                    elif not store.manifest_exists(conn, computed, size):
+                        added.add((computed, size))
                         new.append((computed, size, pm))
                         queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
-                    elif (computed, size) not in own:
+                    else:
                         already.append((computed, size))  # parsed before: follow its children, as a later night does
                     continue
                 if is_known:
                     if cand.refers:
                         already.append(key)
-                else:
+                elif key not in added:  # (else stored by this walk for other bytes that hash to it)
+                    added.add(key)
                     new.append((digest, size, pm))
                     queue.update(ref.digest for ref in pm.refs if ref.role in ("child", "subject"))
             parsed_total += flush(2000)
