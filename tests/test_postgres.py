@@ -65,9 +65,9 @@ def test_postgres_statistics_are_refreshed_when_the_scan_changed_enough(pg_url, 
     monkeypatch.setattr(store, "refresh_statistics", lambda conn: calls.append(real(conn)) or calls[-1])
     world = build_world(base)
     invoke("scan", base, "--db", pg_url, "-q", expect=0)
-    # before the manifest walk: what the crawl loaded; before the checks: what the walk parsed
+    # before the manifest walk: what the crawl loaded; before the checks: what the walk parsed and reached
     assert calls[0] == ["links", "blobs", "repositories"]
-    assert calls[1] == ["manifests", "manifest_refs", "blob_verifications"]
+    assert calls[1] == ["manifests", "manifest_refs", "blob_verifications", "manifest_reach"]
     calls.clear()
     world.w.remove_tag("library/base", "latest")
     invoke("scan", base, "--db", pg_url, "-q", expect=0)

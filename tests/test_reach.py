@@ -31,6 +31,17 @@ def findings(db_: str, registry: str | None = None) -> list[tuple[str, ...]]:
                         f"WHERE resolved_run IS NULL{where}")
 
 
+def findings_in_full(db_: str) -> list[tuple[Any, ...]]:
+    """The open findings with their hint and detail, the detail without run numbers (they differ between
+    databases): what a user reads of each."""
+    out = []
+    for row in rows_of(db_, "SELECT kind, severity, registry, repository, digest, tag, parent_digest, hint, detail "
+                            "FROM findings WHERE resolved_run IS NULL"):
+        detail = {k: v for k, v in json.loads(row[-1]).items() if "run" not in k}
+        out.append((*row[:-1], json.dumps(detail, sort_keys=True)))
+    return sorted(out)
+
+
 def reach(db_: str, registry: str) -> set[str]:
     return {r[0] for r in rows_of(db_, "SELECT x.digest FROM manifest_reach x JOIN registries g "
                                        f"ON g.id = x.registry_id WHERE g.name = '{registry}'")}
@@ -135,6 +146,7 @@ def test_bytes_rewritten_to_name_other_children_are_followed_as_they_read_on_eve
         other = fresh()
         scan(invoke, base, other)
         assert_same(kept, other, night)
+        assert findings_in_full(kept) == findings_in_full(other), night
         assert stray.digest in reach(kept, "private"), night
 
 
@@ -199,6 +211,67 @@ def test_data_replaced_by_another_manifest_of_the_registry_is_parsed_once(urls, 
     with engine.connect() as c:
         assert c.execute(text("SELECT COUNT(*) FROM manifests WHERE digest = :d"), {"d": two.digest}).scalar_one() == 1
     engine.dispose()
+
+
+def test_bytes_not_their_digests_content_are_described_by_no_parse_of_the_genuine_content(urls, base, invoke,
+                                                                                        tmp_path):
+    """An index's data garbled in place (same size): the kept database holds the parse of the genuine index from
+    the night before, a fresh one never saw it. manifest_serving gives the garbled bytes no parse of the genuine
+    content (kind NULL), so the truncated_manifest finding reads the same in both."""
+    kept, fresh = urls
+    config = tmp_path / "regindex.toml"
+    config.write_text("settle_seconds = 0\n")
+    w = StorageWriter(base / "private")
+    idx = w.push_index("team/app", random.Random(16))
+    w.tag("team/app", "v1", idx.digest)
+    scan(invoke, base, kept, "--config", config)
+    data = w.path(BlobDataPath(idx.digest))
+    raw = bytearray(data.read_bytes())
+    raw[0] = ord("X")  # no longer JSON
+    with open(data, "r+b") as fh:
+        fh.write(bytes(raw))
+    scan(invoke, base, kept, "--config", config)
+    other = fresh()
+    scan(invoke, base, other)
+    assert findings_in_full(kept) == findings_in_full(other)
+    engine = create_engine(_url(kept))
+    with engine.connect() as c:
+        assert c.execute(text("SELECT status, manifest_kind, manifest_id FROM manifest_serving WHERE digest = :d"),
+                         {"d": idx.digest}).one() == ("unparsable", None, None)
+    engine.dispose()
+    assert "truncated_manifest" in {f[0] for f in findings(kept)}
+
+
+def test_bytes_hashed_by_verify_content_are_read_when_they_become_a_manifest(urls, base, invoke, tmp_path):
+    """--verify-content hashes every blob and records no parse error: a layer whose data became the bytes of a
+    config (whose parse the database holds: a tag named that config for a night) is read by the walk once a tag
+    names the layer, and is reported as no manifest (truncated_manifest), as a fresh scan reports it, instead
+    of standing on the hash and saying only digest_mismatch."""
+    kept, fresh = urls
+    config = tmp_path / "regindex.toml"
+    config.write_text("settle_seconds = 0\n")
+    w = StorageWriter(base / "r")
+    rng = random.Random(1)
+    a = w.push_image("team/app", rng)
+    w.tag("team/app", "t1", a.digest)
+    b = w.push_image("team/app", rng)
+    w.tag("team/app", "t2", b.digest)
+
+    def kept_scan() -> None:
+        scan(invoke, base, kept, "--verify-content", "--config", config)
+
+    kept_scan()
+    w.write_tag_link("team/app", "t2", a.config.encode())  # the config, tagged: parsed as no manifest
+    kept_scan()
+    w.write_tag_link("team/app", "t2", b.digest.encode())
+    w.path(BlobDataPath(b.layers[0])).write_bytes(w.path(BlobDataPath(a.config)).read_bytes())
+    kept_scan()  # --verify-content hashes the layer's new bytes (to the config's digest)
+    w.write_tag_link("team/app", "t2", b.layers[0].encode())  # now a tag names the layer
+    kept_scan()
+    other = fresh()
+    scan(invoke, base, other, "--verify-content")
+    assert findings_in_full(kept) == findings_in_full(other)
+    assert ("truncated_manifest", "team/app", b.layers[0]) in {(f[0], f[3], f[4]) for f in findings(kept)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +379,7 @@ def test_random_nights_kept_database_equals_a_fresh_scan(tmp_path_factory, seed,
         fresh = tmp / f"fresh{n}.db"
         run(fresh)
         assert_same(str(kept), str(fresh), json.dumps(ops))
+        assert findings_in_full(str(kept)) == findings_in_full(str(fresh)), json.dumps(ops)
 
 
 def test_the_random_nights_reach_what_they_are_about(tmp_path):

@@ -17,7 +17,9 @@ upgraded from 0011) makes the next scan walk from every root, changed or not.
 Views: ``manifest_serving`` reads a stored parse (and the parse error of bytes that are not their digest's) for a
 link whose target is reached: always for a revision link (its target is a root), for a _layers link only
 when the target is reached; otherwise the status is what it is without a parse (``not_parsed``, or
-``digest_mismatch`` when hashed bytes are not the digest's). ``orphan_index_children`` starts from the indexes
+``digest_mismatch`` when hashed bytes are not the digest's). Bytes that are not their digest's content get no
+parse of the genuine content (``manifest_id``, ``manifest_kind`` and ``media_type`` NULL): a database that
+stored it on an earlier night described them by it, a fresh one could not. ``orphan_index_children`` starts from the indexes
 reached in the registry whose data is their own content. ``tag_serving`` reads ``manifest_serving`` and
 follows.
 
@@ -62,9 +64,10 @@ FROM links l
 JOIN registries g ON g.id = l.registry_id
 LEFT JOIN blobs b ON b.registry_id = l.registry_id AND b.digest = l.target_digest
      AND b.gone_run IS NULL AND l.state = 'ok'
-LEFT JOIN manifests m ON m.digest = l.target_digest AND m.size = b.size AND {_REACHED}
 LEFT JOIN blob_verifications v ON v.registry_id = l.registry_id AND v.digest = l.target_digest
      AND v.size = b.size AND v.mtime IS NOT NULL AND ABS(v.mtime - b.mtime) < 0.000001
+LEFT JOIN manifests m ON m.digest = l.target_digest AND m.size = b.size
+     AND (v.computed_digest IS NULL OR v.computed_digest = v.digest) AND {_REACHED}
 WHERE l.gone_run IS NULL AND l.state <> 'absent'
   AND (l.kind = 'revision'
        OR (l.kind = 'layer' AND NOT EXISTS (

@@ -757,7 +757,8 @@ class KnownLinks:
 
 
 # The inventory tables the checks and the manifest walk join: their planner statistics must describe them.
-ANALYZED_TABLES = ("links", "blobs", "repositories", "manifests", "manifest_refs", "uploads", "blob_verifications")
+ANALYZED_TABLES = ("links", "blobs", "repositories", "manifests", "manifest_refs", "uploads", "blob_verifications",
+                   "manifest_reach")
 
 
 def not_owned(conn: Connection) -> list[str]:
@@ -1090,7 +1091,9 @@ class Candidate(NamedTuple):
     # the stored parse of (digest, size) names children or a subject (False: following its references, as a
     # known manifest's are followed, finds nothing; most manifests are images without a subject)
     refers: bool = True
-    computed_known: bool = False  # a parse of (v_computed, size) is stored
+    # a parse of (v_computed, size) is stored, and the hash recorded its parse error if it has one (a hash made
+    # by --verify-content records none: such bytes are read once when the walk reaches them)
+    computed_known: bool = False
 
     def parsed_as(self) -> tuple[str, int] | None:
         """The (digest, size) whose stored parse stands for the bytes on disk, when they were hashed at this
@@ -1116,7 +1119,8 @@ def manifest_candidates(conn: Connection, registry_id: int, digests: Iterable[st
         "SELECT b.digest, b.size, b.mtime, m.id IS NOT NULL AS known, v.size AS v_size, v.mtime AS v_mtime, "
         "v.computed_digest, EXISTS (SELECT 1 FROM manifest_refs r WHERE r.manifest_id = m.id "
         "AND r.role IN ('child', 'subject')) AS refers, "
-        "EXISTS (SELECT 1 FROM manifests c WHERE c.digest = v.computed_digest AND c.size = b.size) AS computed_known "
+        "EXISTS (SELECT 1 FROM manifests c WHERE c.digest = v.computed_digest AND c.size = b.size "
+        "AND (c.parse_error IS NULL OR v.parse_error IS NOT NULL)) AS computed_known "
         "FROM parse_level p "
         "JOIN blobs b ON b.digest = p.digest AND b.registry_id = :rid AND b.gone_run IS NULL "
         "LEFT JOIN manifests m ON m.digest = b.digest AND m.size = b.size "
